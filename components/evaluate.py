@@ -1,0 +1,46 @@
+"""Evaluate: the new model and the current champion on the same held-out split, and the gates."""
+
+from typing import NamedTuple
+
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Metrics, Output
+
+from mlstack.settings import DEFAULTS
+
+
+@dsl.component(base_image=DEFAULTS.training_image, install_kfp_package=False)
+def evaluate(
+    dataset: Input[Dataset],
+    mlflow_run_id: str,
+    model_name: str,
+    tracking_uri: str,
+    experiment_name: str,
+    test_size: float,
+    split_seed: int,
+    min_roc_auc: float,
+    min_f1: float,
+    max_regression: float,
+    comparison: Output[Metrics],
+) -> NamedTuple("EvaluateOutputs", [("passed", bool), ("decision", str)]):
+    from mlstack.errors import exit_on_error
+    from mlstack.evaluation import evaluate as run_evaluation
+    from mlstack.settings import Gates, load_settings
+
+    with exit_on_error():
+        decision = run_evaluation(
+            dataset.path,
+            mlflow_run_id,
+            model_name,
+            tracking_uri or load_settings().mlflow_tracking_uri,
+            experiment_name,
+            Gates(min_roc_auc=min_roc_auc, min_f1=min_f1, max_regression=max_regression),
+            test_size,
+            split_seed,
+        )
+    with open(comparison.path, "w") as fh:
+        fh.write(decision.to_json())
+    for key, value in (decision.champion or {}).items():
+        comparison.log_metric(f"champion_{key}", value)
+    for gate in decision.gates:
+        comparison.log_metric(f"gate_{gate.name}", float(gate.passed))
+    return (decision.passed, decision.to_json())

@@ -1,0 +1,21 @@
+"""Ingest: the dataset as it is at a git rev, read through DVC, with its md5."""
+
+from typing import NamedTuple
+
+from kfp import dsl
+from kfp.dsl import Dataset, Output
+
+from mlstack.settings import DEFAULTS
+
+
+@dsl.component(base_image=DEFAULTS.training_image, install_kfp_package=False)
+def ingest(
+    repo: str, data_path: str, data_rev: str, dataset: Output[Dataset]
+) -> NamedTuple("IngestOutputs", [("data_md5", str), ("git_sha", str)]):
+    from mlstack.dvcdata import read_version
+    from mlstack.errors import exit_on_error
+
+    with exit_on_error():
+        version = read_version(repo, data_path, data_rev, dataset.path)
+    dataset.metadata.update({"md5": version.md5, "git_sha": version.git_sha, "path": data_path})
+    return (version.md5, version.git_sha)

@@ -1,0 +1,135 @@
+"""``mlstack``: the command line of the stack. Each command is a few lines over a plain function."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from mlstack.errors import StackError, exit_on_error
+from mlstack.settings import Settings, load_settings
+
+_TYPES = {"NUMBER_DOUBLE": float, "NUMBER_INTEGER": int, "STRING": str, "BOOLEAN": bool}
+
+
+def parse_params(pairs: list[str], ir_path: Path) -> dict[str, Any]:
+    """``key=value`` pairs typed by the pipeline's own input definitions."""
+    import yaml
+
+    spec = yaml.safe_load(ir_path.read_text())
+    defs = spec["root"]["inputDefinitions"]["parameters"]
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep:
+            raise StackError(f"--param {pair!r}: expected key=value")
+        if key not in defs:
+            raise StackError(f"--param {key}: not a pipeline parameter (known: {', '.join(defs)})")
+        kind = _TYPES[defs[key]["parameterType"]]
+        try:
+            out[key] = raw.lower() in ("1", "true", "yes") if kind is bool else kind(raw)
+        except ValueError:
+            raise StackError(f"--param {key}: {raw!r} is not a {kind.__name__}") from None
+    return out
+
+
+def _cmd_generate(args: argparse.Namespace, settings: Settings) -> None:
+    from mlstack import datagen
+
+    seed = args.seed if args.seed is not None else settings.data_seed
+    df = datagen.generate(args.rows or settings.data_rows, seed, drift=args.drift)
+    datagen.write_csv(df, Path(args.out))
+    print(f"wrote {len(df)} rows to {args.out} (seed {seed}{', drifted' if args.drift else ''})")
+
+
+def _cmd_bootstrap(args: argparse.Namespace, settings: Settings) -> None:
+    from mlstack import dvcdata
+
+    md5 = dvcdata.bootstrap(
+        settings.repo_root, settings.data_path, settings.data_rows, settings.data_seed
+    )
+    print(f"{settings.data_path} md5 {md5} is in the DVC cache and on remote '{settings.dvc_remote}'")
+
+
+def _cmd_add(args: argparse.Namespace, settings: Settings) -> None:
+    from mlstack import dvcdata
+
+    version = dvcdata.add_version(
+        settings.repo_root,
+        Path(args.source).resolve(),
+        settings.data_path,
+        args.message,
+        remote=args.remote,
+    )
+    print(f"new data version {version.md5} pushed and committed as {version.git_sha[:12]}")
+
+
+def _cmd_compile(args: argparse.Namespace, settings: Settings) -> None:
+    from mlstack.compile import compile_training, is_stale
+
+    if args.check:
+        if is_stale(settings.ir_path):
+            raise StackError(f"{settings.ir_path} is stale: run 'mlstack pipeline compile'")
+        print(f"{settings.ir_path} is up to date")
+        return
+    compile_training(settings.ir_path)
+    print(f"compiled {settings.ir_path}")
+
+
+def _cmd_run(args: argparse.Namespace, settings: Settings) -> None:
+    from mlstack.local_run import run_local
+
+    params = parse_params(args.param, settings.ir_path)
+    summary = run_local(settings, rev=args.rev, arguments=params, verbose=args.verbose)
+    print()
+    print(summary.render())
+    print()
+    print(f"Look at it: mlflow ui --backend-store-uri {summary.tracking_uri}  "
+          f"(model '{settings.model_name}'); step outputs in {summary.run_dir}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mlstack", description=__doc__)
+    sub = parser.add_subparsers(dest="group", required=True)
+
+    data = sub.add_parser("data", help="DVC-versioned data").add_subparsers(dest="cmd", required=True)
+    gen = data.add_parser("generate", help="write a seeded churn dataset (or a drifted batch)")
+    gen.add_argument("out")
+    gen.add_argument("--rows", type=int)
+    gen.add_argument("--seed", type=int)
+    gen.add_argument("--drift", action="store_true", help="a drifted 'new production batch'")
+    gen.set_defaults(func=_cmd_generate)
+    boot = data.add_parser("bootstrap", help="rebuild the committed version and push it")
+    boot.set_defaults(func=_cmd_bootstrap)
+    add = data.add_parser("add", help="new data version: dvc add, dvc push, git commit")
+    add.add_argument("source", help="CSV file that becomes the new version")
+    add.add_argument("-m", "--message", default="data: new churn data version")
+    add.add_argument("--remote", help="DVC remote (default: the repo's default remote)")
+    add.set_defaults(func=_cmd_add)
+
+    pipe = sub.add_parser("pipeline", help="the training pipeline").add_subparsers(
+        dest="cmd", required=True
+    )
+    comp = pipe.add_parser("compile", help="compile to pipelines/training.yaml")
+    comp.add_argument("--check", action="store_true", help="fail when the checked-in IR is stale")
+    comp.set_defaults(func=_cmd_compile)
+    run = pipe.add_parser("run", help="run the compiled pipeline locally (kfp.local)")
+    run.add_argument("--rev", default="HEAD", help="git rev of the data version (default HEAD)")
+    run.add_argument("--param", action="append", default=[], metavar="KEY=VALUE")
+    run.add_argument("-v", "--verbose", action="store_true", help="show every step's full log")
+    run.set_defaults(func=_cmd_run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+    args = build_parser().parse_args(argv)
+    with exit_on_error():
+        args.func(args, load_settings())
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,185 @@
+"""DVC-versioned data: read a version at a git rev, add a new version, rebuild the seeded one.
+
+The pointer file (``<data>.dvc``) in git names the data by md5; the bytes live in the DVC cache and
+remote. Rules kept here: a pointer is committed only after its data was pushed, and a failed push
+puts the previous pointer and data back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import shutil
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from mlstack.errors import StackError
+
+
+@dataclass(frozen=True)
+class DataVersion:
+    path: str
+    md5: str
+    git_sha: str
+
+
+def _git(repo: Path, *args: str) -> str:
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(repo), *args], capture_output=True, text=True, check=True
+        )
+    except subprocess.CalledProcessError as exc:
+        raise StackError(f"git {' '.join(args)} failed: {exc.stderr.strip()}") from None
+    return done.stdout.strip()
+
+
+def resolve_rev(repo: str, rev: str) -> str:
+    """The full commit SHA of ``rev`` in a local repo or a git URL."""
+    if Path(repo).exists():
+        return _git(Path(repo), "rev-parse", "--verify", f"{rev}^{{commit}}")
+    out = subprocess.run(["git", "ls-remote", repo, rev], capture_output=True, text=True)
+    if out.returncode != 0 or not out.stdout.strip():
+        if len(rev) == 40:
+            return rev
+        raise StackError(f"cannot resolve rev '{rev}' in {repo}: {out.stderr.strip() or 'unknown'}")
+    return out.stdout.split()[0]
+
+
+@contextlib.contextmanager
+def _dvc_errors(action: str) -> Iterator[None]:
+    """DVC failures (unreachable remote, missing object, bad config) as one ``StackError`` line."""
+    from dvc.exceptions import DvcException
+
+    try:
+        yield
+    except StackError:
+        raise
+    except (DvcException, OSError) as exc:
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        cause = exc.__cause__ or exc.__context__
+        if cause is not None and str(cause).strip():
+            detail += f" ({str(cause).strip().splitlines()[0]})"
+        raise StackError(f"{action}: {detail}") from None
+
+
+def read_version(repo: str, path: str, rev: str, out: str | Path) -> DataVersion:
+    """Copy ``path`` as it is at ``rev`` of ``repo`` (a local path or git URL) to ``out``.
+
+    The bytes come from the DVC cache or, when missing there, the repo's default remote.
+    """
+    from dvc.api import DVCFileSystem
+
+    sha = resolve_rev(repo, rev)
+    with _dvc_errors(f"cannot read {path} at {sha[:12]} through DVC"):
+        fs = DVCFileSystem(repo, rev=sha)
+        info = fs.info(path)
+        md5 = info.get("md5")
+        if not md5:
+            raise StackError(f"{path} at {sha[:12]} is not tracked by DVC")
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        fs.get_file(path, str(out))
+    return DataVersion(path=path, md5=md5, git_sha=sha)
+
+
+def pointer_md5(pointer: Path) -> str:
+    doc = yaml.safe_load(pointer.read_text())
+    return str(doc["outs"][0]["md5"])
+
+
+def pointer_path(data_path: str) -> str:
+    return f"{data_path}.dvc"
+
+
+def _quiet_repo(root: Path):  # type: ignore[no-untyped-def]
+    from dvc.repo import Repo
+
+    return Repo(str(root))
+
+
+def add_version(
+    repo_root: Path, source: Path, data_path: str, message: str, remote: str | None = None
+) -> DataVersion:
+    """Make ``source`` the new version of ``data_path``: dvc add, dvc push, then git commit.
+
+    If the push fails, the previous pointer and workspace data are restored and nothing is
+    committed, so git never holds a pointer whose data is not on the remote.
+    """
+    target = repo_root / data_path
+    pointer = repo_root / pointer_path(data_path)
+    if not source.is_file():
+        raise StackError(f"no such file: {source}")
+    old_pointer = pointer.read_text() if pointer.exists() else None
+    backup = target.with_name(f".{target.name}.previous")
+    if target.exists():
+        shutil.copy2(target, backup)
+    try:
+        if source.resolve() != target.resolve():
+            tmp = target.with_name(f".{target.name}.incoming")
+            shutil.copyfile(source, tmp)
+            tmp.replace(target)
+        with _dvc_errors("dvc add failed"), contextlib.redirect_stdout(io.StringIO()):
+            repo = _quiet_repo(repo_root)
+            repo.add(str(target))
+        with _dvc_errors(f"dvc push to remote '{remote or 'default'}' failed"):
+            repo.push(targets=[str(pointer)], remote=remote)
+    except BaseException:
+        if old_pointer is None:
+            pointer.unlink(missing_ok=True)
+        else:
+            pointer.write_text(old_pointer)
+        if backup.exists():
+            backup.replace(target)
+        raise
+    backup.unlink(missing_ok=True)
+    gitignore = target.parent / ".gitignore"
+    _git(repo_root, "add", str(pointer), *([str(gitignore)] if gitignore.exists() else []))
+    _git(repo_root, "commit", "-m", message, "--", str(pointer),
+         *([str(gitignore)] if gitignore.exists() else []))
+    return DataVersion(path=data_path, md5=pointer_md5(pointer), git_sha=_git(repo_root, "rev-parse", "HEAD"))
+
+
+def bootstrap(repo_root: Path, data_path: str, rows: int, seed: int) -> str:
+    """Make the committed data version available locally and on the default remote.
+
+    On a fresh clone the local remote is empty; the committed version was made by the seeded
+    generator, so it is rebuilt, checked against the pointer's md5, and pushed.
+    Returns the md5.
+    """
+    from mlstack import datagen
+
+    pointer = repo_root / pointer_path(data_path)
+    if not pointer.exists():
+        raise StackError(f"no DVC pointer at {pointer}; create one with 'mlstack data add'")
+    want = pointer_md5(pointer)
+    target = repo_root / data_path
+    with contextlib.redirect_stdout(io.StringIO()):
+        repo = _quiet_repo(repo_root)
+        with contextlib.suppress(Exception):
+            repo.pull(targets=[str(pointer)])
+    if not target.exists() or _md5(target) != want:
+        datagen.write_csv(datagen.generate(rows, seed), target)
+        got = _md5(target)
+        if got != want:
+            target.unlink()
+            raise StackError(
+                f"the seeded generator gives md5 {got}, the pointer names {want}: "
+                "pull the data from its remote instead"
+            )
+    with _dvc_errors("dvc commit/push failed"), contextlib.redirect_stdout(io.StringIO()):
+        repo.commit(str(pointer), force=True)
+        repo.push(targets=[str(pointer)])
+    return want
+
+
+def _md5(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.md5()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

@@ -1,0 +1,207 @@
+"""Run the checked-in pipeline IR on this machine with ``kfp.local`` and summarise the run.
+
+The IR (``pipelines/training.yaml``) is the same file a cluster runs; only the runner differs
+(``SubprocessRunner(use_venv=False)``, caching on, outputs under ``.mlstack/kfp``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from mlstack import dvcdata, tracking
+from mlstack.errors import StackError
+from mlstack.evaluation import Decision
+from mlstack.settings import Settings
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_EXECUTING = re.compile(r"Executing task '([^']+)'")
+_FINISHED = re.compile(r"Task '([^']+)' finished with status (\w+)")
+_PIPELINE_DONE = re.compile(r"Pipeline '([^']+)' finished with status (\w+)")
+
+
+class _Progress(io.TextIOBase):
+    """Reads kfp.local's output line by line: keeps step events and ``error:`` lines, shows a
+    one-line progress per step (or everything with ``verbose``)."""
+
+    def __init__(self, out: TextIO, verbose: bool):
+        self.out = out
+        self.verbose = verbose
+        self.executed: list[str] = []
+        self.errors: list[str] = []
+        self._buf = ""
+        self._started: dict[str, float] = {}
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self._buf += text
+        while "\n" in self._buf:
+            line, self._buf = self._buf.split("\n", 1)
+            self._line(line)
+        return len(text)
+
+    def _line(self, raw: str) -> None:
+        if self.verbose:
+            self.out.write(raw + "\n")
+        line = _ANSI.sub("", raw)
+        if m := _EXECUTING.search(line):
+            self.executed.append(m.group(1))
+            self._started[m.group(1)] = time.monotonic()
+            if not self.verbose:
+                self.out.write(f"  ▶ {m.group(1)} …\n")
+        elif m := _FINISHED.search(line):
+            took = time.monotonic() - self._started.get(m.group(1), time.monotonic())
+            if not self.verbose:
+                self.out.write(f"  {'✓' if m.group(2) == 'SUCCESS' else '✗'} {m.group(1)} "
+                               f"{m.group(2).lower()} in {took:.1f}s\n")
+        elif "error: " in line and not self.verbose:
+            message = line[line.index("error: ") :].strip()
+            self.errors.append(message)
+            self.out.write(f"    {message}\n")
+        elif "error: " in line:
+            self.errors.append(line[line.index("error: ") :].strip())
+        self.out.flush()
+
+
+@dataclass
+class RunSummary:
+    kfp_run_name: str
+    run_dir: Path
+    mlflow_run_id: str
+    data_md5: str
+    git_sha: str
+    decision: Decision
+    model_version: str | None
+    alias: str | None
+    tracking_uri: str
+    seconds: float
+    executed: list[str] = field(default_factory=list)
+    cached: list[str] = field(default_factory=list)
+
+    def render(self) -> str:
+        d = self.decision
+        lines = [
+            f"KFP run        {self.kfp_run_name}  ({self.run_dir})",
+            f"wall time      {self.seconds:.1f}s; executed: {', '.join(self.executed) or 'none'}; "
+            f"from cache: {', '.join(self.cached) or 'none'}",
+            f"data           md5 {self.data_md5} at git {self.git_sha[:12]}",
+            f"MLflow run     {self.mlflow_run_id}  ({self.tracking_uri})",
+            "metrics        "
+            + ", ".join(f"{k} {d.challenger[k]:.4f}" for k in ("roc_auc", "f1", "accuracy")),
+        ]
+        if d.champion is not None:
+            lines.append(
+                f"champion v{d.champion_version}    "
+                + ", ".join(f"{k} {d.champion[k]:.4f}" for k in ("roc_auc", "f1", "accuracy"))
+            )
+        for gate in d.gates:
+            lines.append(f"gate {gate.name:<13} {'PASS' if gate.passed else 'FAIL'}  {gate.detail}")
+        if self.model_version:
+            lines.append(f"registered     version {self.model_version}, alias @{self.alias}")
+        else:
+            lines.append("registered     nothing (gates failed)")
+        return "\n".join(lines)
+
+
+def _step_names(ir_path: Path) -> list[str]:
+    import yaml
+
+    spec = yaml.safe_load(ir_path.read_text())
+    names: list[str] = []
+    for comp in spec["components"].values():
+        for task in comp.get("dag", {}).get("tasks", {}).values():
+            if "executorLabel" in spec["components"].get(task["componentRef"]["name"], {}):
+                names.append(task["taskInfo"]["name"])
+    return sorted(set(names))
+
+
+def run_local(
+    settings: Settings,
+    rev: str = "HEAD",
+    arguments: dict[str, Any] | None = None,
+    verbose: bool = False,
+    out: TextIO | None = None,
+) -> RunSummary:
+    """Run the compiled training pipeline locally on the data version at ``rev``."""
+    from kfp import components, local
+
+    out = out or sys.stdout
+    repo = str(settings.repo_root)
+    sha = dvcdata.resolve_rev(repo, rev)
+    tracking_uri = settings.mlflow_tracking_uri
+    tracking.check_reachable(tracking_uri)
+    if not settings.ir_path.exists():
+        raise StackError(f"no compiled pipeline at {settings.ir_path}: run 'mlstack pipeline compile'")
+    root = settings.pipeline_root
+    root.mkdir(parents=True, exist_ok=True)
+    local.init(
+        runner=local.SubprocessRunner(use_venv=False),
+        pipeline_root=str(root),
+        raise_on_error=True,
+        enable_caching=True,
+    )
+    pipeline = components.load_component_from_file(str(settings.ir_path))
+    args = {
+        "repo": repo,
+        "data_rev": sha,
+        "data_path": settings.data_path,
+        "tracking_uri": tracking_uri,
+        "experiment_name": settings.experiment_name,
+        "model_name": settings.model_name,
+        **(arguments or {}),
+    }
+    before = {p.name for p in root.iterdir()}
+    progress = _Progress(out, verbose)
+    out.write(f"Running {settings.ir_path.name} locally on {settings.data_path}@{sha[:12]}\n")
+    started = time.monotonic()
+    try:
+        with contextlib.redirect_stdout(progress):
+            task = pipeline(**args)
+    except RuntimeError as exc:
+        failed = re.search(r"Inner task failed: '([^']+)'", str(exc))
+        step = failed.group(1) if failed else "?"
+        detail = progress.errors[-1] if progress.errors else str(exc).splitlines()[0]
+        raise StackError(f"pipeline failed at step '{step}': {detail.removeprefix('error: ')}") from None
+    seconds = time.monotonic() - started
+    new = sorted(p for p in root.iterdir() if p.name not in before and p.is_dir())
+    run_dir = new[-1] if new else root
+
+    decision = Decision.from_json(task.outputs["decision"])
+    mlflow_run_id = task.outputs["mlflow_run_id"]
+    version, alias = _registration(tracking_uri, settings.model_name, mlflow_run_id)
+    steps = _step_names(settings.ir_path)
+    executed = [s for s in steps if s in progress.executed]
+    cached = [s for s in steps if s not in progress.executed and (s != "register" or version)]
+    return RunSummary(
+        kfp_run_name=run_dir.name,
+        run_dir=run_dir,
+        mlflow_run_id=mlflow_run_id,
+        data_md5=task.outputs["data_md5"],
+        git_sha=task.outputs["git_sha"],
+        decision=decision,
+        model_version=version,
+        alias=alias,
+        tracking_uri=tracking_uri,
+        seconds=seconds,
+        executed=executed,
+        cached=cached,
+    )
+
+
+def _registration(tracking_uri: str, model_name: str, run_id: str) -> tuple[str | None, str | None]:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    found = client.search_model_versions(f"name='{model_name}' and run_id='{run_id}'")
+    if not found:
+        return None, None
+    mv = client.get_model_version(model_name, found[0].version)
+    return mv.version, ", ".join(sorted(mv.aliases)) or None

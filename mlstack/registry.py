@@ -1,0 +1,68 @@
+"""Register a model version that passed the gates, with lineage tags and an alias.
+
+All or nothing: if tagging or aliasing fails after the version was created, the version is
+deleted again (which also drops any alias MLflow attached to it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mlstack import tracking
+from mlstack.errors import StackError
+from mlstack.evaluation import CHALLENGER, CHAMPION, Decision, champion_version
+
+
+@dataclass(frozen=True)
+class Registration:
+    model_name: str
+    version: str
+    alias: str
+    created: bool
+
+
+def register(
+    run_id: str,
+    model_uri: str,
+    model_name: str,
+    decision: Decision,
+    tracking_uri: str,
+    experiment_name: str,
+) -> Registration:
+    """Create (or find, for this run) the model version; alias it ``champion`` when the registry
+    has none, else ``challenger``. Refuses a model whose gates did not pass."""
+    import mlflow
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    if not decision.passed:
+        failed = ", ".join(g.name for g in decision.gates if not g.passed)
+        raise StackError(f"refusing to register run {run_id}: gates failed ({failed})")
+    tracking.connect(tracking_uri, experiment_name)
+    client = MlflowClient()
+    existing = client.search_model_versions(f"name='{model_name}' and run_id='{run_id}'")
+    if existing:
+        mv = existing[0]
+        aliases = list(mv.aliases)
+        return Registration(model_name, mv.version, aliases[0] if aliases else "", created=False)
+
+    run = client.get_run(run_id)
+    tags = {k: v for k, v in run.data.tags.items() if k in tracking.LINEAGE_TAGS}
+    tags["mlflow_run_id"] = run_id
+    tags[tracking.TAG_GATES_PASSED] = "true"
+    for key in ("roc_auc", "f1"):
+        tags[key] = f"{decision.challenger[key]:.6f}"
+    try:
+        client.create_registered_model(model_name)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    alias = CHALLENGER if champion_version(model_name) is not None else CHAMPION
+    mv = mlflow.register_model(model_uri, model_name, tags=tags)
+    try:
+        client.set_registered_model_alias(model_name, alias, mv.version)
+        client.set_tag(run_id, "registered_version", mv.version)
+    except BaseException:
+        client.delete_model_version(model_name, mv.version)
+        raise
+    return Registration(model_name, mv.version, alias, created=True)

@@ -1,0 +1,65 @@
+"""The churn data contract: columns, dtypes, ranges, categories and data-quality limits.
+
+Validation, training, the data generator and (later) serving all read the features from here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class Feature:
+    name: str
+    kind: Literal["numeric", "categorical"]
+    dtype: Literal["int", "float", "str"]
+    min: float | None = None
+    max: float | None = None
+    categories: tuple[str, ...] = ()
+    # largest allowed fraction of missing values in a dataset
+    max_missing: float = 0.0
+
+
+FEATURES: tuple[Feature, ...] = (
+    Feature("tenure_months", "numeric", "int", 0, 120),
+    Feature("monthly_charges", "numeric", "float", 0, 500),
+    Feature("total_charges", "numeric", "float", 0, 60_000, max_missing=0.05),
+    Feature("support_calls", "numeric", "int", 0, 50),
+    Feature("age", "numeric", "int", 18, 110, max_missing=0.05),
+    Feature("contract", "categorical", "str", categories=("month-to-month", "one-year", "two-year")),
+    Feature(
+        "payment_method",
+        "categorical",
+        "str",
+        categories=("card", "bank-transfer", "electronic-check", "mailed-check"),
+        max_missing=0.05,
+    ),
+    Feature("internet_service", "categorical", "str", categories=("dsl", "fiber", "none")),
+)
+
+TARGET = "churned"
+CLASSES: tuple[int, ...] = (0, 1)
+CLASS_NAMES: dict[int, str] = {0: "retained", 1: "churned"}
+
+# dataset-level limits
+MIN_ROWS = 200
+# the minority class must be at least this share of the rows (and at most 1 - this)
+MIN_CLASS_SHARE = 0.05
+
+
+def feature_names() -> list[str]:
+    return [f.name for f in FEATURES]
+
+
+def numeric_features() -> list[str]:
+    return [f.name for f in FEATURES if f.kind == "numeric"]
+
+
+def categorical_features() -> list[str]:
+    return [f.name for f in FEATURES if f.kind == "categorical"]
+
+
+def columns() -> list[str]:
+    """Every column of a dataset file, in order."""
+    return [*feature_names(), TARGET]

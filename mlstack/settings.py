@@ -1,0 +1,111 @@
+"""The one source of truth for names, URIs, thresholds and ports.
+
+Every value has a default that makes the embedded (laptop) path work, and an environment variable
+(``MLSTACK_<FIELD>``, upper case) that overrides it for a cluster or a test. Values compiled into the
+pipeline IR (names, gate thresholds, image) are read from the defaults only, so the compile is
+deterministic whatever the environment.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+
+def _repo_root() -> Path:
+    """The git top level of the working directory, or the working directory itself."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--show-toplevel"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        return Path(out)
+    except (OSError, subprocess.CalledProcessError):
+        return Path.cwd()
+
+
+@dataclass(frozen=True)
+class Gates:
+    """Quality gates a trained model must pass before it is registered."""
+
+    min_roc_auc: float = 0.75
+    min_f1: float = 0.40
+    # the challenger may be worse than the champion's primary metric by at most this much
+    max_regression: float = 0.01
+    primary_metric: str = "roc_auc"
+
+
+@dataclass(frozen=True)
+class Settings:
+    # names
+    model_name: str = "churn-classifier"
+    experiment_name: str = "churn-training"
+    pipeline_name: str = "churn-training"
+    # data
+    data_path: str = "data/churn.csv"
+    data_seed: int = 7
+    data_rows: int = 4000
+    dvc_remote: str = "local"
+    # training split (train and evaluate both use it: one held-out set)
+    test_size: float = 0.25
+    split_seed: int = 42
+    # the training image every component's base_image names (pinned by tag; digest when built)
+    training_image: str = "ghcr.io/mlstack/churn-training:0.1.0"
+    # local state (gitignored): MLflow sqlite store and artifacts, KFP local outputs and cache
+    repo_root: Path = field(default_factory=_repo_root)
+    state_dir: Path | None = None
+    tracking_uri: str | None = None
+    gates: Gates = field(default_factory=Gates)
+
+    @property
+    def state(self) -> Path:
+        return self.state_dir or (self.repo_root / ".mlstack")
+
+    @property
+    def mlflow_tracking_uri(self) -> str:
+        if self.tracking_uri:
+            return self.tracking_uri
+        return f"sqlite:///{self.state / 'mlflow.db'}"
+
+    @property
+    def pipeline_root(self) -> Path:
+        return self.state / "kfp"
+
+    @property
+    def ir_path(self) -> Path:
+        return self.repo_root / "pipelines" / "training.yaml"
+
+
+_ENV_FIELDS = {
+    "model_name": str,
+    "experiment_name": str,
+    "data_path": str,
+    "dvc_remote": str,
+    "repo_root": Path,
+    "state_dir": Path,
+}
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Defaults, then ``MLSTACK_*`` and ``MLFLOW_TRACKING_URI`` from the environment, then overrides."""
+    values: dict[str, object] = {}
+    for name, kind in _ENV_FIELDS.items():
+        raw = os.environ.get(f"MLSTACK_{name.upper()}")
+        if raw:
+            values[name] = kind(raw)
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        values["tracking_uri"] = os.environ["MLFLOW_TRACKING_URI"]
+    values.update(overrides)
+    known = {f.name for f in fields(Settings)}
+    unknown = set(values) - known
+    if unknown:
+        raise ValueError(f"unknown settings: {sorted(unknown)}")
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+# Compile-time defaults: what the pipeline IR is built from (never the environment).
+DEFAULTS = Settings(repo_root=Path("."))

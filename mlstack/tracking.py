@@ -1,0 +1,71 @@
+"""MLflow connection: tracking URI, experiment with a local artifact root, reachability check."""
+
+from __future__ import annotations
+
+import os
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from mlstack.errors import StackError
+
+# Tag keys carrying lineage; the registry, manifests and the predictor read the same keys.
+TAG_DATA_MD5 = "data_md5"
+TAG_DATA_PATH = "data_path"
+TAG_GIT_SHA = "git_sha"
+TAG_KFP_RUN_ID = "kfp_run_id"
+TAG_KFP_RUN_NAME = "kfp_run_name"
+TAG_GATES_PASSED = "gates_passed"
+LINEAGE_TAGS = (TAG_DATA_MD5, TAG_DATA_PATH, TAG_GIT_SHA, TAG_KFP_RUN_ID, TAG_KFP_RUN_NAME)
+
+
+def check_reachable(tracking_uri: str, timeout: float = 3.0) -> None:
+    """Fail fast, in one line, when an MLflow server is not answering (MLflow itself retries
+    for minutes). File and database URIs need no server."""
+    if not tracking_uri.startswith(("http://", "https://")):
+        return
+    url = tracking_uri.rstrip("/") + "/health"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 (http(s) only)
+            if resp.status != 200:
+                raise StackError(f"MLflow at {tracking_uri} answered {resp.status} on /health")
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise StackError(f"MLflow tracking server {tracking_uri} is unreachable: {reason}") from None
+
+
+def local_artifact_root(tracking_uri: str) -> Path | None:
+    """Artifacts of a sqlite store live beside its database file (``mlartifacts/``)."""
+    prefix = "sqlite:///"
+    if tracking_uri.startswith(prefix):
+        return Path(tracking_uri[len(prefix) :]).parent / "mlartifacts"
+    return None
+
+
+def connect(tracking_uri: str, experiment_name: str) -> str:
+    """Point MLflow at ``tracking_uri`` and make sure the experiment exists; returns its id.
+
+    A sqlite store gets its artifacts beside the database (not ``./mlruns`` of whatever the
+    working directory is); a server decides its own artifact location.
+    """
+    import mlflow
+
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    check_reachable(tracking_uri)
+    mlflow.set_tracking_uri(tracking_uri)
+    experiment = mlflow.get_experiment_by_name(experiment_name)
+    if experiment is not None:
+        return experiment.experiment_id
+    location = None
+    artifact_root = local_artifact_root(tracking_uri)
+    if artifact_root is not None:
+        artifact_root.mkdir(parents=True, exist_ok=True)
+        location = artifact_root.resolve().as_uri()
+    try:
+        return mlflow.create_experiment(experiment_name, artifact_location=location)
+    except mlflow.exceptions.MlflowException:
+        # created concurrently by another step
+        found = mlflow.get_experiment_by_name(experiment_name)
+        if found is None:
+            raise
+        return found.experiment_id

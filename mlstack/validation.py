@@ -1,0 +1,133 @@
+"""Validate a dataset against the data contract in ``mlstack.schema``.
+
+Every violation names the column and the rule it broke, so a failed pipeline step says what to fix.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from mlstack.errors import StackError
+from mlstack.schema import CLASSES, FEATURES, MIN_CLASS_SHARE, MIN_ROWS, TARGET, Feature, columns
+
+
+@dataclass(frozen=True)
+class Violation:
+    column: str
+    rule: str
+    detail: str
+
+    def __str__(self) -> str:
+        return f"column '{self.column}': {self.rule}: {self.detail}"
+
+
+class DataValidationError(StackError):
+    def __init__(self, violations: list[Violation]):
+        self.violations = violations
+        shown = "; ".join(str(v) for v in violations[:5])
+        more = f" (+{len(violations) - 5} more)" if len(violations) > 5 else ""
+        super().__init__(f"data validation failed: {shown}{more}")
+
+
+def _check_feature(col: pd.Series, feature: Feature) -> list[Violation]:
+    out: list[Violation] = []
+    name = feature.name
+    missing = float(col.isna().mean()) if len(col) else 0.0
+    if missing > feature.max_missing:
+        out.append(
+            Violation(name, "missing", f"{missing:.1%} missing, limit {feature.max_missing:.1%}")
+        )
+    present = col.dropna()
+    if feature.kind == "numeric":
+        if not pd.api.types.is_numeric_dtype(col):
+            bad = pd.to_numeric(present, errors="coerce").isna()
+            example = present[bad].iloc[0] if bad.any() else present.iloc[0]
+            return [*out, Violation(name, "dtype", f"expected {feature.dtype}, got {example!r}")]
+        values = present.to_numpy(dtype=float)
+        if feature.dtype == "int" and not np.all(np.mod(values, 1) == 0):
+            return [*out, Violation(name, "dtype", "expected int, found fractional values")]
+        if not np.all(np.isfinite(values)):
+            out.append(Violation(name, "range", "infinite values"))
+            values = values[np.isfinite(values)]
+        if feature.min is not None and values.size and values.min() < feature.min:
+            out.append(Violation(name, "range", f"min {values.min():g} < {feature.min:g}"))
+        if feature.max is not None and values.size and values.max() > feature.max:
+            out.append(Violation(name, "range", f"max {values.max():g} > {feature.max:g}"))
+    else:
+        unknown = sorted(set(present.astype(str)) - set(feature.categories))
+        if unknown:
+            out.append(
+                Violation(
+                    name, "categories", f"unknown {unknown[:3]}, allowed {list(feature.categories)}"
+                )
+            )
+    return out
+
+
+def _check_target(col: pd.Series) -> list[Violation]:
+    if col.isna().any():
+        return [Violation(TARGET, "missing", f"{int(col.isna().sum())} rows without a label")]
+    labels = set(pd.unique(col))
+    if not labels <= set(CLASSES):
+        return [Violation(TARGET, "labels", f"unknown labels {sorted(labels - set(CLASSES))[:3]}")]
+    share = col.value_counts(normalize=True)
+    minority = min(float(share.get(c, 0.0)) for c in CLASSES)
+    if minority < MIN_CLASS_SHARE:
+        return [
+            Violation(
+                TARGET,
+                "class-balance",
+                f"minority class share {minority:.1%} < {MIN_CLASS_SHARE:.0%}",
+            )
+        ]
+    return []
+
+
+def find_violations(df: pd.DataFrame) -> list[Violation]:
+    expected = columns()
+    out = [Violation(c, "schema", "column missing") for c in expected if c not in df.columns]
+    out += [Violation(c, "schema", "unexpected column") for c in df.columns if c not in expected]
+    if len(df) < MIN_ROWS:
+        out.append(Violation("*", "rows", f"{len(df)} rows < {MIN_ROWS}"))
+    for feature in FEATURES:
+        if feature.name in df.columns:
+            out += _check_feature(df[feature.name], feature)
+    if TARGET in df.columns:
+        out += _check_target(df[TARGET])
+    return out
+
+
+def profile(df: pd.DataFrame) -> dict[str, float]:
+    """A few figures about a valid dataset, for the step's metrics."""
+    return {
+        "rows": float(len(df)),
+        "positive_share": float(df[TARGET].mean()),
+        **{f"missing_{f.name}": float(df[f.name].isna().mean()) for f in FEATURES},
+    }
+
+
+def validate_file(dataset_path: str | Path, report_path: str | Path | None = None) -> dict:
+    """Validate a dataset CSV; raise ``DataValidationError`` on any violation.
+
+    Writes a JSON report (also on failure) when ``report_path`` is given, and returns the profile.
+    """
+    try:
+        df = pd.read_csv(dataset_path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise DataValidationError([Violation("*", "format", f"not a readable CSV: {exc}")]) from exc
+    violations = find_violations(df)
+    report = {
+        "valid": not violations,
+        "violations": [asdict(v) for v in violations],
+        "profile": profile(df) if not violations else {},
+    }
+    if report_path is not None:
+        Path(report_path).write_text(json.dumps(report, indent=2))
+    if violations:
+        raise DataValidationError(violations)
+    return report["profile"]

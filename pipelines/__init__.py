@@ -1,0 +1,1 @@
+"""Pipeline definitions; their compiled IR (``*.yaml``) is checked in beside them."""
