@@ -1,9 +1,7 @@
 """Evaluate: the new model and the current champion on the same held-out split, and the gates."""
 
-from typing import NamedTuple
-
 from kfp import dsl
-from kfp.dsl import Dataset, Input, Metrics, Output
+from kfp.dsl import Dataset, Input, Metrics, Output, OutputPath
 
 from mlstack.settings import DEFAULTS
 
@@ -21,13 +19,15 @@ def evaluate(
     min_f1: float,
     max_regression: float,
     comparison: Output[Metrics],
-) -> NamedTuple("EvaluateOutputs", [("passed", bool), ("decision", str)]):
+    decision: OutputPath(str),
+) -> bool:
+    """Returns whether every gate passed (one unnamed output: what kfp.local's conditions read)."""
     from mlstack.errors import exit_on_error
     from mlstack.evaluation import evaluate as run_evaluation
     from mlstack.settings import Gates, load_settings
 
     with exit_on_error():
-        decision = run_evaluation(
+        result = run_evaluation(
             dataset.path,
             mlflow_run_id,
             model_name,
@@ -37,10 +37,11 @@ def evaluate(
             test_size,
             split_seed,
         )
-    with open(comparison.path, "w") as fh:
-        fh.write(decision.to_json())
-    for key, value in (decision.champion or {}).items():
+    for path in (comparison.path, decision):
+        with open(path, "w") as fh:
+            fh.write(result.to_json())
+    for key, value in (result.champion or {}).items():
         comparison.log_metric(f"champion_{key}", value)
-    for gate in decision.gates:
+    for gate in result.gates:
         comparison.log_metric(f"gate_{gate.name}", float(gate.passed))
-    return (decision.passed, decision.to_json())
+    return result.passed

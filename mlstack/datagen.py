@@ -41,15 +41,15 @@ def generate(rows: int, seed: int, drift: bool = False) -> pd.DataFrame:
     age = np.clip(rng.normal(45, 15, rows), 18, 90).astype(int)
 
     logit = (
-        -2.4
-        + 1.3 * (contract == "month-to-month")
-        - 0.9 * (contract == "two-year")
-        + 0.7 * (internet == "fiber")
-        + 0.5 * (payment == "electronic-check")
-        + 0.30 * support
-        - 0.035 * tenure
-        + 0.012 * (monthly - 60)
-        - 0.01 * (age - 45)
+        -3.0
+        + 2.0 * (contract == "month-to-month")
+        - 1.4 * (contract == "two-year")
+        + 1.0 * (internet == "fiber")
+        + 0.8 * (payment == "electronic-check")
+        + 0.45 * support
+        - 0.05 * tenure
+        + 0.02 * (monthly - 60)
+        - 0.015 * (age - 45)
     )
     churned = (rng.uniform(size=rows) < 1 / (1 + np.exp(-logit))).astype(int)
 

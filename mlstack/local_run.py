@@ -11,6 +11,7 @@ import io
 import re
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -34,7 +35,7 @@ class _Progress(io.TextIOBase):
         self.out = out
         self.verbose = verbose
         self.executed: list[str] = []
-        self.errors: list[str] = []
+        self.step_errors: list[str] = []
         self._buf = ""
         self._started: dict[str, float] = {}
 
@@ -64,10 +65,10 @@ class _Progress(io.TextIOBase):
                                f"{m.group(2).lower()} in {took:.1f}s\n")
         elif "error: " in line and not self.verbose:
             message = line[line.index("error: ") :].strip()
-            self.errors.append(message)
+            self.step_errors.append(message)
             self.out.write(f"    {message}\n")
         elif "error: " in line:
-            self.errors.append(line[line.index("error: ") :].strip())
+            self.step_errors.append(line[line.index("error: ") :].strip())
         self.out.flush()
 
 
@@ -116,7 +117,7 @@ def _step_names(ir_path: Path) -> list[str]:
 
     spec = yaml.safe_load(ir_path.read_text())
     names: list[str] = []
-    for comp in spec["components"].values():
+    for comp in [spec["root"], *spec["components"].values()]:
         for task in comp.get("dag", {}).get("tasks", {}).values():
             if "executorLabel" in spec["components"].get(task["componentRef"]["name"], {}):
                 names.append(task["taskInfo"]["name"])
@@ -163,12 +164,14 @@ def run_local(
     out.write(f"Running {settings.ir_path.name} locally on {settings.data_path}@{sha[:12]}\n")
     started = time.monotonic()
     try:
-        with contextlib.redirect_stdout(progress):
+        with contextlib.redirect_stdout(progress), warnings.catch_warnings():
+            # the local runner uses this environment, not the training image: that is the point
+            warnings.filterwarnings("ignore", message=".*non-Python base image", category=RuntimeWarning)
             task = pipeline(**args)
     except RuntimeError as exc:
         failed = re.search(r"Inner task failed: '([^']+)'", str(exc))
         step = failed.group(1) if failed else "?"
-        detail = progress.errors[-1] if progress.errors else str(exc).splitlines()[0]
+        detail = progress.step_errors[-1] if progress.step_errors else str(exc).splitlines()[0]
         raise StackError(f"pipeline failed at step '{step}': {detail.removeprefix('error: ')}") from None
     seconds = time.monotonic() - started
     new = sorted(p for p in root.iterdir() if p.name not in before and p.is_dir())

@@ -82,7 +82,7 @@ def training_pipeline(
         min_f1=min_f1,
         max_regression=max_regression,
     )
-    with dsl.If(evaluated.outputs["passed"] == True, name="gates-passed"):  # noqa: E712 (KFP DSL)
+    with dsl.If(evaluated.outputs["Output"] == True, name="gates-passed"):  # noqa: E712 (KFP DSL)
         register(
             mlflow_run_id=trained.outputs["mlflow_run_id"],
             model_uri=trained.outputs["model_uri"],
