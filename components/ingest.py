@@ -9,9 +9,9 @@ from mlstack.settings import DEFAULTS
 
 
 @dsl.component(base_image=DEFAULTS.training_image, install_kfp_package=False)
-def ingest(
-    repo: str, data_path: str, data_rev: str, dataset: Output[Dataset]
-) -> NamedTuple("IngestOutputs", [("data_md5", str), ("git_sha", str)]):
+def ingest(repo: str, data_path: str, data_rev: str, dataset: Output[Dataset]) -> NamedTuple(
+    "IngestOutputs", [("data_md5", str), ("git_sha", str)]
+):
     from mlstack.dvcdata import read_version
     from mlstack.errors import exit_on_error
 

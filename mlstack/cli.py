@@ -50,7 +50,9 @@ def _cmd_bootstrap(args: argparse.Namespace, settings: Settings) -> None:
     md5 = dvcdata.bootstrap(
         settings.repo_root, settings.data_path, settings.data_rows, settings.data_seed
     )
-    print(f"{settings.data_path} md5 {md5} is in the DVC cache and on remote '{settings.dvc_remote}'")
+    print(
+        f"{settings.data_path} md5 {md5} is in the DVC cache and on remote '{settings.dvc_remote}'"
+    )
 
 
 def _cmd_add(args: argparse.Namespace, settings: Settings) -> None:
@@ -86,15 +88,19 @@ def _cmd_run(args: argparse.Namespace, settings: Settings) -> None:
     print()
     print(summary.render())
     print()
-    print(f"Look at it: mlflow ui --backend-store-uri {summary.tracking_uri}  "
-          f"(model '{settings.model_name}'); step outputs in {summary.run_dir}")
+    print(
+        f"Look at it: mlflow ui --backend-store-uri {summary.tracking_uri}  "
+        f"(model '{settings.model_name}'); step outputs in {summary.run_dir}"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mlstack", description=__doc__)
     sub = parser.add_subparsers(dest="group", required=True)
 
-    data = sub.add_parser("data", help="DVC-versioned data").add_subparsers(dest="cmd", required=True)
+    data = sub.add_parser("data", help="DVC-versioned data").add_subparsers(
+        dest="cmd", required=True
+    )
     gen = data.add_parser("generate", help="write a seeded churn dataset (or a drifted batch)")
     gen.add_argument("out")
     gen.add_argument("--rows", type=int)

@@ -51,14 +51,13 @@ def resolve_rev(repo: str, rev: str) -> str:
 
 @contextlib.contextmanager
 def _dvc_errors(action: str) -> Iterator[None]:
-    """DVC failures (unreachable remote, missing object, bad config) as one ``StackError`` line."""
-    from dvc.exceptions import DvcException
-
+    """DVC failures (unreachable remote, missing object, bad config, missing credentials) as one
+    ``StackError`` line. Only DVC calls run inside, so every exception is one of those."""
     try:
         yield
     except StackError:
         raise
-    except (DvcException, OSError) as exc:
+    except Exception as exc:
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         cause = exc.__cause__ or exc.__context__
         if cause is not None and str(cause).strip():
@@ -118,6 +117,7 @@ def add_version(
         shutil.copy2(target, backup)
     try:
         if source.resolve() != target.resolve():
+            target.parent.mkdir(parents=True, exist_ok=True)
             tmp = target.with_name(f".{target.name}.incoming")
             shutil.copyfile(source, tmp)
             tmp.replace(target)
@@ -137,9 +137,18 @@ def add_version(
     backup.unlink(missing_ok=True)
     gitignore = target.parent / ".gitignore"
     _git(repo_root, "add", str(pointer), *([str(gitignore)] if gitignore.exists() else []))
-    _git(repo_root, "commit", "-m", message, "--", str(pointer),
-         *([str(gitignore)] if gitignore.exists() else []))
-    return DataVersion(path=data_path, md5=pointer_md5(pointer), git_sha=_git(repo_root, "rev-parse", "HEAD"))
+    _git(
+        repo_root,
+        "commit",
+        "-m",
+        message,
+        "--",
+        str(pointer),
+        *([str(gitignore)] if gitignore.exists() else []),
+    )
+    return DataVersion(
+        path=data_path, md5=pointer_md5(pointer), git_sha=_git(repo_root, "rev-parse", "HEAD")
+    )
 
 
 def bootstrap(repo_root: Path, data_path: str, rows: int, seed: int) -> str:

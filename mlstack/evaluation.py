@@ -98,7 +98,7 @@ def champion_version(model_name: str) -> str | None:
     from mlflow.exceptions import MlflowException
 
     try:
-        return MlflowClient().get_model_version_by_alias(model_name, CHAMPION).version
+        return str(MlflowClient().get_model_version_by_alias(model_name, CHAMPION).version)
     except MlflowException as exc:
         if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
             return None

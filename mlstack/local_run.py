@@ -12,6 +12,7 @@ import re
 import sys
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -37,6 +38,7 @@ class _Progress(io.TextIOBase):
         self.executed: list[str] = []
         self.step_errors: list[str] = []
         self._buf = ""
+        self._last = ""
         self._started: dict[str, float] = {}
 
     def writable(self) -> bool:
@@ -59,16 +61,25 @@ class _Progress(io.TextIOBase):
             if not self.verbose:
                 self.out.write(f"  ▶ {m.group(1)} …\n")
         elif m := _FINISHED.search(line):
+            if m.group(2) != "SUCCESS" and not any(
+                e.startswith("error: ") for e in self.step_errors
+            ):
+                # an unexpected exception: its last traceback line is the one that says what
+                self.step_errors.append(f"error: {self._last}")
             took = time.monotonic() - self._started.get(m.group(1), time.monotonic())
             if not self.verbose:
-                self.out.write(f"  {'✓' if m.group(2) == 'SUCCESS' else '✗'} {m.group(1)} "
-                               f"{m.group(2).lower()} in {took:.1f}s\n")
+                self.out.write(
+                    f"  {'✓' if m.group(2) == 'SUCCESS' else '✗'} {m.group(1)} "
+                    f"{m.group(2).lower()} in {took:.1f}s\n"
+                )
         elif "error: " in line and not self.verbose:
             message = line[line.index("error: ") :].strip()
             self.step_errors.append(message)
             self.out.write(f"    {message}\n")
         elif "error: " in line:
             self.step_errors.append(line[line.index("error: ") :].strip())
+        elif line.strip() and " - INFO - " not in line and not line.startswith("-----"):
+            self._last = line.strip()
         self.out.flush()
 
 
@@ -124,6 +135,26 @@ def _step_names(ir_path: Path) -> list[str]:
     return sorted(set(names))
 
 
+@contextlib.contextmanager
+def _capture_run_name() -> Iterator[list[str]]:
+    """kfp.local names each run ``<pipeline>-<timestamp>`` (its ``{{$.pipeline_job_name}}``) but
+    does not return the name; record it as it is made, also when every step is a cache hit."""
+    from kfp.local import executor_input_utils
+
+    made: list[str] = []
+    original = executor_input_utils.get_local_pipeline_resource_name
+
+    def recording(pipeline_name: str) -> str:
+        made.append(original(pipeline_name))
+        return made[-1]
+
+    executor_input_utils.get_local_pipeline_resource_name = recording
+    try:
+        yield made
+    finally:
+        executor_input_utils.get_local_pipeline_resource_name = original
+
+
 def run_local(
     settings: Settings,
     rev: str = "HEAD",
@@ -140,7 +171,9 @@ def run_local(
     tracking_uri = settings.mlflow_tracking_uri
     tracking.check_reachable(tracking_uri)
     if not settings.ir_path.exists():
-        raise StackError(f"no compiled pipeline at {settings.ir_path}: run 'mlstack pipeline compile'")
+        raise StackError(
+            f"no compiled pipeline at {settings.ir_path}: run 'mlstack pipeline compile'"
+        )
     root = settings.pipeline_root
     root.mkdir(parents=True, exist_ok=True)
     local.init(
@@ -159,23 +192,29 @@ def run_local(
         "model_name": settings.model_name,
         **(arguments or {}),
     }
-    before = {p.name for p in root.iterdir()}
     progress = _Progress(out, verbose)
     out.write(f"Running {settings.ir_path.name} locally on {settings.data_path}@{sha[:12]}\n")
     started = time.monotonic()
     try:
-        with contextlib.redirect_stdout(progress), warnings.catch_warnings():
+        with (
+            contextlib.redirect_stdout(progress),
+            warnings.catch_warnings(),
+            _capture_run_name() as run_name,
+        ):
             # the local runner uses this environment, not the training image: that is the point
-            warnings.filterwarnings("ignore", message=".*non-Python base image", category=RuntimeWarning)
+            warnings.filterwarnings(
+                "ignore", message=".*non-Python base image", category=RuntimeWarning
+            )
             task = pipeline(**args)
     except RuntimeError as exc:
-        failed = re.search(r"Inner task failed: '([^']+)'", str(exc))
+        failed = re.search(r"Inner task failed: '([^']+)'", _ANSI.sub("", str(exc)))
         step = failed.group(1) if failed else "?"
-        detail = progress.step_errors[-1] if progress.step_errors else str(exc).splitlines()[0]
-        raise StackError(f"pipeline failed at step '{step}': {detail.removeprefix('error: ')}") from None
+        detail = progress.step_errors[-1] if progress.step_errors else _ANSI.sub("", str(exc))
+        raise StackError(
+            f"pipeline failed at step '{step}': {detail.removeprefix('error: ')}"
+        ) from None
     seconds = time.monotonic() - started
-    new = sorted(p for p in root.iterdir() if p.name not in before and p.is_dir())
-    run_dir = new[-1] if new else root
+    run_dir = root / run_name[0]
 
     decision = Decision.from_json(task.outputs["decision"])
     mlflow_run_id = task.outputs["mlflow_run_id"]
@@ -207,4 +246,4 @@ def _registration(tracking_uri: str, model_name: str, run_id: str) -> tuple[str 
     if not found:
         return None, None
     mv = client.get_model_version(model_name, found[0].version)
-    return mv.version, ", ".join(sorted(mv.aliases)) or None
+    return str(mv.version), ", ".join(sorted(mv.aliases)) or None

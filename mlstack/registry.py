@@ -44,7 +44,7 @@ def register(
     if existing:
         mv = existing[0]
         aliases = list(mv.aliases)
-        return Registration(model_name, mv.version, aliases[0] if aliases else "", created=False)
+        return Registration(model_name, str(mv.version), aliases[0] if aliases else "", False)
 
     run = client.get_run(run_id)
     tags = {k: v for k, v in run.data.tags.items() if k in tracking.LINEAGE_TAGS}
@@ -61,8 +61,8 @@ def register(
     mv = mlflow.register_model(model_uri, model_name, tags=tags)
     try:
         client.set_registered_model_alias(model_name, alias, mv.version)
-        client.set_tag(run_id, "registered_version", mv.version)
+        client.set_tag(run_id, "registered_version", str(mv.version))
     except BaseException:
         client.delete_model_version(model_name, mv.version)
         raise
-    return Registration(model_name, mv.version, alias, created=True)
+    return Registration(model_name, str(mv.version), alias, created=True)

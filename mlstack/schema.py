@@ -27,7 +27,9 @@ FEATURES: tuple[Feature, ...] = (
     Feature("total_charges", "numeric", "float", 0, 60_000, max_missing=0.05),
     Feature("support_calls", "numeric", "int", 0, 50),
     Feature("age", "numeric", "int", 18, 110, max_missing=0.05),
-    Feature("contract", "categorical", "str", categories=("month-to-month", "one-year", "two-year")),
+    Feature(
+        "contract", "categorical", "str", categories=("month-to-month", "one-year", "two-year")
+    ),
     Feature(
         "payment_method",
         "categorical",

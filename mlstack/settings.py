@@ -77,7 +77,10 @@ class Settings:
 
     @property
     def ir_path(self) -> Path:
-        return self.repo_root / "pipelines" / "training.yaml"
+        """The compiled IR that ships with this code (not with the data repo)."""
+        import pipelines
+
+        return Path(pipelines.__file__).parent / "training.yaml"
 
 
 _ENV_FIELDS = {

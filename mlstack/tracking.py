@@ -31,7 +31,9 @@ def check_reachable(tracking_uri: str, timeout: float = 3.0) -> None:
                 raise StackError(f"MLflow at {tracking_uri} answered {resp.status} on /health")
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
-        raise StackError(f"MLflow tracking server {tracking_uri} is unreachable: {reason}") from None
+        raise StackError(
+            f"MLflow tracking server {tracking_uri} is unreachable: {reason}"
+        ) from None
 
 
 def local_artifact_root(tracking_uri: str) -> Path | None:

@@ -46,7 +46,9 @@ class HyperParams:
         if self.l2_regularization < 0:
             raise StackError("l2_regularization must be >= 0")
         if self.class_weight not in ("balanced", "none"):
-            raise StackError(f"class_weight must be 'balanced' or 'none', got {self.class_weight!r}")
+            raise StackError(
+                f"class_weight must be 'balanced' or 'none', got {self.class_weight!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -123,6 +125,14 @@ def compute_metrics(model: Pipeline, df: pd.DataFrame) -> dict[str, float]:
     return out
 
 
+# skops (MLflow's default sklearn format) loads only reviewed types; these are the ones this
+# model adds, and the files are written by this code only.
+SKOPS_TRUSTED_TYPES = [
+    "numpy.dtype",
+    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+]
+
+
 def _pip_requirements() -> list[str]:
     # given explicitly: inferring them costs seconds per log_model
     return [f"{pkg}=={version(pkg)}" for pkg in ("mlflow", "scikit-learn", "pandas", "numpy")]
@@ -159,7 +169,10 @@ def train_and_log(
     example = features(train.head(5))
     tags = {key: value for key, value in asdict(lineage).items() if value}
     with mlflow.start_run(
-        experiment_id=experiment_id, tags=tags, parent_run_id=parent_run_id, log_system_metrics=False
+        experiment_id=experiment_id,
+        tags=tags,
+        parent_run_id=parent_run_id,
+        log_system_metrics=False,
     ) as run:
         mlflow.log_params(
             {
@@ -177,7 +190,7 @@ def train_and_log(
             signature=infer_signature(example, model.predict_proba(example)[:, 1]),
             input_example=example,
             pip_requirements=_pip_requirements(),
-            serialization_format="cloudpickle",
+            skops_trusted_types=SKOPS_TRUSTED_TYPES,
         )
         mlflow.log_text(json.dumps(metrics, indent=2, sort_keys=True), "metrics.json")
     return TrainResult(run_id=run.info.run_id, model_uri=info.model_uri, metrics=metrics)

@@ -24,6 +24,13 @@ _HP = {
 }
 
 
+class TrainingOutputs(NamedTuple):
+    mlflow_run_id: str
+    data_md5: str
+    git_sha: str
+    decision: str
+
+
 @dsl.pipeline(
     name=DEFAULTS.pipeline_name,
     description="Train the churn model on a DVC data version; register it if the gates pass.",
@@ -45,10 +52,7 @@ def training_pipeline(
     min_roc_auc: float = DEFAULTS.gates.min_roc_auc,
     min_f1: float = DEFAULTS.gates.min_f1,
     max_regression: float = DEFAULTS.gates.max_regression,
-) -> NamedTuple(
-    "TrainingOutputs",
-    [("mlflow_run_id", str), ("data_md5", str), ("git_sha", str), ("decision", str)],
-):
+) -> TrainingOutputs:
     """``repo`` is a git URL (or a local path when run locally); ``data_rev`` a commit SHA, so
     that a cached step is reused only for the very same data."""
     ingested = ingest(repo=repo, data_path=data_path, data_rev=data_rev)
@@ -91,11 +95,7 @@ def training_pipeline(
             tracking_uri=tracking_uri,
             experiment_name=experiment_name,
         )
-    outputs = NamedTuple(
-        "TrainingOutputs",
-        [("mlflow_run_id", str), ("data_md5", str), ("git_sha", str), ("decision", str)],
-    )
-    return outputs(
+    return TrainingOutputs(
         trained.outputs["mlflow_run_id"],
         ingested.outputs["data_md5"],
         ingested.outputs["git_sha"],

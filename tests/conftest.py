@@ -1,0 +1,83 @@
+"""Shared fixtures: temporary git+DVC repositories, tiny datasets, a local MLflow store."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mlstack import datagen
+from mlstack.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# telemetry off, and a git identity for commits in temporary repos (never the user's config)
+os.environ.update(
+    {
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "DVC_NO_ANALYTICS": "1",
+        "GIT_AUTHOR_NAME": "mlstack tests",
+        "GIT_AUTHOR_EMAIL": "tests@mlstack.invalid",
+        "GIT_COMMITTER_NAME": "mlstack tests",
+        "GIT_COMMITTER_EMAIL": "tests@mlstack.invalid",
+    }
+)
+os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+SMALL_ROWS = 1200
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", "-C", str(repo), *args], check=True, capture_output=True, text=True
+    ).stdout.strip()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_data_repo(path: Path, remote: Path, rows: int = SMALL_ROWS, seed: int = 7) -> Path:
+    """A git repo with DVC, a local-directory default remote and one committed data version."""
+    from mlstack import dvcdata
+
+    path.mkdir(parents=True)
+    git(path, "init", "-q", "-b", "main")
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=path, check=True)
+    subprocess.run([sys.executable, "-m", "dvc", "config", "core.analytics", "false"], cwd=path, check=True)
+    subprocess.run([sys.executable, "-m", "dvc", "remote", "add", "-d", "local", str(remote)], cwd=path, check=True)
+    git(path, "add", ".dvc")
+    git(path, "commit", "-qm", "dvc init")
+    src = path.parent / f"{path.name}-v1.csv"
+    datagen.write_csv(datagen.generate(rows, seed), src)
+    dvcdata.add_version(path, src, "data/churn.csv", "data: v1")
+    return path
+
+
+@pytest.fixture
+def data_repo(tmp_path: Path) -> Path:
+    return make_data_repo(tmp_path / "repo", tmp_path / "remote")
+
+
+@pytest.fixture
+def tracking_uri(tmp_path: Path) -> str:
+    (tmp_path / "mlflow").mkdir(exist_ok=True)
+    return f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}"
+
+
+@pytest.fixture
+def settings(data_repo: Path, tmp_path: Path, tracking_uri: str) -> Settings:
+    return Settings(repo_root=data_repo, state_dir=tmp_path / "state", tracking_uri=tracking_uri)
+
+
+@pytest.fixture
+def dataset_csv(tmp_path: Path) -> Path:
+    path = tmp_path / "churn.csv"
+    datagen.write_csv(datagen.generate(SMALL_ROWS, 7), path)
+    return path

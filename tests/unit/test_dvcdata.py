@@ -1,0 +1,103 @@
+"""The DVC round trip on a local-directory remote: add, push, commit, read back at a rev."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mlstack import datagen, dvcdata
+from mlstack.errors import StackError
+from tests.conftest import git
+
+
+def test_add_version_pushes_then_commits_and_reads_back_from_a_fresh_clone(
+    data_repo: Path, tmp_path: Path
+):
+    first_sha = git(data_repo, "rev-parse", "HEAD")
+    first_md5 = dvcdata.pointer_md5(data_repo / "data/churn.csv.dvc")
+    new = tmp_path / "drifted.csv"
+    datagen.write_csv(datagen.generate(900, 8, drift=True), new)
+
+    version = dvcdata.add_version(data_repo, new, "data/churn.csv", "data: drifted batch")
+
+    assert version.git_sha == git(data_repo, "rev-parse", "HEAD") != first_sha
+    assert version.md5 != first_md5
+    assert git(data_repo, "status", "--porcelain") == ""
+    assert git(data_repo, "log", "-1", "--format=%s") == "data: drifted batch"
+    # a clone has no DVC cache: both versions must come from the remote
+    clone = tmp_path / "clone"
+    git(tmp_path, "clone", "-q", str(data_repo), str(clone))
+    old = dvcdata.read_version(str(clone), "data/churn.csv", first_sha, tmp_path / "old.csv")
+    cur = dvcdata.read_version(str(clone), "data/churn.csv", "HEAD", tmp_path / "cur.csv")
+    assert (old.md5, cur.md5) == (first_md5, version.md5)
+    assert old.git_sha == first_sha
+    assert (tmp_path / "cur.csv").read_bytes() == new.read_bytes()
+
+
+def test_failed_push_restores_pointer_and_data_and_commits_nothing(
+    data_repo: Path, tmp_path: Path
+):
+    head = git(data_repo, "rev-parse", "HEAD")
+    pointer = (data_repo / "data/churn.csv.dvc").read_text()
+    data = (data_repo / "data/churn.csv").read_bytes()
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the remote directory should be")
+    subprocess.run(
+        [sys.executable, "-m", "dvc", "remote", "add", "broken", str(blocker / "remote")],
+        cwd=data_repo,
+        check=True,
+    )
+    new = tmp_path / "new.csv"
+    datagen.write_csv(datagen.generate(700, 9), new)
+
+    with pytest.raises(StackError, match="dvc push to remote 'broken' failed"):
+        dvcdata.add_version(data_repo, new, "data/churn.csv", "never", remote="broken")
+
+    assert git(data_repo, "rev-parse", "HEAD") == head
+    assert (data_repo / "data/churn.csv.dvc").read_text() == pointer
+    assert (data_repo / "data/churn.csv").read_bytes() == data
+
+
+def test_read_of_untracked_path_or_bad_rev_is_one_line_error(data_repo: Path, tmp_path: Path):
+    with pytest.raises(StackError, match="cannot read data/nope.csv"):
+        dvcdata.read_version(str(data_repo), "data/nope.csv", "HEAD", tmp_path / "x.csv")
+    with pytest.raises(StackError, match="rev-parse"):
+        dvcdata.read_version(str(data_repo), "data/churn.csv", "no-such-rev", tmp_path / "x.csv")
+
+
+def test_missing_remote_data_is_a_clear_error(data_repo: Path, tmp_path: Path):
+    clone = tmp_path / "clone"
+    git(tmp_path, "clone", "-q", str(data_repo), str(clone))
+    for obj in (tmp_path / "remote").rglob("*"):
+        if obj.is_file():
+            obj.unlink()
+    with pytest.raises(StackError, match="cannot read data/churn.csv"):
+        dvcdata.read_version(str(clone), "data/churn.csv", "HEAD", tmp_path / "x.csv")
+
+
+def test_bootstrap_rebuilds_the_seeded_version_on_a_fresh_clone(tmp_path: Path):
+    from tests.conftest import make_data_repo
+
+    repo = make_data_repo(tmp_path / "repo", tmp_path / "remote", rows=500, seed=5)
+
+    def fresh_clone(name: str) -> Path:
+        """A clone whose default remote is a new, empty directory (as on a new machine)."""
+        clone = tmp_path / name
+        git(tmp_path, "clone", "-q", str(repo), str(clone))
+        subprocess.run(
+            [sys.executable, "-m", "dvc", "remote", "add", "-f", "-d", "local", f"../{name}-r"],
+            cwd=clone,
+            check=True,
+        )
+        return clone
+
+    clone = fresh_clone("a")
+    md5 = dvcdata.bootstrap(clone, "data/churn.csv", rows=500, seed=5)
+    assert md5 == dvcdata.pointer_md5(clone / "data/churn.csv.dvc")
+    assert any(p.is_file() for p in (tmp_path / "a-r").rglob("*"))  # pushed to the new remote
+
+    other = fresh_clone("b")
+    with pytest.raises(StackError, match="seeded generator gives md5"):
+        dvcdata.bootstrap(other, "data/churn.csv", rows=500, seed=6)
+    assert not (other / "data/churn.csv").exists()

@@ -1,0 +1,112 @@
+"""train → evaluate → register against a real (sqlite) MLflow store in tmp_path."""
+
+from pathlib import Path
+
+import mlflow
+import pytest
+from mlflow import MlflowClient
+
+from mlstack import registry
+from mlstack.errors import StackError
+from mlstack.evaluation import evaluate
+from mlstack.settings import Gates
+from mlstack.training import HyperParams, Lineage, train_and_log
+
+EXP, MODEL = "test-exp", "test-model"
+LINEAGE = Lineage("abc123", "data/churn.csv", "f" * 40, "kfp-id-1", "churn-training-x")
+
+
+def train(dataset: Path, uri: str, **hp) -> str:
+    return train_and_log(dataset, HyperParams(**hp), LINEAGE, uri, EXP, 0.25, 42)
+
+
+@pytest.fixture
+def first(dataset_csv: Path, tracking_uri: str):
+    return train(dataset_csv, tracking_uri, max_iter=60)
+
+
+def test_train_logs_params_metrics_lineage_and_model(first, tracking_uri):
+    run = MlflowClient(tracking_uri).get_run(first.run_id)
+    assert run.data.params["max_iter"] == "60"
+    assert run.data.params["learning_rate"] == "0.1"
+    for key in ("roc_auc", "f1", "precision_churned", "recall_retained", "f1_retained"):
+        assert key in run.data.metrics
+    assert run.data.metrics["roc_auc"] == pytest.approx(first.metrics["roc_auc"])
+    assert run.data.tags["data_md5"] == "abc123"
+    assert run.data.tags["git_sha"] == "f" * 40
+    assert run.data.tags["kfp_run_id"] == "kfp-id-1"
+    info = mlflow.models.get_model_info(first.model_uri)
+    assert info.signature is not None
+    assert [c["name"] for c in info.signature.inputs.to_dict()][:2] == [
+        "tenure_months",
+        "monthly_charges",
+    ]
+    assert info.saved_input_example_info is not None
+    # the artifacts of a sqlite store live beside it, not in the working directory
+    assert (Path(tracking_uri.removeprefix("sqlite:///")).parent / "mlartifacts").is_dir()
+    assert not Path("mlruns").exists()
+
+
+def test_bad_hyperparameters_are_refused():
+    with pytest.raises(StackError, match="class_weight"):
+        HyperParams(class_weight="heavy")
+    with pytest.raises(StackError, match="learning_rate"):
+        HyperParams(learning_rate=0)
+
+
+def evaluate_run(dataset, run_id, uri, gates=Gates()):
+    return evaluate(dataset, run_id, MODEL, uri, EXP, gates, 0.25, 42)
+
+
+def test_first_model_becomes_champion_then_challenger(first, dataset_csv, tracking_uri):
+    decision = evaluate_run(dataset_csv, first.run_id, tracking_uri)
+    assert decision.passed and decision.champion is None
+    reg = registry.register(first.run_id, first.model_uri, MODEL, decision, tracking_uri, EXP)
+    assert (reg.version, reg.alias, reg.created) == ("1", "champion", True)
+    mv = MlflowClient(tracking_uri).get_model_version(MODEL, "1")
+    assert mv.tags["data_md5"] == "abc123" and mv.tags["kfp_run_id"] == "kfp-id-1"
+    assert mv.tags["mlflow_run_id"] == first.run_id
+
+    # registering the same run again changes nothing
+    again = registry.register(first.run_id, first.model_uri, MODEL, decision, tracking_uri, EXP)
+    assert (again.version, again.created) == ("1", False)
+
+    second = train(dataset_csv, tracking_uri, max_iter=80)
+    d2 = evaluate_run(dataset_csv, second.run_id, tracking_uri)
+    assert d2.champion_version == "1"
+    assert d2.champion["roc_auc"] == pytest.approx(first.metrics["roc_auc"])
+    assert d2.passed
+    reg2 = registry.register(second.run_id, second.model_uri, MODEL, d2, tracking_uri, EXP)
+    assert (reg2.version, reg2.alias) == ("2", "challenger")
+    client = MlflowClient(tracking_uri)
+    assert str(client.get_model_version_by_alias(MODEL, "champion").version) == "1"
+    run = client.get_run(second.run_id)
+    assert run.data.metrics["champion_roc_auc"] == pytest.approx(first.metrics["roc_auc"])
+    assert run.data.tags["gates_passed"] == "true"
+
+
+def test_failed_gates_register_nothing(first, dataset_csv, tracking_uri):
+    decision = evaluate_run(dataset_csv, first.run_id, tracking_uri, Gates(min_roc_auc=0.999))
+    assert not decision.passed
+    with pytest.raises(StackError, match="gates failed \\(min_roc_auc\\)"):
+        registry.register(first.run_id, first.model_uri, MODEL, decision, tracking_uri, EXP)
+    assert MlflowClient(tracking_uri).search_model_versions(f"name='{MODEL}'") == []
+    assert MlflowClient(tracking_uri).get_run(first.run_id).data.tags["gates_passed"] == "false"
+
+
+def test_alias_failure_leaves_no_half_registered_version(
+    first, dataset_csv, tracking_uri, monkeypatch
+):
+    decision = evaluate_run(dataset_csv, first.run_id, tracking_uri)
+
+    def refuse(*args, **kwargs):
+        raise ConnectionError("registry went away")
+
+    monkeypatch.setattr(MlflowClient, "set_registered_model_alias", refuse)
+    with pytest.raises(ConnectionError):
+        registry.register(first.run_id, first.model_uri, MODEL, decision, tracking_uri, EXP)
+    monkeypatch.undo()
+    client = MlflowClient(tracking_uri)
+    assert client.search_model_versions(f"name='{MODEL}'") == []
+    with pytest.raises(mlflow.exceptions.MlflowException):
+        client.get_model_version_by_alias(MODEL, "champion")
