@@ -192,3 +192,22 @@ def _md5(path: Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def init_repo(path: Path, remote: Path) -> None:
+    """A new git repository with DVC and a local-directory default remote named ``local``."""
+    import sys
+
+    path.mkdir(parents=True, exist_ok=True)
+    _git(path, "init", "-q")
+    dvc = [sys.executable, "-m", "dvc"]
+    for args in (
+        ["init", "-q"],
+        ["config", "core.analytics", "false"],
+        ["remote", "add", "-d", "local", str(remote)],
+    ):
+        done = subprocess.run([*dvc, *args], cwd=path, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise StackError(f"dvc {' '.join(args)} failed: {done.stderr.strip()}")
+    _git(path, "add", ".dvc")
+    _git(path, "commit", "-qm", "dvc init")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -47,13 +46,7 @@ def make_data_repo(path: Path, remote: Path, rows: int = SMALL_ROWS, seed: int =
     """A git repo with DVC, a local-directory default remote and one committed data version."""
     from mlstack import dvcdata
 
-    path.mkdir(parents=True)
-    git(path, "init", "-q", "-b", "main")
-    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=path, check=True)
-    subprocess.run([sys.executable, "-m", "dvc", "config", "core.analytics", "false"], cwd=path, check=True)
-    subprocess.run([sys.executable, "-m", "dvc", "remote", "add", "-d", "local", str(remote)], cwd=path, check=True)
-    git(path, "add", ".dvc")
-    git(path, "commit", "-qm", "dvc init")
+    dvcdata.init_repo(path, remote)
     src = path.parent / f"{path.name}-v1.csv"
     datagen.write_csv(datagen.generate(rows, seed), src)
     dvcdata.add_version(path, src, "data/churn.csv", "data: v1")

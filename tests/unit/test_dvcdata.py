@@ -35,9 +35,7 @@ def test_add_version_pushes_then_commits_and_reads_back_from_a_fresh_clone(
     assert (tmp_path / "cur.csv").read_bytes() == new.read_bytes()
 
 
-def test_failed_push_restores_pointer_and_data_and_commits_nothing(
-    data_repo: Path, tmp_path: Path
-):
+def test_failed_push_restores_pointer_and_data_and_commits_nothing(data_repo: Path, tmp_path: Path):
     head = git(data_repo, "rev-parse", "HEAD")
     pointer = (data_repo / "data/churn.csv.dvc").read_text()
     data = (data_repo / "data/churn.csv").read_bytes()
