@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 from importlib.metadata import version
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import HistGradientBoostingClassifier
@@ -25,7 +26,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder
 
-from mlstack import tracking
+from mlstack import profile, tracking
 from mlstack.errors import StackError
 from mlstack.schema import CLASS_NAMES, CLASSES, TARGET, categorical_features, numeric_features
 
@@ -67,10 +68,11 @@ def split(df: pd.DataFrame, test_size: float, seed: int) -> tuple[pd.DataFrame, 
 
 
 def features(df: pd.DataFrame) -> pd.DataFrame:
-    """Model input: the schema's features, numeric as float64 (NaN for missing), categories as str."""
+    """Model input: the schema's features, numeric as float64 and categories as objects, NaN for
+    missing in both (what the imputers recognise)."""
     out = df[numeric_features()].astype("float64")
     for name in categorical_features():
-        out[name] = df[name].astype(object).where(df[name].notna(), None)
+        out[name] = df[name].astype(object).where(df[name].notna(), np.nan)
     return out
 
 
@@ -191,6 +193,11 @@ def train_and_log(
             input_example=example,
             pip_requirements=_pip_requirements(),
             skops_trusted_types=SKOPS_TRUSTED_TYPES,
+            # travels with the model files, so a predictor needs nothing else
+            metadata={
+                "reference_profile": profile.to_dict(profile.build(train)),
+                "lineage": {**asdict(lineage), "mlflow_run_id": run.info.run_id},
+            },
         )
         mlflow.log_text(json.dumps(metrics, indent=2, sort_keys=True), "metrics.json")
     return TrainResult(run_id=run.info.run_id, model_uri=info.model_uri, metrics=metrics)

@@ -1,0 +1,110 @@
+"""Start the churn predictor: ``python -m serving [kserve flags] [--model_uri … | --model_dir …]``.
+
+In the cluster KServe runs the image with ``--model_name`` and the model in ``/mnt/models``; the
+version comes from ``--model_version`` (or ``MODEL_VERSION``), which the overlay sets beside
+``storageUri``. Locally ``mlstack serve`` runs this with ``--model_uri models:/<name>@<alias>``
+and ``--host 127.0.0.1``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import tempfile
+from pathlib import Path
+
+from kserve import model_server
+
+from mlstack.settings import DEFAULTS
+
+_MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))$")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m serving", parents=[model_server.parser], description=__doc__
+    )
+    parser.add_argument("--model_dir", default="/mnt/models", help="MLflow model directory")
+    parser.add_argument(
+        "--model_uri", help="models:/<name>@<alias> or models:/<name>/<version> (overrides dir)"
+    )
+    parser.add_argument("--model_version", default=os.environ.get("MODEL_VERSION", ""))
+    parser.add_argument("--host", default="0.0.0.0", help="REST bind address (0.0.0.0 in a pod)")
+    parser.add_argument("--max_batch_size", type=int, default=256)
+    parser.add_argument("--drift_window", type=int, default=1000, help="rows in the PSI window")
+    parser.set_defaults(model_name=DEFAULTS.model_name)
+    return parser
+
+
+def resolve(model_uri: str, dst: Path) -> tuple[Path, str]:
+    """Download a registry version (by alias or number) to ``dst``; returns (dir, version)."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    match = _MODELS_URI.match(model_uri)
+    if not match:
+        raise SystemExit(f"error: --model_uri {model_uri!r}: expected models:/<name>@<alias>")
+    name = match["name"]
+    client = MlflowClient()
+    mv = (
+        client.get_model_version_by_alias(name, match["alias"])
+        if match["alias"]
+        else client.get_model_version(name, match["version"])
+    )
+    path = mlflow.artifacts.download_artifacts(
+        artifact_uri=f"models:/{name}/{mv.version}", dst_path=str(dst)
+    )
+    return Path(path), str(mv.version)
+
+
+def cpu_limit() -> int | None:
+    """The container's CPU quota (cgroup v2 ``cpu.max``), rounded up; None when unlimited."""
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+    except (OSError, ValueError):
+        return None
+    if quota == "max":
+        return None
+    return max(1, -(-int(quota) // int(period)))
+
+
+def bind(host: str) -> None:
+    """KServe's REST server always binds 0.0.0.0; make it bind ``host`` instead."""
+    from kserve.protocol.rest.server import RESTServer
+
+    class BoundRESTServer(RESTServer):
+        def __init__(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            super().__init__(*args, **kwargs)
+            self.config.host = host
+
+    model_server.RESTServer = BoundRESTServer  # type: ignore[misc]
+
+
+def main() -> None:
+    from threadpoolctl import threadpool_limits
+
+    from serving.model import ChurnModel
+
+    args, _ = build_parser().parse_known_args()
+    # sklearn's OpenMP pool sees every core of the node, not the pod's limit
+    threadpool_limits(int(os.environ.get("OMP_NUM_THREADS", cpu_limit() or 1)))
+    with tempfile.TemporaryDirectory(prefix="mlstack-model-") as tmp:
+        model_dir, version = Path(args.model_dir), args.model_version
+        if args.model_uri:
+            model_dir, version = resolve(args.model_uri, Path(tmp))
+        model = ChurnModel(
+            args.model_name,
+            model_dir,
+            version or "unknown",
+            max_batch_size=args.max_batch_size,
+            drift_window=args.drift_window,
+        )
+        model.load()
+        if args.host != "0.0.0.0":
+            bind(args.host)
+        model_server.ModelServer().start([model])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,233 @@
+"""Decode V1 and V2 (Open Inference Protocol) requests into one checked batch.
+
+A batch is two arrays in schema order: numeric features as float64 (NaN for missing) and
+categorical features as objects (str or None). Every problem raises ``InputError`` with the
+field's name and a ``reason`` label for the input-error metric.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mlstack.schema import FEATURES, Feature
+
+NUMERIC = [f for f in FEATURES if f.kind == "numeric"]
+CATEGORICAL = [f for f in FEATURES if f.kind == "categorical"]
+NAMES = [f.name for f in FEATURES]
+BY_NAME = {f.name: f for f in FEATURES}
+NULLABLE = {f.name for f in FEATURES if f.max_missing > 0}
+_INT_DATATYPES = {"INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"}
+_FLOAT_DATATYPES = {"FP16", "FP32", "FP64"}
+
+
+class InputError(ValueError):
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass
+class Batch:
+    numeric: np.ndarray  # (n, len(NUMERIC)) float64
+    categorical: np.ndarray  # (n, len(CATEGORICAL)) object
+
+    def __len__(self) -> int:
+        return self.numeric.shape[0]
+
+    def to_frame(self) -> pd.DataFrame:
+        """The model's input frame (what ``mlstack.training.features`` gives in training)."""
+        frame = pd.DataFrame(self.numeric, columns=[f.name for f in NUMERIC])
+        for j, f in enumerate(CATEGORICAL):
+            column = pd.Series(self.categorical[:, j], dtype=object)
+            frame[f.name] = column.where(column.notna(), np.nan)
+        return frame
+
+    @classmethod
+    def from_frame(cls, df: pd.DataFrame) -> Batch:
+        numeric = df[[f.name for f in NUMERIC]].to_numpy(dtype=np.float64, na_value=np.nan)
+        cats = df[[f.name for f in CATEGORICAL]].astype(object)
+        return cls(numeric, cats.where(cats.notna(), None).to_numpy(dtype=object))
+
+
+def _check_size(n: int, max_batch: int) -> None:
+    if n == 0:
+        raise InputError("empty_batch", "empty batch: send at least one row")
+    if n > max_batch:
+        raise InputError("batch_too_large", f"batch of {n} rows is over the limit of {max_batch}")
+
+
+def _numeric_value(feature: Feature, value: Any, where: str) -> float:
+    if value is None:
+        if feature.name not in NULLABLE:
+            raise InputError("null_value", f"{where}: feature '{feature.name}' must not be null")
+        return math.nan
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InputError(
+            "wrong_type", f"{where}: feature '{feature.name}' must be a number, got {value!r}"
+        )
+    value = float(value)
+    if math.isnan(value):
+        if feature.name not in NULLABLE:
+            raise InputError("null_value", f"{where}: feature '{feature.name}' must not be NaN")
+    elif math.isinf(value):
+        raise InputError("wrong_type", f"{where}: feature '{feature.name}' must be finite")
+    return value
+
+
+def _category_value(feature: Feature, value: Any, where: str) -> str | None:
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    # V2 BYTES tensors cannot hold null: an empty string is the missing value there
+    if value is None or value == "":
+        if feature.name not in NULLABLE:
+            raise InputError("null_value", f"{where}: feature '{feature.name}' must not be null")
+        return None
+    if not isinstance(value, str):
+        raise InputError(
+            "wrong_type", f"{where}: feature '{feature.name}' must be a string, got {value!r}"
+        )
+    return value
+
+
+def _check_keys(row: dict, where: str) -> None:
+    missing = [n for n in NAMES if n not in row]
+    if missing:
+        raise InputError("missing_feature", f"{where}: missing feature(s) {missing}")
+    extra = sorted(k for k in row if k not in BY_NAME)
+    if extra:
+        raise InputError("extra_feature", f"{where}: unknown feature(s) {extra}")
+
+
+def from_rows(rows: list[Any], max_batch: int, field: str = "instances") -> Batch:
+    """V1 rows: objects keyed by feature name, or lists in schema order."""
+    _check_size(len(rows), max_batch)
+    numeric = np.empty((len(rows), len(NUMERIC)), dtype=np.float64)
+    categorical = np.empty((len(rows), len(CATEGORICAL)), dtype=object)
+    for i, row in enumerate(rows):
+        where = f"{field}[{i}]"
+        if isinstance(row, dict):
+            _check_keys(row, where)
+            values = [row[n] for n in NAMES]
+        elif isinstance(row, list):
+            if len(row) != len(NAMES):
+                raise InputError(
+                    "wrong_shape",
+                    f"{where}: expected {len(NAMES)} values in the order {NAMES}, got {len(row)}",
+                )
+            values = row
+        else:
+            raise InputError(
+                "wrong_type",
+                f"{where}: a row must be an object or a list, got {type(row).__name__}",
+            )
+        by_name = dict(zip(NAMES, values, strict=True))
+        for j, f in enumerate(NUMERIC):
+            numeric[i, j] = _numeric_value(f, by_name[f.name], where)
+        for j, f in enumerate(CATEGORICAL):
+            categorical[i, j] = _category_value(f, by_name[f.name], where)
+    return Batch(numeric, categorical)
+
+
+def from_v1(body: Any, max_batch: int) -> Batch:
+    if not isinstance(body, dict):
+        raise InputError("wrong_shape", "request body must be a JSON object with 'instances'")
+    if "instances" in body:
+        rows = body["instances"]
+        field = "instances"
+    elif "inputs" in body:
+        rows = body["inputs"]
+        field = "inputs"
+    else:
+        raise InputError("wrong_shape", "request body needs 'instances' (a list of rows)")
+    if not isinstance(rows, list):
+        raise InputError("wrong_shape", f"'{field}' must be a list of rows")
+    return from_rows(rows, max_batch, field)
+
+
+def _v2_column(name: str, datatype: str, data: Any, n: int, feature: Feature) -> list[Any]:
+    where = f"input '{name}'"
+    if feature.kind == "numeric" and datatype not in _INT_DATATYPES | _FLOAT_DATATYPES:
+        raise InputError("wrong_type", f"{where}: datatype {datatype} is not numeric")
+    if feature.kind == "categorical" and datatype != "BYTES":
+        raise InputError("wrong_type", f"{where}: categorical feature needs datatype BYTES")
+    values = (
+        list(np.asarray(data, dtype=object).reshape(-1)) if not isinstance(data, list) else data
+    )
+    if values and isinstance(values[0], list):
+        values = [v for part in values for v in (part if isinstance(part, list) else [part])]
+    if len(values) != n:
+        raise InputError("wrong_shape", f"{where}: {len(values)} values for shape with {n} rows")
+    return values
+
+
+def from_v2(inputs: list[Any], max_batch: int) -> Batch:
+    """V2 inputs: one named input per feature (shape [n] or [n, 1]), or a single 2-D input of
+    shape [n, features] (datatype BYTES when it mixes numbers and categories)."""
+    if not inputs:
+        raise InputError("wrong_shape", "request has no inputs")
+    if len(inputs) == 1 and inputs[0].name not in BY_NAME:
+        return _from_v2_matrix(inputs[0], max_batch)
+    names = [i.name for i in inputs]
+    by_name = {i.name: i for i in inputs}
+    missing = [n for n in NAMES if n not in by_name]
+    if missing:
+        raise InputError("missing_feature", f"missing input(s) {missing}")
+    extra = sorted(n for n in names if n not in BY_NAME)
+    if extra:
+        raise InputError("extra_feature", f"unknown input(s) {extra}")
+    if len(names) != len(set(names)):
+        raise InputError("wrong_shape", "an input name appears twice")
+    n = int(by_name[NAMES[0]].shape[0]) if by_name[NAMES[0]].shape else 0
+    for name in NAMES:
+        shape = list(by_name[name].shape)
+        if not (shape == [n] or shape == [n, 1]):
+            raise InputError(
+                "wrong_shape", f"input '{name}': shape {shape}, expected [{n}] or [{n}, 1]"
+            )
+    _check_size(n, max_batch)
+    columns = {
+        name: _v2_column(name, by_name[name].datatype, by_name[name].data, n, BY_NAME[name])
+        for name in NAMES
+    }
+    rows = [[columns[name][i] for name in NAMES] for i in range(n)]
+    return from_rows(rows, max_batch, field="row")
+
+
+def _from_v2_matrix(inp: Any, max_batch: int) -> Batch:
+    shape = list(inp.shape)
+    if len(shape) != 2 or shape[1] != len(NAMES):
+        raise InputError(
+            "wrong_shape",
+            f"input '{inp.name}': shape {shape}, expected [n, {len(NAMES)}] in the order {NAMES}",
+        )
+    n = shape[0]
+    _check_size(n, max_batch)
+    data = inp.data
+    flat = list(data) if isinstance(data, list) else list(np.asarray(data, dtype=object).ravel())
+    if flat and isinstance(flat[0], list):
+        flat = [v for row in flat for v in row]
+    if len(flat) != n * len(NAMES):
+        raise InputError("wrong_shape", f"input '{inp.name}': {len(flat)} values for shape {shape}")
+    rows = []
+    for i in range(n):
+        row = []
+        for j, f in enumerate(FEATURES):
+            v = flat[i * len(NAMES) + j]
+            if isinstance(v, bytes):
+                v = v.decode("utf-8", "replace")
+            if f.kind == "numeric" and isinstance(v, str):
+                try:
+                    v = float(v) if v.strip().lower() not in ("", "nan", "null") else None
+                except ValueError:
+                    raise InputError(
+                        "wrong_type",
+                        f"input '{inp.name}'[{i}]: feature '{f.name}' must be a number, got {v!r}",
+                    ) from None
+            row.append(v)
+        rows.append(row)
+    return from_rows(rows, max_batch, field=f"input '{inp.name}' row")

@@ -1,0 +1,202 @@
+"""The KServe predictor: the registered MLflow churn model behind V1 and V2 endpoints."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+from kserve import Model
+from kserve.errors import InvalidInput
+from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
+
+from mlstack import datagen
+from mlstack import profile as profiles
+from serving import codec, monitoring
+from serving.codec import Batch, InputError
+from serving.compiled import CompiledModel, compile_model, verify
+
+log = logging.getLogger(__name__)
+
+VERSION_HEADER = "x-model-version"
+V2_OUTPUTS = ("predict", "probabilities")
+_V1_KEYS = {"instances", "inputs", "parameters"}
+
+
+@dataclass(frozen=True)
+class Lineage:
+    model_version: str
+    data_md5: str = ""
+    git_sha: str = ""
+    mlflow_run_id: str = ""
+    kfp_run_id: str = ""
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+class ChurnModel(Model):
+    """Loads an MLflow sklearn model directory (MLmodel + files): ``/mnt/models`` in the cluster
+    (KServe's storage initializer fills it from ``storageUri``), a downloaded registry version
+    locally."""
+
+    def __init__(
+        self,
+        name: str,
+        model_dir: Path,
+        model_version: str,
+        max_batch_size: int = 256,
+        drift_window: int = 1000,
+        threshold: float = 0.5,
+    ):
+        super().__init__(name, return_response_headers=True)
+        self.model_dir = model_dir
+        self.model_version = model_version
+        self.max_batch_size = max_batch_size
+        self.drift_window_size = drift_window
+        self.threshold = threshold
+        self.pipeline: Any = None
+        self.compiled: CompiledModel | None = None
+        self.drift: monitoring.DriftWindow | None = None
+        self.lineage: Lineage | None = None
+
+    def load(self) -> bool:
+        import mlflow
+
+        mlmodel = mlflow.models.Model.load(str(self.model_dir))
+        meta = mlmodel.metadata or {}
+        self.pipeline = mlflow.sklearn.load_model(str(self.model_dir))
+        compiled = compile_model(self.pipeline)
+        probe = Batch.from_frame(datagen.generate(500, seed=12345, drift=True))
+        if compiled is not None and verify(compiled, self.pipeline, probe):
+            self.compiled = compiled
+        else:
+            log.warning("fast path unavailable for this model: serving through sklearn")
+        if "reference_profile" in meta:
+            reference = profiles.from_dict(meta["reference_profile"])
+            self.drift = monitoring.DriftWindow(reference, self.drift_window_size)
+            monitoring.DRIFT.windows[self.name] = self.drift
+        lineage = meta.get("lineage", {})
+        self.lineage = Lineage(
+            model_version=self.model_version,
+            data_md5=lineage.get("data_md5", ""),
+            git_sha=lineage.get("git_sha", ""),
+            mlflow_run_id=lineage.get("mlflow_run_id", ""),
+            kfp_run_id=lineage.get("kfp_run_id", ""),
+        )
+        monitoring.MODEL_INFO.labels(
+            self.name,
+            self.model_version,
+            self.lineage.data_md5,
+            self.lineage.git_sha,
+            self.lineage.mlflow_run_id,
+            self.lineage.kfp_run_id,
+        ).set(1)
+        self.ready = True
+        return self.ready
+
+    def predict_proba(self, batch: Batch) -> np.ndarray:
+        if self.compiled is not None:
+            return self.compiled.predict_proba(batch)
+        return self.pipeline.predict_proba(batch.to_frame())
+
+    def _refuse(self, exc: InputError) -> InvalidInput:
+        monitoring.INPUT_ERRORS.labels(self.name, exc.reason).inc()
+        return InvalidInput(str(exc))
+
+    def _json(self, payload: Any) -> Any:
+        """A JSON body sent without a JSON content-type reaches the model undecoded."""
+        if not isinstance(payload, bytes | str):
+            return payload
+        try:
+            return orjson.loads(payload)
+        except orjson.JSONDecodeError as exc:
+            raise self._refuse(InputError("malformed_json", f"body is not JSON: {exc}")) from None
+
+    def _decode(self, payload: Any) -> tuple[Batch, bool]:
+        try:
+            if isinstance(payload, InferRequest):
+                return codec.from_v2(payload.inputs, self.max_batch_size), True
+            if isinstance(payload, dict):
+                unknown = sorted(set(payload) - _V1_KEYS)
+                if unknown:
+                    raise InputError("wrong_shape", f"unknown request field(s) {unknown}")
+            return codec.from_v1(payload, self.max_batch_size), False
+        except InputError as exc:
+            raise self._refuse(exc) from None
+
+    def _v2_requested(self, payload: InferRequest) -> list[str]:
+        wanted = [o.name for o in (payload.request_outputs or [])] or list(V2_OUTPUTS)
+        unknown = [w for w in wanted if w not in V2_OUTPUTS]
+        if unknown:
+            message = f"unknown output(s) {unknown}; this model has {list(V2_OUTPUTS)}"
+            raise self._refuse(InputError("unknown_output", message))
+        return wanted
+
+    def predict(
+        self,
+        payload: Any,
+        headers: dict[str, str] | None = None,
+        response_headers: dict[str, str] | None = None,
+    ) -> dict | InferResponse:
+        payload = self._json(payload)
+        batch, v2 = self._decode(payload)
+        wanted = self._v2_requested(payload) if v2 else []
+        proba = self.predict_proba(batch)
+        labels = (proba[:, 1] >= self.threshold).astype(np.int64)
+        self._observe(batch, proba, labels)
+        if response_headers is not None:
+            response_headers[VERSION_HEADER] = self.model_version
+        if not v2:
+            body: dict[str, Any] = {"predictions": labels.tolist()}
+            params = payload.get("parameters") or {}
+            if not isinstance(params, dict):
+                raise self._refuse(InputError("wrong_type", "'parameters' must be an object"))
+            if params.get("probabilities"):
+                body["probabilities"] = proba.tolist()
+            return body
+        outputs = []
+        if "predict" in wanted:
+            outputs.append(InferOutput("predict", [len(batch)], "INT64", labels.tolist()))
+        if "probabilities" in wanted:
+            outputs.append(
+                InferOutput("probabilities", [len(batch), 2], "FP64", proba.ravel().tolist())
+            )
+        return InferResponse(
+            response_id=payload.id or "",
+            model_name=self.name,
+            model_version=self.model_version,
+            infer_outputs=outputs,
+        )
+
+    def _observe(self, batch: Batch, proba: np.ndarray, labels: np.ndarray) -> None:
+        positives = int(labels.sum())
+        if positives:
+            monitoring.PREDICTIONS.labels(self.name, self.model_version, "1").inc(positives)
+        if len(labels) - positives:
+            monitoring.PREDICTIONS.labels(self.name, self.model_version, "0").inc(
+                len(labels) - positives
+            )
+        score = monitoring.SCORE.labels(self.name)
+        for p in proba[:, 1]:
+            score.observe(float(p))
+        if self.drift is not None:
+            self.drift.update(batch)
+
+    def get_input_types(self) -> list[dict]:
+        """One input per feature, in schema order (numbers as FP64, null where allowed)."""
+        return [
+            {
+                "name": f.name,
+                "datatype": "FP64" if f.kind == "numeric" else "BYTES",
+                "shape": [-1],
+            }
+            for f in codec.FEATURES
+        ]
+
+    def get_output_types(self) -> list[dict]:
+        return [
+            {"name": "predict", "datatype": "INT64", "shape": [-1]},
+            {"name": "probabilities", "datatype": "FP64", "shape": [-1, 2]},
+        ]

@@ -1,0 +1,116 @@
+"""Prometheus metrics of the predictor, beside KServe's own latency histograms.
+
+- ``model_predictions_total{model_name, model_version, predicted_class}``: the prediction mix
+- ``model_prediction_score``: histogram of the churn probability
+- ``model_input_errors_total{model_name, reason}``: refused requests by reason
+- ``model_info{model_name, model_version, data_md5, git_sha, mlflow_run_id, kfp_run_id} 1``
+- ``model_feature_drift_psi{model_name, feature}``: PSI of the last N rows against the training
+  profile, computed when scraped (the request path only records bin indices)
+- ``model_drift_window_rows{model_name}``: how many rows that window holds
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from mlstack import profile as profiles
+from mlstack.profile import FeatureProfile
+from serving.codec import CATEGORICAL, NUMERIC, Batch
+
+PREDICTIONS = Counter(
+    "model_predictions",
+    "Predictions served, by predicted class",
+    ["model_name", "model_version", "predicted_class"],
+)
+SCORE = Histogram(
+    "model_prediction_score",
+    "Predicted probability of the positive class",
+    ["model_name"],
+    buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
+)
+INPUT_ERRORS = Counter(
+    "model_input_errors", "Requests refused as bad input, by reason", ["model_name", "reason"]
+)
+MODEL_INFO = Gauge(
+    "model_info",
+    "The model being served and its lineage (value is always 1)",
+    ["model_name", "model_version", "data_md5", "git_sha", "mlflow_run_id", "kfp_run_id"],
+)
+
+
+class DriftWindow:
+    """The bin index of every feature for the last ``size`` rows, in a ring buffer."""
+
+    def __init__(self, reference: dict[str, FeatureProfile], size: int):
+        if size < 1:
+            raise ValueError("drift window size must be at least 1")
+        self.numeric = [reference[f.name] for f in NUMERIC]
+        self.categorical = [reference[f.name] for f in CATEGORICAL]
+        self.features = self.numeric + self.categorical
+        self.size = size
+        self.bins = np.zeros((len(self.features), size), dtype=np.int16)
+        self.filled = 0
+        self.pos = 0
+        self._lock = threading.Lock()
+
+    def update(self, batch: Batch) -> None:
+        n = len(batch)
+        rows = np.empty((len(self.features), n), dtype=np.int16)
+        for j, p in enumerate(self.numeric):
+            rows[j] = p.bin_numeric(batch.numeric[:, j])
+        offset = len(self.numeric)
+        for j, p in enumerate(self.categorical):
+            rows[offset + j] = [p.bin_category(v) for v in batch.categorical[:, j]]
+        if n >= self.size:
+            rows = rows[:, -self.size :]
+            n = self.size
+        with self._lock:
+            end = self.pos + n
+            if end <= self.size:
+                self.bins[:, self.pos : end] = rows
+            else:
+                first = self.size - self.pos
+                self.bins[:, self.pos :] = rows[:, :first]
+                self.bins[:, : n - first] = rows[:, first:]
+            self.pos = end % self.size
+            self.filled = min(self.size, self.filled + n)
+
+    def psi(self) -> dict[str, float]:
+        with self._lock:
+            window = self.bins[:, : self.filled].copy()
+        return {
+            p.name: profiles.psi(p.expected, np.bincount(window[i], minlength=p.n_bins))
+            for i, p in enumerate(self.features)
+        }
+
+
+class DriftCollector(Collector):
+    """Computes the PSI gauges at scrape time for every registered model's window."""
+
+    def __init__(self) -> None:
+        self.windows: dict[str, DriftWindow] = {}
+
+    def collect(self):  # type: ignore[no-untyped-def]
+        psi = GaugeMetricFamily(
+            "model_feature_drift_psi",
+            "Population stability index of recent inputs against the training profile",
+            labels=["model_name", "feature"],
+        )
+        rows = GaugeMetricFamily(
+            "model_drift_window_rows", "Rows in the drift window", labels=["model_name"]
+        )
+        for model_name, window in list(self.windows.items()):
+            rows.add_metric([model_name], window.filled)
+            for feature, value in window.psi().items():
+                psi.add_metric([model_name, feature], value)
+        yield psi
+        yield rows
+
+
+DRIFT = DriftCollector()
+REGISTRY.register(DRIFT)

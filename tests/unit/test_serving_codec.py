@@ -1,0 +1,111 @@
+"""Request decoding: every bad input is an InputError naming the field and a reason."""
+
+import math
+
+import numpy as np
+import pytest
+from kserve.protocol.infer_type import InferInput
+
+from serving.codec import NAMES, InputError, from_rows, from_v1, from_v2
+
+ROW = {
+    "tenure_months": 12,
+    "monthly_charges": 70.5,
+    "total_charges": None,
+    "support_calls": 2,
+    "age": 41,
+    "contract": "one-year",
+    "payment_method": None,
+    "internet_service": "fiber",
+}
+
+
+def as_list(row: dict) -> list:
+    return [row[n] for n in NAMES]
+
+
+def test_objects_and_lists_decode_alike():
+    a = from_v1({"instances": [ROW]}, 10)
+    b = from_v1({"instances": [as_list(ROW)]}, 10)
+    np.testing.assert_array_equal(a.numeric, b.numeric)
+    assert a.categorical.tolist() == b.categorical.tolist() == [["one-year", None, "fiber"]]
+    assert math.isnan(a.numeric[0, 2])
+
+
+@pytest.mark.parametrize(
+    ("body", "reason", "needle"),
+    [
+        ({"instances": []}, "empty_batch", "empty batch"),
+        ({"instances": [ROW] * 11}, "batch_too_large", "over the limit of 10"),
+        ({"rows": [ROW]}, "wrong_shape", "'instances'"),
+        ({"instances": ROW}, "wrong_shape", "must be a list"),
+        ({"instances": [{k: v for k, v in ROW.items() if k != "age"}]}, "missing_feature", "'age'"),
+        ({"instances": [{**ROW, "zip": 1}]}, "extra_feature", "'zip'"),
+        ({"instances": [{**ROW, "age": "old"}]}, "wrong_type", "feature 'age' must be a number"),
+        ({"instances": [{**ROW, "age": True}]}, "wrong_type", "feature 'age'"),
+        ({"instances": [{**ROW, "contract": 3}]}, "wrong_type", "feature 'contract' must be a str"),
+        ({"instances": [{**ROW, "tenure_months": None}]}, "null_value", "'tenure_months'"),
+        ({"instances": [{**ROW, "contract": None}]}, "null_value", "'contract' must not be null"),
+        ({"instances": [{**ROW, "tenure_months": float("nan")}]}, "null_value", "NaN"),
+        ({"instances": [{**ROW, "monthly_charges": float("inf")}]}, "wrong_type", "finite"),
+        ({"instances": [as_list(ROW)[:7]]}, "wrong_shape", "expected 8 values"),
+        ({"instances": ["a row"]}, "wrong_type", "instances[0]"),
+    ],
+)
+def test_bad_v1_requests(body, reason, needle):
+    with pytest.raises(InputError, match=".*") as err:
+        from_v1(body, 10)
+    assert err.value.reason == reason
+    assert needle in str(err.value)
+
+
+def v2_inputs(row: dict, n: int = 1) -> list[InferInput]:
+    out = []
+    for name in NAMES:
+        value = row[name]
+        datatype = "BYTES" if name in ("contract", "payment_method", "internet_service") else "FP64"
+        out.append(InferInput(name, [n], datatype, [value] * n))
+    return out
+
+
+def test_v2_named_inputs_and_matrix_agree():
+    named = from_v2(v2_inputs(ROW, 3), 10)
+    matrix = InferInput(
+        "input-0", [3, 8], "BYTES", [str(v) if v is not None else "" for v in as_list(ROW)] * 3
+    )
+    flat = from_v2([matrix], 10)
+    np.testing.assert_array_equal(named.numeric, flat.numeric)
+    assert named.categorical.tolist()[0][0] == flat.categorical.tolist()[0][0] == "one-year"
+
+
+def test_bad_v2_requests():
+    cases = [
+        (v2_inputs(ROW)[:-1], "missing_feature", "internet_service"),
+        (v2_inputs(ROW) + [InferInput("zip", [1], "FP64", [1.0])], "extra_feature", "zip"),
+        (
+            [*v2_inputs(ROW)[:5], InferInput("contract", [1], "FP64", [1.0]), *v2_inputs(ROW)[6:]],
+            "wrong_type",
+            "input 'contract'",
+        ),
+        (
+            [InferInput("tenure_months", [2], "FP64", [1.0, 2.0]), *v2_inputs(ROW)[1:]],
+            "wrong_shape",
+            "input 'monthly_charges'",
+        ),
+        ([InferInput("m", [1, 7], "BYTES", ["1"] * 7)], "wrong_shape", "expected [n, 8]"),
+        ([], "wrong_shape", "no inputs"),
+    ]
+    for inputs, reason, needle in cases:
+        with pytest.raises(InputError) as err:
+            from_v2(inputs, 10)
+        assert (err.value.reason, needle in str(err.value)) == (reason, True), str(err.value)
+
+
+def test_rows_over_limit_in_v2():
+    with pytest.raises(InputError, match="over the limit"):
+        from_v2(v2_inputs(ROW, 11), 10)
+
+
+def test_from_rows_keeps_field_in_message():
+    with pytest.raises(InputError, match=r"row\[1\]: feature 'age'"):
+        from_rows([as_list(ROW), {**ROW, "age": "x"}], 10, field="row")
