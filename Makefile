@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 export MLFLOW_DISABLE_TELEMETRY := true
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup run test test-fast lint compile bench clean
+.PHONY: setup run serve test test-fast lint compile bench bench-serving clean
 
 setup: $(VENV)/.installed
 
@@ -20,6 +20,10 @@ run: setup
 	$(BIN)/mlstack data bootstrap
 	$(BIN)/mlstack pipeline run
 
+## serve the current champion on http://127.0.0.1:8080 (V1 and V2 protocols, /metrics)
+serve: setup
+	$(BIN)/mlstack serve
+
 ## lint, then every test (the slow end-to-end ones included)
 test: setup lint
 	$(BIN)/pytest -q
@@ -31,12 +35,24 @@ test-fast: setup
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/hadolint components/Dockerfile serving/Dockerfile
 
 compile: setup
 	$(BIN)/mlstack pipeline compile
 
 bench: setup
 	$(BIN)/python benchmarks/pipeline_wall_time.py
+
+## this predictor vs MLServer's sklearn runtime (own venv in .bench/), loaded by wrk on loopback
+bench-serving: setup .bench/mlserver/.installed
+	command -v wrk >/dev/null || (apt-get update -q && apt-get install -y -q wrk)
+	$(BIN)/python benchmarks/serving_throughput.py
+
+.bench/mlserver/.installed:
+	$(PYTHON) -m venv .bench/mlserver
+	.bench/mlserver/bin/pip install --quiet "mlserver==1.7.1" "mlserver-sklearn==1.7.1" \
+		"uvloop<0.22" "scikit-learn==1.9.1" "pandas==2.3.3" "numpy==2.4.6"
+	touch $@
 
 clean:
 	rm -rf .mlstack

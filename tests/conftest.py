@@ -30,6 +30,13 @@ os.environ.pop("MLFLOW_TRACKING_URI", None)
 SMALL_ROWS = 1200
 
 
+@pytest.fixture(autouse=True)
+def _no_tracking_uri_leak():
+    """mlflow.set_tracking_uri also sets MLFLOW_TRACKING_URI: keep one test's store from the next."""
+    yield
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+
 def git(repo: Path, *args: str) -> str:
     return subprocess.run(
         ["git", "-C", str(repo), *args], check=True, capture_output=True, text=True

@@ -100,7 +100,7 @@ def server(tmp_path_factory):
         time.sleep(0.3)
     mlflow.set_tracking_uri(uri)
     model = mlflow.sklearn.load_model(f"models:/{MODEL}@champion")
-    yield base, model, port
+    yield base, model, port, uri
     proc.terminate()
     try:
         proc.wait(timeout=15)
@@ -137,7 +137,7 @@ def expected(model, df=ROWS) -> np.ndarray:
 
 
 def test_v1_objects_lists_probabilities_and_version_header(server):
-    base, model, _ = server
+    base, model, _, _ = server
     objects = rows_as_objects()
     status, headers, body = call(
         f"{base}/v1/models/{MODEL}:predict",
@@ -156,7 +156,7 @@ def test_v1_objects_lists_probabilities_and_version_header(server):
 
 
 def test_v2_named_inputs_matrix_and_output_selection(server):
-    base, model, _ = server
+    base, model, _, _ = server
     objects = rows_as_objects()
     inputs = [
         {
@@ -193,7 +193,7 @@ def test_v2_named_inputs_matrix_and_output_selection(server):
 
 
 def test_metadata_liveness_readiness(server):
-    base, _, _ = server
+    base, _, _, _ = server
     assert call(f"{base}/v2/health/live")[0] == 200
     assert call(f"{base}/v2/health/ready")[0] == 200
     assert json.loads(call(f"{base}/v1/models/{MODEL}")[2]) == {"name": MODEL, "ready": True}
@@ -241,7 +241,7 @@ GOOD = rows_as_objects()[0]
 def test_bad_input_is_4xx_naming_the_problem_and_server_keeps_serving(
     server, path, body, status, needle
 ):
-    base, _, _ = server
+    base, _, _, _ = server
     url = {
         "v1": f"{base}/v1/models/{MODEL}:predict",
         "v1-text": f"{base}/v1/models/{MODEL}:predict",
@@ -264,7 +264,7 @@ def metrics(base: str) -> dict[str, float]:
 
 
 def test_metrics_prediction_mix_errors_info_and_drift(server):
-    base, _, _ = server
+    base, _, _, _ = server
     calm = rows_as_objects(datagen.generate(WINDOW, 77))
     for i in range(0, WINDOW, 50):
         assert call(f"{base}/v1/models/{MODEL}:predict", {"instances": calm[i : i + 50]})[0] == 200
@@ -290,7 +290,7 @@ def test_metrics_prediction_mix_errors_info_and_drift(server):
 def test_tritonclient_gets_correct_answers(server):
     import tritonclient.http as httpclient
 
-    base, model, port = server
+    base, model, port, _ = server
     client = httpclient.InferenceServerClient(url=f"127.0.0.1:{port}")
     assert client.is_server_live() and client.is_model_ready(MODEL)
     assert [i["name"] for i in client.get_model_metadata(MODEL)["inputs"]] == NAMES
@@ -311,3 +311,30 @@ def test_tritonclient_gets_correct_answers(server):
     got = result.as_numpy("probabilities").reshape(-1, 2)
     # BYTES cannot hold null: the empty string sent for the missing category reads as missing
     np.testing.assert_allclose(got, model.predict_proba(batch.to_frame()), atol=1e-9)
+
+
+def test_mlstack_serve_binds_loopback_only(server):
+    """`mlstack serve` runs the same predictor on 127.0.0.1 (KServe alone would bind 0.0.0.0)."""
+    import socket
+
+    *_, uri = server
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlstack.cli", "serve", "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "MLFLOW_TRACKING_URI": uri, "MLSTACK_MODEL_NAME": MODEL},
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 90
+        while not _up(base):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read().decode()
+            time.sleep(0.3)
+        status, headers, _ = call(f"{base}/v1/models/{MODEL}:predict", {"instances": [GOOD]})
+        assert status == 200 and headers["x-model-version"] == "1"
+        with pytest.raises(OSError), socket.create_connection(("127.0.0.2", port), timeout=2):
+            pass
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)

@@ -1,0 +1,34 @@
+"""The images' Dockerfiles: hadolint clean, pinned base, non-root; and hadolint really checks."""
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCKERFILES = [ROOT / "components" / "Dockerfile", ROOT / "serving" / "Dockerfile"]
+HADOLINT = shutil.which("hadolint") or str(Path(__file__).parents[2] / ".venv/bin/hadolint")
+
+
+@pytest.mark.parametrize("path", DOCKERFILES, ids=lambda p: p.parent.name)
+def test_hadolint_clean_pinned_and_non_root(path: Path):
+    done = subprocess.run([HADOLINT, str(path)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    text = path.read_text()
+    base = re.search(r"^FROM (\S+)", text, re.M).group(1)
+    assert re.fullmatch(r"python:\d+\.\d+\.\d+-slim-\w+", base), base
+    users = re.findall(r"^USER (\S+)", text, re.M)
+    assert users and users[-1] not in ("root", "0")
+
+
+def test_hadolint_rejects_a_broken_dockerfile(tmp_path: Path):
+    bad = tmp_path / "Dockerfile"
+    bad.write_text(
+        "FROM python:latest\nRUN apt-get update && apt-get install -y git\nRUN cd /app\n"
+    )
+    done = subprocess.run([HADOLINT, str(bad)], capture_output=True, text=True)
+    assert done.returncode != 0
+    for rule in ("DL3007", "DL3008", "DL3009", "DL3003"):
+        assert rule in done.stdout
