@@ -48,7 +48,11 @@ def _cmd_bootstrap(args: argparse.Namespace, settings: Settings) -> None:
     from mlstack import dvcdata
 
     md5 = dvcdata.bootstrap(
-        settings.repo_root, settings.data_path, settings.data_rows, settings.data_seed
+        settings.repo_root,
+        settings.data_path,
+        settings.data_rows,
+        settings.data_seed,
+        remote=settings.dvc_remote,
     )
     print(
         f"{settings.data_path} md5 {md5} is in the DVC cache and on remote '{settings.dvc_remote}'"
@@ -63,28 +67,31 @@ def _cmd_add(args: argparse.Namespace, settings: Settings) -> None:
         Path(args.source).resolve(),
         settings.data_path,
         args.message,
-        remote=args.remote,
+        remote=args.remote or settings.dvc_remote,
     )
     print(f"new data version {version.md5} pushed and committed as {version.git_sha[:12]}")
 
 
 def _cmd_compile(args: argparse.Namespace, settings: Settings) -> None:
-    from mlstack.compile import compile_training, is_stale
+    from mlstack.compile import compile_all, stale
 
     if args.check:
-        if is_stale(settings.ir_path):
-            raise StackError(f"{settings.ir_path} is stale: run 'mlstack pipeline compile'")
-        print(f"{settings.ir_path} is up to date")
+        if names := stale():
+            raise StackError(f"stale IR: {', '.join(names)}: run 'mlstack pipeline compile'")
+        print("pipelines/*.yaml are up to date")
         return
-    compile_training(settings.ir_path)
-    print(f"compiled {settings.ir_path}")
+    for path in compile_all():
+        print(f"compiled {path}")
 
 
 def _cmd_run(args: argparse.Namespace, settings: Settings) -> None:
     from mlstack.local_run import run_local
 
-    params = parse_params(args.param, settings.ir_path)
-    summary = run_local(settings, rev=args.rev, arguments=params, verbose=args.verbose)
+    ir_path = settings.tuning_ir_path if args.tuning else settings.ir_path
+    params = parse_params(args.param, ir_path)
+    if args.tuning:
+        params.setdefault("tune_backend", "local")
+    summary = run_local(settings, args.rev, params, args.verbose, ir_path=ir_path)
     print()
     print(summary.render())
     print()
@@ -92,6 +99,24 @@ def _cmd_run(args: argparse.Namespace, settings: Settings) -> None:
         f"Look at it: mlflow ui --backend-store-uri {summary.tracking_uri}  "
         f"(model '{settings.model_name}'); step outputs in {summary.run_dir}"
     )
+
+
+def _cmd_tune(args: argparse.Namespace, settings: Settings) -> None:
+    from mlstack import dvcdata, katib
+
+    exp = katib.load(args.experiment or settings.katib_experiment)
+    repo = str(settings.repo_root)
+    sha = dvcdata.resolve_rev(repo, args.rev)
+    result = katib.tune_local(
+        exp,
+        settings.mlflow_tracking_uri,
+        settings.experiment_name,
+        repo,
+        sha,
+        parallel=args.parallel,
+        max_trials=args.max_trials,
+    )
+    print(result.render())
 
 
 def serve_argv(settings: Settings, alias: str | None, version: str | None, port: int) -> list[str]:
@@ -136,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     add = data.add_parser("add", help="new data version: dvc add, dvc push, git commit")
     add.add_argument("source", help="CSV file that becomes the new version")
     add.add_argument("-m", "--message", default="data: new churn data version")
-    add.add_argument("--remote", help="DVC remote (default: the repo's default remote)")
+    add.add_argument("--remote", help="DVC remote (default: MLSTACK_DVC_REMOTE, 'local')")
     add.set_defaults(func=_cmd_add)
 
     pipe = sub.add_parser("pipeline", help="the training pipeline").add_subparsers(
@@ -149,7 +174,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--rev", default="HEAD", help="git rev of the data version (default HEAD)")
     run.add_argument("--param", action="append", default=[], metavar="KEY=VALUE")
     run.add_argument("-v", "--verbose", action="store_true", help="show every step's full log")
+    run.add_argument(
+        "--tuning", action="store_true", help="the tuning pipeline (Katib tune step run locally)"
+    )
     run.set_defaults(func=_cmd_run)
+
+    tune = sub.add_parser("tune", help="run the Katib Experiment locally (optuna)")
+    tune.add_argument("--experiment", help="Experiment YAML (default katib/experiment.yaml)")
+    tune.add_argument("--rev", default="HEAD", help="git rev of the data version")
+    tune.add_argument("--parallel", type=int, help="override parallelTrialCount")
+    tune.add_argument("--max-trials", type=int, help="lower maxTrialCount")
+    tune.set_defaults(func=_cmd_tune)
 
     serve = sub.add_parser("serve", help="serve a registered model version on 127.0.0.1")
     which = serve.add_mutually_exclusive_group()

@@ -5,20 +5,43 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+from mlstack.settings import code_root
 
-def compile_training(out: Path) -> None:
+
+def pipelines() -> dict[str, object]:
+    """IR file name -> pipeline function, for every pipeline of the project."""
+    from pipelines.training import training_pipeline
+    from pipelines.tuning import tuning_pipeline
+
+    return {"training.yaml": training_pipeline, "tuning.yaml": tuning_pipeline}
+
+
+def compile_pipeline(name: str, out: Path) -> None:
     from kfp import compiler
 
-    from pipelines.training import training_pipeline
-
     tmp = out.with_name(f".{out.stem}.tmp.yaml")
-    compiler.Compiler().compile(training_pipeline, str(tmp))
+    compiler.Compiler().compile(pipelines()[name], str(tmp))
     tmp.replace(out)
 
 
-def is_stale(ir_path: Path) -> bool:
-    """True when compiling now gives other bytes than the checked-in ``ir_path``."""
+def compile_all(directory: Path | None = None) -> list[Path]:
+    directory = directory or code_root() / "pipelines"
+    written = []
+    for name in pipelines():
+        compile_pipeline(name, directory / name)
+        written.append(directory / name)
+    return written
+
+
+def stale(directory: Path | None = None) -> list[str]:
+    """The checked-in IR files that differ from a fresh compile (or are missing)."""
+    directory = directory or code_root() / "pipelines"
+    out = []
     with tempfile.TemporaryDirectory() as tmp:
-        fresh = Path(tmp) / ir_path.name
-        compile_training(fresh)
-        return not ir_path.exists() or fresh.read_bytes() != ir_path.read_bytes()
+        for name in pipelines():
+            fresh = Path(tmp) / name
+            compile_pipeline(name, fresh)
+            checked_in = directory / name
+            if not checked_in.exists() or fresh.read_bytes() != checked_in.read_bytes():
+                out.append(name)
+    return out

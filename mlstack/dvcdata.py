@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import re
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -33,20 +34,32 @@ def _git(repo: Path, *args: str) -> str:
             ["git", "-C", str(repo), *args], capture_output=True, text=True, check=True
         )
     except subprocess.CalledProcessError as exc:
-        raise StackError(f"git {' '.join(args)} failed: {exc.stderr.strip()}") from None
+        detail = (exc.stderr.strip() or exc.stdout.strip()).splitlines()
+        raise StackError(
+            f"git {' '.join(args)} failed: {detail[-1] if detail else exc.returncode}"
+        ) from None
     return done.stdout.strip()
 
 
 def resolve_rev(repo: str, rev: str) -> str:
-    """The full commit SHA of ``rev`` in a local repo or a git URL."""
+    """The full commit SHA of ``rev`` in a local repo or a git URL.
+
+    For a URL, ``rev`` must name a branch or tag exactly (``git ls-remote`` matches suffixes, so
+    ``main`` would also match ``feature/main``), or be a full SHA; an annotated tag resolves to
+    its commit.
+    """
     if Path(repo).exists():
         return _git(Path(repo), "rev-parse", "--verify", f"{rev}^{{commit}}")
-    out = subprocess.run(["git", "ls-remote", repo, rev], capture_output=True, text=True)
-    if out.returncode != 0 or not out.stdout.strip():
-        if len(rev) == 40:
-            return rev
-        raise StackError(f"cannot resolve rev '{rev}' in {repo}: {out.stderr.strip() or 'unknown'}")
-    return out.stdout.split()[0]
+    if re.fullmatch(r"[0-9a-f]{40}", rev):
+        return rev
+    out = subprocess.run(["git", "ls-remote", repo], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise StackError(f"cannot list refs of {repo}: {out.stderr.strip()}")
+    refs = dict(reversed(line.split("\t", 1)) for line in out.stdout.splitlines() if "\t" in line)
+    for name in (f"refs/tags/{rev}^{{}}", f"refs/tags/{rev}", f"refs/heads/{rev}", rev):
+        if name in refs:
+            return refs[name]
+    raise StackError(f"no branch or tag named '{rev}' in {repo} (or give a full commit SHA)")
 
 
 @contextlib.contextmanager
@@ -104,14 +117,19 @@ def add_version(
 ) -> DataVersion:
     """Make ``source`` the new version of ``data_path``: dvc add, dvc push, then git commit.
 
-    If the push fails, the previous pointer and workspace data are restored and nothing is
-    committed, so git never holds a pointer whose data is not on the remote.
+    If anything before the commit fails, the previous pointer, workspace data and ``.gitignore``
+    are put back as they were (or removed, where there was none) and nothing is committed, so git
+    never holds a pointer whose data is not on the remote. The same data again is a no-op.
     """
     target = repo_root / data_path
     pointer = repo_root / pointer_path(data_path)
+    gitignore = target.parent / ".gitignore"
     if not source.is_file():
         raise StackError(f"no such file: {source}")
-    old_pointer = pointer.read_text() if pointer.exists() else None
+    if pointer.exists() and _md5(source) == pointer_md5(pointer):
+        head = _git(repo_root, "log", "-1", "--format=%H", "--", str(pointer))
+        return DataVersion(data_path, pointer_md5(pointer), head)
+    saved = {path: path.read_bytes() if path.exists() else None for path in (pointer, gitignore)}
     backup = target.with_name(f".{target.name}.previous")
     if target.exists():
         shutil.copy2(target, backup)
@@ -127,36 +145,32 @@ def add_version(
         with _dvc_errors(f"dvc push to remote '{remote or 'default'}' failed"):
             repo.push(targets=[str(pointer)], remote=remote)
     except BaseException:
-        if old_pointer is None:
-            pointer.unlink(missing_ok=True)
-        else:
-            pointer.write_text(old_pointer)
+        for path, content in saved.items():
+            if content is None:
+                path.unlink(missing_ok=True)
+            else:
+                path.write_bytes(content)
         if backup.exists():
             backup.replace(target)
+        else:
+            target.unlink(missing_ok=True)
         raise
     backup.unlink(missing_ok=True)
-    gitignore = target.parent / ".gitignore"
-    _git(repo_root, "add", str(pointer), *([str(gitignore)] if gitignore.exists() else []))
-    _git(
-        repo_root,
-        "commit",
-        "-m",
-        message,
-        "--",
-        str(pointer),
-        *([str(gitignore)] if gitignore.exists() else []),
-    )
-    return DataVersion(
-        path=data_path, md5=pointer_md5(pointer), git_sha=_git(repo_root, "rev-parse", "HEAD")
-    )
+    tracked = [str(pointer), *([str(gitignore)] if gitignore.exists() else [])]
+    _git(repo_root, "add", *tracked)
+    _git(repo_root, "commit", "-m", message, "--", *tracked)
+    return DataVersion(data_path, pointer_md5(pointer), _git(repo_root, "rev-parse", "HEAD"))
 
 
-def bootstrap(repo_root: Path, data_path: str, rows: int, seed: int) -> str:
-    """Make the committed data version available locally and on the default remote.
+def bootstrap(
+    repo_root: Path, data_path: str, rows: int, seed: int, remote: str | None = None
+) -> str:
+    """Make the committed data version available locally and on the remote (default: the repo's
+    default remote). Returns the md5.
 
     On a fresh clone the local remote is empty; the committed version was made by the seeded
-    generator, so it is rebuilt, checked against the pointer's md5, and pushed.
-    Returns the md5.
+    generator, so it is rebuilt (into a temporary file), checked against the pointer's md5, and
+    pushed. A workspace file that differs from the pointer is the user's: it is left alone.
     """
     from mlstack import datagen
 
@@ -165,22 +179,30 @@ def bootstrap(repo_root: Path, data_path: str, rows: int, seed: int) -> str:
         raise StackError(f"no DVC pointer at {pointer}; create one with 'mlstack data add'")
     want = pointer_md5(pointer)
     target = repo_root / data_path
+    if target.exists() and _md5(target) != want:
+        raise StackError(
+            f"{data_path} differs from the committed version {want}: add it as a new version "
+            "('mlstack data add') or restore it ('dvc checkout')"
+        )
     with contextlib.redirect_stdout(io.StringIO()):
         repo = _quiet_repo(repo_root)
-        with contextlib.suppress(Exception):
-            repo.pull(targets=[str(pointer)])
-    if not target.exists() or _md5(target) != want:
-        datagen.write_csv(datagen.generate(rows, seed), target)
-        got = _md5(target)
+        if not target.exists():
+            with contextlib.suppress(Exception):  # not on the remote yet: rebuilt below
+                repo.pull(targets=[str(pointer)], remote=remote)
+    if not target.exists():
+        tmp = target.with_name(f".{target.name}.generated")
+        datagen.write_csv(datagen.generate(rows, seed), tmp)
+        got = _md5(tmp)
         if got != want:
-            target.unlink()
+            tmp.unlink()
             raise StackError(
                 f"the seeded generator gives md5 {got}, the pointer names {want}: "
                 "pull the data from its remote instead"
             )
+        tmp.replace(target)
     with _dvc_errors("dvc commit/push failed"), contextlib.redirect_stdout(io.StringIO()):
         repo.commit(str(pointer), force=True)
-        repo.push(targets=[str(pointer)])
+        repo.push(targets=[str(pointer)], remote=remote)
     return want
 
 
@@ -199,7 +221,7 @@ def init_repo(path: Path, remote: Path) -> None:
     import sys
 
     path.mkdir(parents=True, exist_ok=True)
-    _git(path, "init", "-q")
+    _git(path, "init", "-q", "-b", "main")
     dvc = [sys.executable, "-m", "dvc"]
     for args in (
         ["init", "-q"],

@@ -161,8 +161,9 @@ def run_local(
     arguments: dict[str, Any] | None = None,
     verbose: bool = False,
     out: TextIO | None = None,
+    ir_path: Path | None = None,
 ) -> RunSummary:
-    """Run the compiled training pipeline locally on the data version at ``rev``."""
+    """Run a compiled pipeline (the training one by default) locally on the data at ``rev``."""
     from kfp import components, local
 
     out = out or sys.stdout
@@ -170,10 +171,9 @@ def run_local(
     sha = dvcdata.resolve_rev(repo, rev)
     tracking_uri = settings.mlflow_tracking_uri
     tracking.check_reachable(tracking_uri)
-    if not settings.ir_path.exists():
-        raise StackError(
-            f"no compiled pipeline at {settings.ir_path}: run 'mlstack pipeline compile'"
-        )
+    ir_path = ir_path or settings.ir_path
+    if not ir_path.exists():
+        raise StackError(f"no compiled pipeline at {ir_path}: run 'mlstack pipeline compile'")
     root = settings.pipeline_root
     root.mkdir(parents=True, exist_ok=True)
     local.init(
@@ -182,7 +182,7 @@ def run_local(
         raise_on_error=True,
         enable_caching=True,
     )
-    pipeline = components.load_component_from_file(str(settings.ir_path))
+    pipeline = components.load_component_from_file(str(ir_path))
     args = {
         "repo": repo,
         "data_rev": sha,
@@ -193,7 +193,7 @@ def run_local(
         **(arguments or {}),
     }
     progress = _Progress(out, verbose)
-    out.write(f"Running {settings.ir_path.name} locally on {settings.data_path}@{sha[:12]}\n")
+    out.write(f"Running {ir_path.name} locally on {settings.data_path}@{sha[:12]}\n")
     started = time.monotonic()
     try:
         with (
@@ -219,7 +219,7 @@ def run_local(
     decision = Decision.from_json(task.outputs["decision"])
     mlflow_run_id = task.outputs["mlflow_run_id"]
     version, alias = _registration(tracking_uri, settings.model_name, mlflow_run_id)
-    steps = _step_names(settings.ir_path)
+    steps = _step_names(ir_path)
     executed = [s for s in steps if s in progress.executed]
     cached = [s for s in steps if s not in progress.executed and (s != "register" or version)]
     return RunSummary(

@@ -21,6 +21,15 @@ class Registration:
     created: bool
 
 
+def _alias_target(client, model_name: str, alias: str) -> str | None:  # type: ignore[no-untyped-def]
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(client.get_model_version_by_alias(model_name, alias).version)
+    except MlflowException:
+        return None
+
+
 def register(
     run_id: str,
     model_uri: str,
@@ -58,11 +67,15 @@ def register(
         if exc.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
     alias = CHALLENGER if champion_version(model_name) is not None else CHAMPION
+    previous = _alias_target(client, model_name, alias)
     mv = mlflow.register_model(model_uri, model_name, tags=tags)
     try:
-        client.set_registered_model_alias(model_name, alias, mv.version)
         client.set_tag(run_id, "registered_version", str(mv.version))
+        # the alias moves last: until then the registry's aliases are as they were
+        client.set_registered_model_alias(model_name, alias, mv.version)
     except BaseException:
-        client.delete_model_version(model_name, mv.version)
+        client.delete_model_version(model_name, mv.version)  # drops an alias that did move
+        if previous is not None:
+            client.set_registered_model_alias(model_name, alias, previous)
         raise
     return Registration(model_name, str(mv.version), alias, created=True)

@@ -44,6 +44,9 @@ TARGET = "churned"
 CLASSES: tuple[int, ...] = (0, 1)
 CLASS_NAMES: dict[int, str] = {0: "retained", 1: "churned"}
 
+# a row is predicted "churned" when its churn probability is at least this
+DECISION_THRESHOLD = 0.5
+
 # dataset-level limits
 MIN_ROWS = 200
 # the minority class must be at least this share of the rows (and at most 1 - this)

@@ -28,6 +28,11 @@ def _repo_root() -> Path:
         return Path.cwd()
 
 
+def code_root() -> Path:
+    """The checkout this code runs from (pipelines/, katib/ beside the package)."""
+    return Path(__file__).resolve().parents[1]
+
+
 @dataclass(frozen=True)
 class Gates:
     """Quality gates a trained model must pass before it is registered."""
@@ -78,9 +83,15 @@ class Settings:
     @property
     def ir_path(self) -> Path:
         """The compiled IR that ships with this code (not with the data repo)."""
-        import pipelines
+        return code_root() / "pipelines" / "training.yaml"
 
-        return Path(pipelines.__file__).parent / "training.yaml"
+    @property
+    def tuning_ir_path(self) -> Path:
+        return code_root() / "pipelines" / "tuning.yaml"
+
+    @property
+    def katib_experiment(self) -> Path:
+        return code_root() / "katib" / "experiment.yaml"
 
 
 _ENV_FIELDS = {

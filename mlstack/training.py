@@ -6,7 +6,8 @@ The same ``train_and_log`` runs as the pipeline's train step and as a Katib tria
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
 from importlib.metadata import version
 from pathlib import Path
 
@@ -22,13 +23,19 @@ from sklearn.metrics import (
     precision_recall_fscore_support,
     roc_auc_score,
 )
-from sklearn.model_selection import train_test_split
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder
 
 from mlstack import profile, tracking
 from mlstack.errors import StackError
-from mlstack.schema import CLASS_NAMES, CLASSES, TARGET, categorical_features, numeric_features
+from mlstack.schema import (
+    CLASS_NAMES,
+    CLASSES,
+    DECISION_THRESHOLD,
+    TARGET,
+    categorical_features,
+    numeric_features,
+)
 
 
 @dataclass(frozen=True)
@@ -38,6 +45,19 @@ class HyperParams:
     max_depth: int = 4
     l2_regularization: float = 0.0
     class_weight: str = "balanced"  # "balanced" or "none"
+
+    @classmethod
+    def from_strings(cls, values: dict[str, str]) -> HyperParams:
+        """Typed from Katib's string assignments; other names are ignored, missing ones default."""
+        convert = {"float": float, "int": lambda v: int(float(v)), "str": str}
+        typed = {}
+        for f in fields(cls):
+            if f.name in values:
+                try:
+                    typed[f.name] = convert[str(f.type)](values[f.name])
+                except ValueError:
+                    raise StackError(f"{f.name}: {values[f.name]!r} is not a {f.type}") from None
+        return cls(**typed)
 
     def __post_init__(self) -> None:
         if not 0 < self.learning_rate <= 1:
@@ -62,9 +82,16 @@ class Lineage:
 
 
 def split(df: pd.DataFrame, test_size: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The one train/held-out split (stratified, seeded) that train and evaluate share."""
-    train, test = train_test_split(df, test_size=test_size, random_state=seed, stratify=df[TARGET])
-    return train, test
+    """The one train/held-out split that train and evaluate share.
+
+    A row goes to the held-out side by a (seed-salted) hash of its content, not by its position:
+    a row held out in one data version is held out in every version that contains it, so a
+    champion trained on an earlier version is never scored on rows it was trained on.
+    """
+    key = f"{seed:016d}"[-16:]
+    hashed = pd.util.hash_pandas_object(df, index=False, hash_key=key).to_numpy()
+    held = (hashed % 10_000) < int(round(test_size * 10_000))
+    return df[~held], df[held]
 
 
 def features(df: pd.DataFrame) -> pd.DataFrame:
@@ -108,7 +135,7 @@ def compute_metrics(model: Pipeline, df: pd.DataFrame) -> dict[str, float]:
     """Held-out metrics: overall, and precision/recall/f1/support per class."""
     y = df[TARGET].to_numpy()
     proba = model.predict_proba(features(df))[:, 1]
-    pred = (proba >= 0.5).astype(int)
+    pred = (proba >= DECISION_THRESHOLD).astype(int)
     out = {
         "roc_auc": float(roc_auc_score(y, proba)),
         "average_precision": float(average_precision_score(y, proba)),
@@ -156,15 +183,31 @@ def train_and_log(
     test_size: float,
     split_seed: int,
     parent_run_id: str | None = None,
+    report: Callable[[int, dict[str, float]], None] | None = None,
+    report_every: int = 25,
 ) -> TrainResult:
-    """Fit the model on the train split, score the held-out split, log everything to MLflow."""
+    """Fit the model on the train split, score the held-out split, log everything to MLflow.
+
+    With ``report``, the boosting runs in chunks of ``report_every`` iterations (warm start: the
+    same model as one fit) and ``report(iterations, held-out metrics)`` is called after each, which
+    is what a Katib trial prints for its metrics collector and early stopping.
+    """
     import mlflow
     from mlflow.models import infer_signature
 
     df = pd.read_csv(dataset_path)
     train, test = split(df, test_size, split_seed)
     model = build_model(params)
-    model.fit(features(train), train[TARGET].to_numpy())
+    x, y = features(train), train[TARGET].to_numpy()
+    if report is None:
+        model.fit(x, y)
+    else:
+        model.set_params(classifier__warm_start=True)
+        for done in [*range(report_every, params.max_iter, report_every), params.max_iter]:
+            model.set_params(classifier__max_iter=done)
+            model.fit(x, y)
+            report(done, compute_metrics(model, test))
+        model.set_params(classifier__warm_start=False)
     metrics = compute_metrics(model, test)
 
     experiment_id = tracking.connect(tracking_uri, experiment_name)
@@ -197,6 +240,7 @@ def train_and_log(
             metadata={
                 "reference_profile": profile.to_dict(profile.build(train)),
                 "lineage": {**asdict(lineage), "mlflow_run_id": run.info.run_id},
+                "decision_threshold": DECISION_THRESHOLD,
             },
         )
         mlflow.log_text(json.dumps(metrics, indent=2, sort_keys=True), "metrics.json")

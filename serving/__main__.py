@@ -87,6 +87,9 @@ def main() -> None:
     from serving.model import ChurnModel
 
     args, _ = build_parser().parse_known_args()
+    if args.workers != 1:
+        # the drift window and the compiled model live in this process; scale with replicas
+        raise SystemExit("error: --workers must be 1 (run more replicas instead)")
     # sklearn's OpenMP pool sees every core of the node, not the pod's limit
     threadpool_limits(int(os.environ.get("OMP_NUM_THREADS", cpu_limit() or 1)))
     with tempfile.TemporaryDirectory(prefix="mlstack-model-") as tmp:

@@ -40,12 +40,13 @@ class Batch:
         return self.numeric.shape[0]
 
     def to_frame(self) -> pd.DataFrame:
-        """The model's input frame (what ``mlstack.training.features`` gives in training)."""
+        """The model's input frame, made by the same ``features`` as in training."""
+        from mlstack.training import features
+
         frame = pd.DataFrame(self.numeric, columns=[f.name for f in NUMERIC])
         for j, f in enumerate(CATEGORICAL):
-            column = pd.Series(self.categorical[:, j], dtype=object)
-            frame[f.name] = column.where(column.notna(), np.nan)
-        return frame
+            frame[f.name] = pd.Series(self.categorical[:, j], dtype=object)
+        return features(frame)
 
     @classmethod
     def from_frame(cls, df: pd.DataFrame) -> Batch:
@@ -74,8 +75,16 @@ def _numeric_value(feature: Feature, value: Any, where: str) -> float:
     if math.isnan(value):
         if feature.name not in NULLABLE:
             raise InputError("null_value", f"{where}: feature '{feature.name}' must not be NaN")
-    elif math.isinf(value):
+        return value
+    if math.isinf(value):
         raise InputError("wrong_type", f"{where}: feature '{feature.name}' must be finite")
+    if (feature.min is not None and value < feature.min) or (
+        feature.max is not None and value > feature.max
+    ):
+        raise InputError(
+            "out_of_range",
+            f"{where}: feature '{feature.name}' is {value:g}, outside [{feature.min:g}, {feature.max:g}]",
+        )
     return value
 
 
@@ -90,6 +99,11 @@ def _category_value(feature: Feature, value: Any, where: str) -> str | None:
     if not isinstance(value, str):
         raise InputError(
             "wrong_type", f"{where}: feature '{feature.name}' must be a string, got {value!r}"
+        )
+    if value not in feature.categories:
+        raise InputError(
+            "unknown_category",
+            f"{where}: feature '{feature.name}' is {value!r}, not one of {list(feature.categories)}",
         )
     return value
 

@@ -15,6 +15,7 @@ from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
 from mlstack import datagen
 from mlstack import profile as profiles
+from mlstack.schema import DECISION_THRESHOLD
 from serving import codec, monitoring
 from serving.codec import Batch, InputError
 from serving.compiled import CompiledModel, compile_model, verify
@@ -48,14 +49,13 @@ class ChurnModel(Model):
         model_version: str,
         max_batch_size: int = 256,
         drift_window: int = 1000,
-        threshold: float = 0.5,
     ):
         super().__init__(name, return_response_headers=True)
         self.model_dir = model_dir
         self.model_version = model_version
         self.max_batch_size = max_batch_size
         self.drift_window_size = drift_window
-        self.threshold = threshold
+        self.threshold = DECISION_THRESHOLD
         self.pipeline: Any = None
         self.compiled: CompiledModel | None = None
         self.drift: monitoring.DriftWindow | None = None
@@ -77,6 +77,7 @@ class ChurnModel(Model):
             reference = profiles.from_dict(meta["reference_profile"])
             self.drift = monitoring.DriftWindow(reference, self.drift_window_size)
             monitoring.DRIFT.windows[self.name] = self.drift
+        self.threshold = float(meta.get("decision_threshold", DECISION_THRESHOLD))
         lineage = meta.get("lineage", {})
         self.lineage = Lineage(
             model_version=self.model_version,
@@ -126,6 +127,20 @@ class ChurnModel(Model):
         except InputError as exc:
             raise self._refuse(exc) from None
 
+    def _probabilities_option(self, payload: dict) -> bool:
+        params = payload.get("parameters") or {}
+        if not isinstance(params, dict):
+            raise self._refuse(InputError("wrong_type", "'parameters' must be an object"))
+        unknown = sorted(set(params) - {"probabilities"})
+        if unknown:
+            raise self._refuse(InputError("wrong_shape", f"unknown parameter(s) {unknown}"))
+        value = params.get("probabilities", False)
+        if not isinstance(value, bool):
+            raise self._refuse(
+                InputError("wrong_type", "'parameters.probabilities' must be true or false")
+            )
+        return value
+
     def _v2_requested(self, payload: InferRequest) -> list[str]:
         wanted = [o.name for o in (payload.request_outputs or [])] or list(V2_OUTPUTS)
         unknown = [w for w in wanted if w not in V2_OUTPUTS]
@@ -143,6 +158,7 @@ class ChurnModel(Model):
         payload = self._json(payload)
         batch, v2 = self._decode(payload)
         wanted = self._v2_requested(payload) if v2 else []
+        with_probabilities = False if v2 else self._probabilities_option(payload)
         proba = self.predict_proba(batch)
         labels = (proba[:, 1] >= self.threshold).astype(np.int64)
         self._observe(batch, proba, labels)
@@ -150,10 +166,7 @@ class ChurnModel(Model):
             response_headers[VERSION_HEADER] = self.model_version
         if not v2:
             body: dict[str, Any] = {"predictions": labels.tolist()}
-            params = payload.get("parameters") or {}
-            if not isinstance(params, dict):
-                raise self._refuse(InputError("wrong_type", "'parameters' must be an object"))
-            if params.get("probabilities"):
+            if with_probabilities:
                 body["probabilities"] = proba.tolist()
             return body
         outputs = []

@@ -217,7 +217,15 @@ GOOD = rows_as_objects()[0]
         ("v1", {"instances": []}, 400, "empty batch"),
         ("v1", {"instances": [GOOD] * (MAX_BATCH + 1)}, 400, f"limit of {MAX_BATCH}"),
         ("v1", {"instances": [GOOD], "extra": 1}, 400, "extra"),
-        ("v1", b'{"instances": [', 400, ""),
+        ("v1", b'{"instances": [', 400, "Unrecognized request format"),
+        ("v1", {"instances": [GOOD], "parameters": [1]}, 400, "'parameters' must be an object"),
+        (
+            "v1",
+            {"instances": [GOOD], "parameters": {"probabilities": "false"}},
+            400,
+            "true or false",
+        ),
+        ("v1", {"instances": [{**GOOD, "contract": "Two-Year"}]}, 400, "not one of"),
         ("v1-text", b'{"instances": [', 400, "not JSON"),
         (
             "v2",
@@ -268,11 +276,13 @@ def test_metrics_prediction_mix_errors_info_and_drift(server):
     calm = rows_as_objects(datagen.generate(WINDOW, 77))
     for i in range(0, WINDOW, 50):
         assert call(f"{base}/v1/models/{MODEL}:predict", {"instances": calm[i : i + 50]})[0] == 200
-    call(f"{base}/v1/models/{MODEL}:predict", {"instances": [{**GOOD, "age": "x"}]})
+    before = metrics(base)
+    counted = f'model_input_errors_total{{model_name="{MODEL}",reason="out_of_range"}}'
+    call(f"{base}/v1/models/{MODEL}:predict", {"instances": [{**GOOD, "age": 200}]})
     m = metrics(base)
+    assert m[counted] == before.get(counted, 0) + 1
     classes = [k for k in m if k.startswith("model_predictions_total{")]
     assert sum(m[k] for k in classes) >= WINDOW
-    assert any('reason="wrong_type"' in k for k in m if k.startswith("model_input_errors_total"))
     info = [k for k in m if k.startswith("model_info{")]
     assert len(info) == 1 and 'model_version="1"' in info[0] and 'data_md5="md5-abc"' in info[0]
     assert f'git_sha="{"a" * 40}"' in info[0]

@@ -99,3 +99,61 @@ def test_bootstrap_rebuilds_the_seeded_version_on_a_fresh_clone(tmp_path: Path):
     with pytest.raises(StackError, match="seeded generator gives md5"):
         dvcdata.bootstrap(other, "data/churn.csv", rows=500, seed=6)
     assert not (other / "data/churn.csv").exists()
+
+
+def test_failed_first_add_on_a_fresh_clone_leaves_nothing(data_repo: Path, tmp_path: Path):
+    clone = tmp_path / "fresh"
+    git(tmp_path, "clone", "-q", str(data_repo), str(clone))
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dvc",
+            "remote",
+            "add",
+            "-f",
+            "-d",
+            "local",
+            str(tmp_path / "x" / "y"),
+        ],
+        cwd=clone,
+        check=True,
+    )
+    (tmp_path / "x").write_text("a file where a directory is needed")
+    git(clone, "commit", "-qam", "broken remote")
+    status = git(clone, "status", "--porcelain")
+    new = tmp_path / "new.csv"
+    datagen.write_csv(datagen.generate(500, 3), new)
+    with pytest.raises(StackError, match="dvc push"):
+        dvcdata.add_version(clone, new, "data/churn.csv", "never")
+    assert not (clone / "data/churn.csv").exists()  # it was not there before
+    assert git(clone, "status", "--porcelain") == status
+
+
+def test_adding_the_same_data_again_changes_nothing(data_repo: Path):
+    head = git(data_repo, "rev-parse", "HEAD")
+    same = dvcdata.add_version(data_repo, data_repo / "data/churn.csv", "data/churn.csv", "again")
+    assert same.git_sha == head == git(data_repo, "rev-parse", "HEAD")
+
+
+def test_bootstrap_leaves_a_modified_data_file_alone(data_repo: Path):
+    target = data_repo / "data/churn.csv"
+    target.write_text(target.read_text() + "1,2,3,4,5,one-year,card,dsl,0\n")
+    edited = target.read_bytes()
+    with pytest.raises(StackError, match="differs from the committed version"):
+        dvcdata.bootstrap(data_repo, "data/churn.csv", rows=1200, seed=7)
+    assert target.read_bytes() == edited
+
+
+def test_resolve_rev_over_a_url_matches_names_exactly(data_repo: Path, tmp_path: Path):
+    main = git(data_repo, "rev-parse", "HEAD")
+    git(data_repo, "checkout", "-q", "-b", "feature/main")
+    git(data_repo, "commit", "-q", "--allow-empty", "-m", "feature")
+    feature = git(data_repo, "rev-parse", "HEAD")
+    git(data_repo, "tag", "-a", "v1", "-m", "release", main)
+    url = data_repo.as_uri()
+    assert dvcdata.resolve_rev(url, "main") == main
+    assert dvcdata.resolve_rev(url, "feature/main") == feature
+    assert dvcdata.resolve_rev(url, "v1") == main  # the commit, not the tag object
+    with pytest.raises(StackError, match="no branch or tag named 'nope'"):
+        dvcdata.resolve_rev(url, "nope")

@@ -1,33 +1,38 @@
-"""The checked-in IR is what the pipeline definition compiles to, byte for byte."""
+"""The checked-in IR is what the pipeline definitions compile to, byte for byte."""
 
 from pathlib import Path
 
 import yaml
 
-from mlstack.compile import compile_training, is_stale
-from mlstack.settings import DEFAULTS, load_settings
+from mlstack.compile import compile_all, compile_pipeline, stale
+from mlstack.settings import DEFAULTS, code_root, load_settings
 
 IR = load_settings().ir_path
+TUNING_IR = load_settings().tuning_ir_path
 
 
 def test_checked_in_ir_is_fresh():
-    assert not is_stale(IR), "pipelines/training.yaml is stale: run `mlstack pipeline compile`"
+    assert stale() == [], "stale IR: run `mlstack pipeline compile`"
 
 
 def test_compile_is_deterministic(tmp_path: Path):
-    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
-    compile_training(a)
-    compile_training(b)
-    assert a.read_bytes() == b.read_bytes()
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    compile_all(a)
+    compile_all(b)
+    for name in ("training.yaml", "tuning.yaml"):
+        assert (a / name).read_bytes() == (b / name).read_bytes()
 
 
 def test_stale_ir_is_detected(tmp_path: Path):
+    compile_all(tmp_path)
     copy = tmp_path / "training.yaml"
-    copy.write_text(IR.read_text().replace("min_roc_auc", "min_auc", 1))
-    assert is_stale(copy)
+    copy.write_text(copy.read_text().replace("min_roc_auc", "min_auc", 1))
+    assert stale(tmp_path) == ["training.yaml"]
 
 
-def test_ir_shape():
+def test_training_ir_shape():
     spec = yaml.safe_load(IR.read_text())
     root = spec["root"]["dag"]["tasks"]
     assert set(root) == {"ingest", "validate", "train", "evaluate", "condition-1"}
@@ -43,3 +48,24 @@ def test_ir_shape():
     assert not any("pip install" in " ".join(e["container"]["command"]) for e in executors)
     text = IR.read_text()
     assert "/work/" not in text and "/tmp/" not in text
+
+
+def test_tuning_ir_feeds_the_best_parameters_to_train():
+    spec = yaml.safe_load(TUNING_IR.read_text())
+    root = spec["root"]["dag"]["tasks"]
+    assert set(root) == {"ingest", "validate", "tune", "train", "evaluate", "condition-1"}
+    train_inputs = root["train"]["inputs"]["parameters"]
+    for name in ("learning_rate", "max_iter", "max_depth", "l2_regularization", "class_weight"):
+        assert train_inputs[name]["taskOutputParameter"] == {
+            "outputParameterKey": name,
+            "producerTask": "tune",
+        }
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    experiment = yaml.safe_load((code_root() / "katib" / "experiment.yaml").read_text())
+    assert yaml.safe_load(params["experiment_yaml"]["defaultValue"]) == experiment
+    assert params["tune_backend"]["defaultValue"] == "cluster"
+
+
+def test_compile_one(tmp_path: Path):
+    compile_pipeline("tuning.yaml", tmp_path / "tuning.yaml")
+    assert (tmp_path / "tuning.yaml").read_bytes() == TUNING_IR.read_bytes()

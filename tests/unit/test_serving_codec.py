@@ -50,6 +50,13 @@ def test_objects_and_lists_decode_alike():
         ({"instances": [{**ROW, "monthly_charges": float("inf")}]}, "wrong_type", "finite"),
         ({"instances": [as_list(ROW)[:7]]}, "wrong_shape", "expected 8 values"),
         ({"instances": ["a row"]}, "wrong_type", "instances[0]"),
+        ({"instances": [{**ROW, "contract": "Month-to-month"}]}, "unknown_category", "'contract'"),
+        (
+            {"instances": [{**ROW, "age": -40}]},
+            "out_of_range",
+            "feature 'age' is -40, outside [18, 110]",
+        ),
+        ({"instances": [{**ROW, "tenure_months": 5000}]}, "out_of_range", "'tenure_months'"),
     ],
 )
 def test_bad_v1_requests(body, reason, needle):

@@ -110,3 +110,48 @@ def test_alias_failure_leaves_no_half_registered_version(
     assert client.search_model_versions(f"name='{MODEL}'") == []
     with pytest.raises(mlflow.exceptions.MlflowException):
         client.get_model_version_by_alias(MODEL, "champion")
+
+
+def test_failed_alias_move_keeps_the_previous_challenger(
+    first, dataset_csv, tracking_uri, monkeypatch
+):
+    decision = evaluate_run(dataset_csv, first.run_id, tracking_uri)
+    registry.register(
+        first.run_id, first.model_uri, MODEL, decision, tracking_uri, EXP
+    )  # v1 champion
+    second = train(dataset_csv, tracking_uri, max_iter=70)
+    registry.register(second.run_id, second.model_uri, MODEL, decision, tracking_uri, EXP)  # v2
+    third = train(dataset_csv, tracking_uri, max_iter=90)
+    original = MlflowClient.set_registered_model_alias
+
+    def fails_for_v3(self, name, alias, version):
+        if str(version) == "3":
+            raise ConnectionError("registry went away")
+        return original(self, name, alias, version)
+
+    monkeypatch.setattr(MlflowClient, "set_registered_model_alias", fails_for_v3)
+    with pytest.raises(ConnectionError):
+        registry.register(third.run_id, third.model_uri, MODEL, decision, tracking_uri, EXP)
+    monkeypatch.undo()
+    client = MlflowClient(tracking_uri)
+    assert sorted(str(v.version) for v in client.search_model_versions(f"name='{MODEL}'")) == [
+        "1",
+        "2",
+    ]
+    assert str(client.get_model_version_by_alias(MODEL, "challenger").version) == "2"
+    assert str(client.get_model_version_by_alias(MODEL, "champion").version) == "1"
+
+
+def test_held_out_rows_stay_held_out_in_later_data_versions():
+    import pandas as pd
+
+    from mlstack import datagen
+    from mlstack.training import split
+
+    v1 = datagen.generate(1000, 7)
+    v2 = pd.concat([v1, datagen.generate(600, 8)], ignore_index=True).sample(frac=1, random_state=3)
+    train_v1, _ = split(v1, 0.25, 42)
+    _, held_v2 = split(v2, 0.25, 42)
+    both = train_v1.merge(held_v2, how="inner")
+    assert both.empty  # the champion is never scored on rows it was trained on
+    assert 0.2 < len(held_v2) / len(v2) < 0.3

@@ -1,0 +1,53 @@
+"""Tune: the Katib Experiment (in the cluster, or with the local runner), best parameters out."""
+
+from typing import NamedTuple
+
+from kfp import dsl
+
+from mlstack.settings import DEFAULTS
+
+
+@dsl.component(base_image=DEFAULTS.training_image, install_kfp_package=False)
+def tune(
+    experiment_yaml: str,
+    backend: str,
+    namespace: str,
+    repo: str,
+    data_rev: str,
+    tracking_uri: str,
+    experiment_name: str,
+    timeout_seconds: int,
+) -> NamedTuple(
+    "TuneOutputs",
+    [
+        ("learning_rate", float),
+        ("max_iter", int),
+        ("max_depth", int),
+        ("l2_regularization", float),
+        ("class_weight", str),
+    ],
+):
+    from mlstack.errors import exit_on_error
+    from mlstack.katib import tune as run_tuning
+    from mlstack.settings import load_settings
+    from mlstack.training import HyperParams
+
+    with exit_on_error():
+        best = run_tuning(
+            experiment_yaml,
+            backend,
+            namespace,
+            tracking_uri or load_settings().mlflow_tracking_uri,
+            experiment_name,
+            repo,
+            data_rev,
+            timeout_seconds,
+        )
+        params = HyperParams.from_strings(best)
+    return (
+        params.learning_rate,
+        params.max_iter,
+        params.max_depth,
+        params.l2_regularization,
+        params.class_weight,
+    )

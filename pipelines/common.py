@@ -1,0 +1,84 @@
+"""What the training and the tuning pipelines share: train → evaluate → register if gates pass."""
+
+from typing import Any, NamedTuple
+
+from kfp import dsl
+
+from components.evaluate import evaluate
+from components.ingest import ingest
+from components.register import register
+from components.train import train
+from components.validate import validate
+from mlstack.training import HyperParams
+
+HP = HyperParams()  # the defaults the pipelines' hyperparameter inputs start from
+
+
+class TrainingOutputs(NamedTuple):
+    mlflow_run_id: str
+    data_md5: str
+    git_sha: str
+    decision: str
+
+
+def ingest_and_validate(repo: Any, data_path: Any, data_rev: Any) -> dsl.PipelineTask:
+    ingested = ingest(repo=repo, data_path=data_path, data_rev=data_rev)
+    validated = validate(dataset=ingested.outputs["dataset"])
+    ingested.validated = validated  # type: ignore[attr-defined]
+    return ingested
+
+
+def train_evaluate_register(
+    ingested: dsl.PipelineTask,
+    hyperparameters: dict[str, Any],
+    *,
+    data_path: Any,
+    tracking_uri: Any,
+    experiment_name: Any,
+    model_name: Any,
+    test_size: Any,
+    split_seed: Any,
+    min_roc_auc: Any,
+    min_f1: Any,
+    max_regression: Any,
+) -> TrainingOutputs:
+    trained = train(
+        dataset=ingested.outputs["dataset"],
+        data_md5=ingested.outputs["data_md5"],
+        git_sha=ingested.outputs["git_sha"],
+        data_path=data_path,
+        kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+        kfp_run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+        tracking_uri=tracking_uri,
+        experiment_name=experiment_name,
+        test_size=test_size,
+        split_seed=split_seed,
+        **hyperparameters,
+    ).after(ingested.validated)  # type: ignore[attr-defined]
+    evaluated = evaluate(
+        dataset=ingested.outputs["dataset"],
+        mlflow_run_id=trained.outputs["mlflow_run_id"],
+        model_name=model_name,
+        tracking_uri=tracking_uri,
+        experiment_name=experiment_name,
+        test_size=test_size,
+        split_seed=split_seed,
+        min_roc_auc=min_roc_auc,
+        min_f1=min_f1,
+        max_regression=max_regression,
+    )
+    with dsl.If(evaluated.outputs["Output"] == True, name="gates-passed"):  # noqa: E712 (KFP DSL)
+        register(
+            mlflow_run_id=trained.outputs["mlflow_run_id"],
+            model_uri=trained.outputs["model_uri"],
+            model_name=model_name,
+            decision=evaluated.outputs["decision"],
+            tracking_uri=tracking_uri,
+            experiment_name=experiment_name,
+        )
+    return TrainingOutputs(
+        trained.outputs["mlflow_run_id"],
+        ingested.outputs["data_md5"],
+        ingested.outputs["git_sha"],
+        evaluated.outputs["decision"],
+    )
