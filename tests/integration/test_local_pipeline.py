@@ -54,6 +54,8 @@ def test_cold_run_cached_rerun_new_data_and_corrupt_data(settings, data_repo: Pa
     assert third.data_md5 != first.data_md5
     if third.decision.passed:
         assert (third.model_version, third.alias) == ("2", "challenger")
+    else:
+        assert third.model_version is None and "registered     nothing" in third.render()
 
     # a schema-breaking version fails validation, names the column, registers nothing
     versions_before = len(client.search_model_versions(f"name='{settings.model_name}'"))
