@@ -119,6 +119,20 @@ def _cmd_tune(args: argparse.Namespace, settings: Settings) -> None:
     print(result.render())
 
 
+def _cmd_promote(args: argparse.Namespace, settings: Settings) -> None:
+    from mlstack import promote
+    from mlstack.settings import code_root
+
+    manifests = Path(args.manifests) if args.manifests else code_root() / "manifests"
+    release = promote.resolve(
+        settings.model_name, args.version or args.alias, settings.mlflow_tracking_uri
+    )
+    changed = promote.promote(manifests, args.env, release, image=args.image, canary=args.canary)
+    where = promote.overlay_file(manifests, args.env)
+    verb = "wrote" if changed else "unchanged:"
+    print(f"{verb} {where} -> {release.model_name} v{release.version} ({release.storage_uri})")
+
+
 def serve_argv(settings: Settings, alias: str | None, version: str | None, port: int) -> list[str]:
     """The predictor's command line for a registry version, bound to 127.0.0.1 (no gRPC)."""
     ref = f"{settings.model_name}/{version}" if version else f"{settings.model_name}@{alias}"
@@ -185,6 +199,17 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--parallel", type=int, help="override parallelTrialCount")
     tune.add_argument("--max-trials", type=int, help="lower maxTrialCount")
     tune.set_defaults(func=_cmd_tune)
+
+    prom = sub.add_parser("promote", help="write a model version into an environment's overlay")
+    prom.add_argument("--env", required=True, help="staging or production")
+    ref = prom.add_mutually_exclusive_group()
+    ref.add_argument("--version", help="registry version number")
+    ref.add_argument("--alias", help="registry alias, e.g. challenger")
+    prom.add_argument("--image", help="predictor image pinned by digest (name@sha256:…)")
+    prom.add_argument("--canary", type=int, help="production: traffic share for the new revision")
+    prom.add_argument("--manifests", help="the manifests directory (default: this checkout's)")
+    prom.add_argument("--model-card", help="also write the version's model card (markdown) here")
+    prom.set_defaults(func=_cmd_promote)
 
     serve = sub.add_parser("serve", help="serve a registered model version on 127.0.0.1")
     which = serve.add_mutually_exclusive_group()

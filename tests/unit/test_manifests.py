@@ -1,0 +1,279 @@
+"""Every manifest checked offline: rendered, validated strictly, and its validators proven to bite."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import kserve.models
+import pytest
+import yaml
+
+from mlstack.k8s_schema import Walker
+from mlstack.settings import code_root
+
+ROOT = code_root()
+OVERLAYS = ["staging", "production"]
+BIN = Path(sys.executable).parent
+
+
+def render(path: Path) -> list[dict]:
+    out = subprocess.run(["kubectl", "kustomize", str(path)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    return [d for d in yaml.safe_load_all(out.stdout) if d]
+
+
+def by_kind(docs: list[dict], kind: str) -> dict:
+    [doc] = [d for d in docs if d["kind"] == kind]
+    return doc
+
+
+@pytest.fixture(scope="module", params=OVERLAYS)
+def overlay(request) -> tuple[str, list[dict]]:
+    return request.param, render(ROOT / "manifests" / "overlays" / request.param)
+
+
+def kubernetes_validate(tmp_path: Path, docs: list[dict]) -> subprocess.CompletedProcess:
+    path = tmp_path / "core.yaml"
+    path.write_text(yaml.safe_dump_all(docs))
+    return subprocess.run(
+        [str(BIN / "kubernetes-validate"), "--strict", "--quiet", "-k", "1.32.0", str(path)],
+        capture_output=True,
+        text=True,
+    )
+
+
+CORE = {"ServiceAccount", "NetworkPolicy"}
+
+
+def test_overlay_renders_with_its_namespace(overlay):
+    env, docs = overlay
+    assert {d["kind"] for d in docs} == {
+        "ServiceAccount",
+        "InferenceService",
+        "NetworkPolicy",
+        "PodMonitor",
+    }
+    assert {d["metadata"]["namespace"] for d in docs} == {f"ml-{env}"}
+
+
+def test_core_kinds_pass_kubernetes_validate_strict(overlay, tmp_path):
+    _, docs = overlay
+    done = kubernetes_validate(tmp_path, [d for d in docs if d["kind"] in CORE])
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_kubernetes_validate_rejects_a_broken_core_object(tmp_path, overlay):
+    _, docs = overlay
+    policy = by_kind(docs, "NetworkPolicy")
+    policy["spec"]["podSelectr"] = policy["spec"].pop("podSelector")
+    done = kubernetes_validate(tmp_path, [policy])
+    assert done.returncode != 0 and "podSelector" in done.stdout + done.stderr
+
+
+def test_inferenceservice_walks_strictly_over_kserve_models(overlay):
+    _, docs = overlay
+    walker = Walker(kserve.models)
+    assert walker.errors(by_kind(docs, "InferenceService"), "V1beta1InferenceService") == []
+
+
+def test_strict_walk_rejects_unknown_fields_and_wrong_types(overlay):
+    _, docs = overlay
+    isvc = by_kind(docs, "InferenceService")
+    isvc["spec"]["predictor"]["minReplica"] = 1
+    isvc["spec"]["predictor"]["containers"][0]["resources"]["limits"]["cpu"] = ["1"]
+    errors = Walker(kserve.models).errors(isvc, "V1beta1InferenceService")
+    assert "spec.predictor.minReplica: unknown field (not in V1beta1PredictorSpec)" in errors
+    assert any("limits.cpu: expected str" in e for e in errors)
+
+
+def test_predictor_is_locked_down_and_probed(overlay):
+    env, docs = overlay
+    isvc = by_kind(docs, "InferenceService")
+    predictor = isvc["spec"]["predictor"]
+    [container] = predictor["containers"]
+    sc = container["securityContext"]
+    assert sc["runAsNonRoot"] and sc["readOnlyRootFilesystem"]
+    assert sc["allowPrivilegeEscalation"] is False and sc["privileged"] is False
+    assert sc["capabilities"]["drop"] == ["ALL"]
+    assert sc["seccompProfile"]["type"] == "RuntimeDefault"
+    assert container["resources"]["requests"] and container["resources"]["limits"]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    env_vars = [e["name"] for e in container["env"]]
+    assert env_vars[:2] == ["STORAGE_URI", "MODEL_VERSION"]  # what promotion.yaml's paths point at
+    assert predictor["serviceAccountName"] == by_kind(docs, "ServiceAccount")["metadata"]["name"]
+    assert by_kind(docs, "ServiceAccount")["automountServiceAccountToken"] is False
+    if env == "production":
+        assert predictor["minReplicas"] >= 2 and predictor["maxReplicas"] >= 10
+        assert "canaryTrafficPercent" in predictor
+
+
+def test_network_policy_denies_by_default_and_admits_serving_and_monitoring(overlay):
+    _, docs = overlay
+    policy = by_kind(docs, "NetworkPolicy")["spec"]
+    assert sorted(policy["policyTypes"]) == ["Egress", "Ingress"]
+    sources = {
+        peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+        for rule in policy["ingress"]
+        for peer in rule["from"]
+    }
+    assert sources == {"knative-serving", "istio-system", "monitoring"}
+    monitor = by_kind(docs, "PodMonitor")["spec"]
+    assert monitor["podMetricsEndpoints"][0]["path"] == "/metrics"
+
+
+# --- Argo CD ------------------------------------------------------------------------------------
+
+ARGO = render(ROOT / "argocd")
+
+
+def test_project_is_limited_to_this_repo_ml_namespaces_and_namespaced_kinds():
+    project = by_kind(ARGO, "AppProject")["spec"]
+    assert project["clusterResourceWhitelist"] == []
+    assert {d["namespace"] for d in project["destinations"]} == {"ml-staging", "ml-production"}
+    apps = [d for d in ARGO if d["kind"] == "Application"]
+    assert {a["spec"]["source"]["repoURL"] for a in apps} == set(project["sourceRepos"])
+    allowed = {(k["group"], k["kind"]) for k in project["namespaceResourceWhitelist"]}
+    for env in OVERLAYS:  # everything an overlay renders may be synced by the project
+        for doc in render(ROOT / "manifests" / "overlays" / env):
+            group = doc["apiVersion"].split("/")[0] if "/" in doc["apiVersion"] else ""
+            assert (group, doc["kind"]) in allowed
+
+
+def test_staging_syncs_automatically_and_production_by_hand():
+    apps = {a["metadata"]["name"]: a["spec"] for a in ARGO if a["kind"] == "Application"}
+    assert apps["churn-staging"]["syncPolicy"]["automated"] == {"prune": True, "selfHeal": True}
+    assert "automated" not in apps["churn-production"]["syncPolicy"]
+    for name, spec in apps.items():
+        env = name.removeprefix("churn-")
+        assert spec["source"]["path"] == f"manifests/overlays/{env}"
+        assert spec["destination"]["namespace"] == f"ml-{env}"
+    [window] = by_kind(ARGO, "AppProject")["spec"]["syncWindows"]
+    assert window["applications"] == ["churn-production"] and window["manualSync"] is True
+
+
+HEALTH_KEY = "resource.customizations.health.serving.kserve.io_InferenceService"
+
+
+def health(status: dict | None) -> dict:
+    from lupa import LuaRuntime
+
+    lua = LuaRuntime(unpack_returned_tuples=True)
+    script = by_kind(ARGO, "ConfigMap")["data"][HEALTH_KEY]
+    assert script == (ROOT / "argocd" / "inferenceservice-health.lua").read_text()
+
+    def table(value):
+        if isinstance(value, dict):
+            return lua.table_from({k: table(v) for k, v in value.items()})
+        if isinstance(value, list):
+            return lua.table_from([table(v) for v in value])
+        return value
+
+    obj = {"metadata": {"name": "x"}} | ({"status": status} if status is not None else {})
+    result = lua.execute(f"local obj = ...\n{script}", table(obj))
+    return {"status": result["status"], "message": result["message"]}
+
+
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [
+        (None, "Progressing"),
+        ({"conditions": [{"type": "Ready", "status": "True"}]}, "Healthy"),
+        ({"conditions": [{"type": "Ready", "status": "False", "reason": "Pending"}]}, "Progressing"),
+        (
+            {
+                "conditions": [{"type": "Ready", "status": "False"}],
+                "modelStatus": {
+                    "transitionStatus": "BlockedByFailedLoad",
+                    "lastFailureInfo": {"message": "model.skops: untrusted types"},
+                },
+            },
+            "Degraded",
+        ),
+        (
+            {
+                "conditions": [
+                    {"type": "PredictorReady", "status": "False", "reason": "RevisionFailed",
+                     "message": "container exited with code 1"},
+                    {"type": "Ready", "status": "False"},
+                ]
+            },
+            "Degraded",
+        ),
+    ],
+)  # fmt: skip
+def test_inferenceservice_health_check(status, expected):
+    got = health(status)
+    assert got["status"] == expected
+    if expected == "Degraded":
+        assert "untrusted" in got["message"] or "exited" in got["message"]
+
+
+# --- GitHub workflows ---------------------------------------------------------------------------
+
+WORKFLOWS = sorted((ROOT / ".github" / "workflows").glob("*.yml"))
+
+
+def test_the_four_workflows_exist():
+    assert {w.stem for w in WORKFLOWS} >= {"ci", "train", "promote", "build-images"}
+
+
+def test_actionlint_and_zizmor_pass():
+    lint = subprocess.run(
+        [str(BIN / "actionlint"), *map(str, WORKFLOWS)], capture_output=True, text=True
+    )
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    audit = subprocess.run(
+        [
+            str(BIN / "zizmor"),
+            "--offline",
+            "--min-severity",
+            "high",
+            str(ROOT / ".github" / "workflows"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert audit.returncode == 0, audit.stdout + audit.stderr
+
+
+def test_workflow_checkers_reject_broken_samples(tmp_path):
+    bad = tmp_path / ".github" / "workflows" / "bad.yml"
+    bad.parent.mkdir(parents=True)
+    bad.write_text(
+        "on:\n  issues:\n    types: [opened]\n"
+        "permissions: write-all\n"
+        "jobs:\n  x:\n    runs-on: ubuntu-24.04\n    step:\n      - run: echo hi\n"
+    )
+    lint = subprocess.run([str(BIN / "actionlint"), str(bad)], capture_output=True, text=True)
+    assert lint.returncode != 0 and "step" in lint.stdout
+    bad.write_text(
+        "on:\n  issues:\n    types: [opened]\n"
+        "jobs:\n  x:\n    runs-on: ubuntu-24.04\n    steps:\n"
+        "      - uses: actions/checkout@v4\n"
+        '      - run: echo "${{ github.event.issue.title }}"\n'
+    )
+    audit = subprocess.run(
+        [str(BIN / "zizmor"), "--offline", "--min-severity", "high", str(bad.parent)],
+        capture_output=True,
+        text=True,
+    )
+    assert audit.returncode != 0 and "template-injection" in audit.stdout + audit.stderr
+
+
+def test_actions_are_pinned_by_sha_with_a_version_comment():
+    import re
+
+    for workflow in WORKFLOWS:
+        for line in workflow.read_text().splitlines():
+            if "uses:" in line:
+                assert re.search(r"uses: [\w./-]+@[0-9a-f]{40} # v\d", line), (
+                    f"{workflow.name}: {line}"
+                )
+        doc = yaml.safe_load(workflow.read_text())
+        assert "permissions" in doc and "concurrency" in doc, workflow.name
+
+
+def test_kubectl_is_there():
+    assert shutil.which("kubectl"), "the manifest checks need kubectl (kustomize)"

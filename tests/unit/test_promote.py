@@ -1,0 +1,175 @@
+"""`mlstack promote`: registry version → overlay fields, round trip, idempotent, refusals, revert."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+from mlstack import promote, registry
+from mlstack.errors import StackError
+from mlstack.evaluation import evaluate
+from mlstack.settings import Gates, code_root
+from mlstack.training import HyperParams, Lineage, train_and_log
+from tests.conftest import git
+
+MODEL = "churn-promote"
+DIGEST = "ghcr.io/mlstack/churn-predictor@sha256:" + "a" * 64
+
+
+@pytest.fixture
+def registered(dataset_csv: Path, tracking_uri: str) -> str:
+    lineage = Lineage("md5-xyz", "data/churn.csv", "b" * 40, "kfp-run-9", "churn-training-x")
+    trained = train_and_log(
+        dataset_csv, HyperParams(max_iter=40), lineage, tracking_uri, "p", 0.25, 42
+    )
+    decision = evaluate(dataset_csv, trained.run_id, MODEL, tracking_uri, "p", Gates(), 0.25, 42)
+    registry.register(trained.run_id, trained.model_uri, MODEL, decision, tracking_uri, "p")
+    return tracking_uri
+
+
+@pytest.fixture
+def manifests(tmp_path: Path) -> Path:
+    repo = tmp_path / "gitops"
+    shutil.copytree(code_root() / "manifests", repo / "manifests")
+    git(tmp_path, "init", "-q", "-b", "main", str(repo))
+    git(repo, "add", ".")
+    git(repo, "commit", "-qm", "manifests")
+    return repo / "manifests"
+
+
+def render(manifests: Path, env: str) -> dict:
+    out = subprocess.run(
+        ["kubectl", "kustomize", str(manifests / "overlays" / env)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return next(d for d in yaml.safe_load_all(out) if d["kind"] == "InferenceService")
+
+
+def test_promote_writes_only_the_promotion_fields_and_keeps_comments(registered, manifests):
+    release = promote.resolve(MODEL, "champion", registered)
+    assert release.version == "1" and release.lineage["data_md5"] == "md5-xyz"
+    path = manifests / "overlays/staging/promotion.yaml"
+    before = path.read_text()
+    assert promote.promote(manifests, "staging", release, image=DIGEST)
+    after = path.read_text()
+    assert "# STORAGE_URI: an immutable model version" in after  # comments survive
+    changed = [
+        (a, b) for a, b in zip(before.splitlines(), after.splitlines(), strict=True) if a != b
+    ]
+    assert {b.split(":")[0].strip() for _, b in changed} == {"value"}
+    isvc = render(manifests, "staging")
+    container = isvc["spec"]["predictor"]["containers"][0]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["STORAGE_URI"] == release.storage_uri and env["MODEL_VERSION"] == "1"
+    assert container["image"] == DIGEST
+    assert container["resources"]["limits"]["cpu"] == "1"  # base fields untouched
+    notes = isvc["metadata"]["annotations"]
+    assert notes["mlstack.io/model-version"] == "1" and notes["mlstack.io/git-sha"] == "b" * 40
+    assert notes["mlstack.io/kfp-run-id"] == "kfp-run-9"
+    # production is another file
+    assert (
+        render(manifests, "production")["metadata"]["annotations"]["mlstack.io/model-version"]
+        == "0"
+    )
+
+
+def test_second_identical_promotion_changes_nothing(registered, manifests):
+    release = promote.resolve(MODEL, "1", registered)
+    assert promote.promote(manifests, "production", release, canary=10)
+    path = manifests / "overlays/production/promotion.yaml"
+    text, mtime = path.read_text(), path.stat().st_mtime_ns
+    assert not promote.promote(manifests, "production", release, canary=10)
+    assert path.read_text() == text and path.stat().st_mtime_ns == mtime
+    assert render(manifests, "production")["spec"]["predictor"]["canaryTrafficPercent"] == 10
+
+
+def test_refusals(registered, manifests, dataset_csv):
+    client = MlflowClient(registered)
+    run = client.search_runs([client.get_experiment_by_name("p").experiment_id])[0]
+    ungated = client.create_model_version(MODEL, f"runs:/{run.info.run_id}/model", run.info.run_id)
+    with pytest.raises(StackError, match="not marked as having passed the quality gates"):
+        promote.resolve(MODEL, str(ungated.version), registered)
+    with pytest.raises(StackError, match="no version 'nope'"):
+        promote.resolve(MODEL, "nope", registered)
+    release = promote.resolve(MODEL, "1", registered)
+    with pytest.raises(StackError, match="pinned by digest"):
+        promote.promote(
+            manifests, "staging", release, image="ghcr.io/mlstack/churn-predictor:latest"
+        )
+    with pytest.raises(StackError, match="canary must be 0..100"):
+        promote.promote(manifests, "production", release, canary=150)
+    with pytest.raises(StackError, match="no operation for /spec/predictor/canaryTrafficPercent"):
+        promote.promote(manifests, "staging", release, canary=10)
+    with pytest.raises(StackError, match="unknown environment 'qa'"):
+        promote.promote(manifests, "qa", release)
+    assert git(manifests.parent, "status", "--porcelain") == ""  # nothing half-written
+
+
+def test_a_failed_write_leaves_the_old_file(registered, manifests, monkeypatch):
+    path = manifests / "overlays/staging/promotion.yaml"
+    before = path.read_bytes()
+
+    def broken_replace(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", broken_replace)
+    with pytest.raises(OSError, match="disk full"):
+        promote.promote(manifests, "staging", promote.resolve(MODEL, "1", registered))
+    assert path.read_bytes() == before
+    assert [p.name for p in path.parent.iterdir() if p.name.startswith(".")] == []
+
+
+def test_rollback_is_git_revert(registered, manifests):
+    repo = manifests.parent
+    path = manifests / "overlays/production/promotion.yaml"
+    before = path.read_bytes()
+    promote.promote(manifests, "production", promote.resolve(MODEL, "1", registered), canary=25)
+    git(repo, "commit", "-qam", "promote churn-promote v1 to production")
+    assert (
+        render(manifests, "production")["metadata"]["annotations"]["mlstack.io/model-version"]
+        == "1"
+    )
+    git(repo, "revert", "--no-edit", "HEAD")
+    assert path.read_bytes() == before
+    assert (
+        render(manifests, "production")["metadata"]["annotations"]["mlstack.io/model-version"]
+        == "0"
+    )
+
+
+def test_promote_command_line(registered, manifests):
+    done = subprocess.run(
+        [sys.executable, "-m", "mlstack.cli", "promote", "--env", "staging", "--alias", "champion",
+         "--manifests", str(manifests)],
+        capture_output=True, text=True, env={**os.environ, "MLFLOW_TRACKING_URI": registered,
+                                             "MLSTACK_MODEL_NAME": MODEL},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("wrote ") and "churn-promote v1" in done.stdout
+    again = subprocess.run(
+        [sys.executable, "-m", "mlstack.cli", "promote", "--env", "staging", "--version", "1",
+         "--manifests", str(manifests)],
+        capture_output=True, text=True, env={**os.environ, "MLFLOW_TRACKING_URI": registered,
+                                             "MLSTACK_MODEL_NAME": MODEL},
+    )  # fmt: skip
+    assert again.returncode == 0 and again.stdout.startswith("unchanged:")
+
+
+def test_image_only_bump_and_model_card(registered, manifests, tmp_path):
+    assert promote.promote(manifests, "staging", None, image=DIGEST)
+    isvc = render(manifests, "staging")
+    assert isvc["spec"]["predictor"]["containers"][0]["image"] == DIGEST
+    assert isvc["metadata"]["annotations"]["mlstack.io/model-version"] == "0"  # model untouched
+    with pytest.raises(StackError, match="nothing to promote"):
+        promote.promote(manifests, "staging", None)
+    card = promote.model_card(MODEL, "1", registered)
+    assert card.startswith(f"## {MODEL} v1")
+    assert "| roc_auc |" in card and "| data md5 | `md5-xyz` |" in card and "kfp-run-9" in card
+    assert "min_roc_auc pass" in card
