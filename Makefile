@@ -9,13 +9,16 @@ export DVC_NO_ANALYTICS := 1
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml constraints.txt
+$(VENV)/.installed: pyproject.toml constraints.txt constraints-checkov.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev]"
 	# Katib's SDK models, for strict offline validation only: its pins (protobuf<5) clash with
 	# kfp's, and the models need none of its dependencies
 	$(BIN)/pip install --quiet --no-deps kubeflow-katib==0.19.0
+	# checkov has pins of its own: it gets its own environment
+	$(PYTHON) -m venv $(VENV)/checkov
+	$(VENV)/checkov/bin/pip install --quiet -c constraints-checkov.txt checkov
 	touch $@
 
 ## run the whole training pipeline locally on the committed data version
