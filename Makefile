@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 export MLFLOW_DISABLE_TELEMETRY := true
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup run serve test test-fast lint compile bench bench-serving clean
+.PHONY: setup tools run serve test test-fast lint compile bench bench-serving clean
 
 setup: $(VENV)/.installed
 
@@ -30,12 +30,18 @@ run: setup
 serve: setup
 	$(BIN)/mlstack serve
 
+## promtool, prometheus and alertmanager (Debian's packages; run as root): the alert tests use them
+tools:
+	command -v promtool >/dev/null && command -v prometheus-alertmanager >/dev/null || \
+		{ apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+		  --no-install-recommends prometheus prometheus-alertmanager; }
+
 ## lint, then every test (the slow end-to-end ones included)
-test: setup lint
+test: setup tools lint
 	$(BIN)/pytest -q
 
 ## every test but the slow end-to-end ones
-test-fast: setup
+test-fast: setup tools
 	$(BIN)/pytest -q -m "not slow"
 
 lint: setup

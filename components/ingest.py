@@ -14,8 +14,10 @@ def ingest(repo: str, data_path: str, data_rev: str, dataset: Output[Dataset]) -
 ):
     from mlstack.dvcdata import read_version
     from mlstack.errors import exit_on_error
+    from mlstack.settings import load_settings
 
     with exit_on_error():
-        version = read_version(repo, data_path, data_rev, dataset.path)
+        remote = load_settings().dvc_remote  # MLSTACK_DVC_REMOTE in the pod, else the default
+        version = read_version(repo, data_path, data_rev, dataset.path, remote)
     dataset.metadata.update({"md5": version.md5, "git_sha": version.git_sha, "path": data_path})
     return (version.md5, version.git_sha)

@@ -16,6 +16,9 @@ def tune(
     data_rev: str,
     tracking_uri: str,
     experiment_name: str,
+    data_path: str,
+    test_size: float,
+    split_seed: int,
     timeout_seconds: int,
 ) -> NamedTuple(
     "TuneOutputs",
@@ -27,11 +30,19 @@ def tune(
         ("class_weight", str),
     ],
 ):
+    import os
+
     from mlstack.errors import exit_on_error
     from mlstack.katib import tune as run_tuning
     from mlstack.settings import load_settings
     from mlstack.training import HyperParams
 
+    # the trials split the data as the pipeline's train and evaluate steps do
+    os.environ.update(
+        MLSTACK_DATA_PATH=data_path,
+        MLSTACK_TEST_SIZE=repr(test_size),
+        MLSTACK_SPLIT_SEED=str(split_seed),
+    )
     with exit_on_error():
         best = run_tuning(
             experiment_yaml,

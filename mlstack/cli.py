@@ -52,10 +52,11 @@ def _cmd_bootstrap(args: argparse.Namespace, settings: Settings) -> None:
         settings.data_path,
         settings.data_rows,
         settings.data_seed,
-        remote=settings.dvc_remote,
+        remote=settings.dvc_remote or None,
     )
     print(
-        f"{settings.data_path} md5 {md5} is in the DVC cache and on remote '{settings.dvc_remote}'"
+        f"{settings.data_path} md5 {md5} is in the DVC cache and on remote "
+        f"'{settings.dvc_remote or 'default'}'"
     )
 
 
@@ -67,7 +68,7 @@ def _cmd_add(args: argparse.Namespace, settings: Settings) -> None:
         Path(args.source).resolve(),
         settings.data_path,
         args.message,
-        remote=args.remote or settings.dvc_remote,
+        remote=args.remote or settings.dvc_remote or None,
     )
     print(f"new data version {version.md5} pushed and committed as {version.git_sha[:12]}")
 
@@ -124,13 +125,32 @@ def _cmd_promote(args: argparse.Namespace, settings: Settings) -> None:
     from mlstack.settings import code_root
 
     manifests = Path(args.manifests) if args.manifests else code_root() / "manifests"
-    release = promote.resolve(
-        settings.model_name, args.version or args.alias, settings.mlflow_tracking_uri
-    )
+    ref = args.version or args.alias
+    uri = settings.mlflow_tracking_uri
+    release = promote.resolve(settings.model_name, ref, uri) if ref else None
     changed = promote.promote(manifests, args.env, release, image=args.image, canary=args.canary)
     where = promote.overlay_file(manifests, args.env)
-    verb = "wrote" if changed else "unchanged:"
-    print(f"{verb} {where} -> {release.model_name} v{release.version} ({release.storage_uri})")
+    what = (
+        f"{release.model_name} v{release.version} ({release.storage_uri})"
+        if release
+        else args.image
+    )
+    print(f"{'wrote' if changed else 'unchanged:'} {where} -> {what}")
+    if args.model_card and release is not None:
+        card = promote.model_card(release.model_name, release.version, uri)
+        Path(args.model_card).write_text(card)
+
+
+def _cmd_monitoring(args: argparse.Namespace, settings: Settings) -> None:
+    from mlstack import monitoring
+
+    if args.check:
+        if names := monitoring.stale():
+            raise StackError(f"stale: {', '.join(names)}: run 'mlstack monitoring build'")
+        print("manifests/monitoring is up to date")
+        return
+    for path in monitoring.build():
+        print(f"wrote {path}")
 
 
 def serve_argv(settings: Settings, alias: str | None, version: str | None, port: int) -> list[str]:
@@ -175,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     add = data.add_parser("add", help="new data version: dvc add, dvc push, git commit")
     add.add_argument("source", help="CSV file that becomes the new version")
     add.add_argument("-m", "--message", default="data: new churn data version")
-    add.add_argument("--remote", help="DVC remote (default: MLSTACK_DVC_REMOTE, 'local')")
+    add.add_argument("--remote", help="DVC remote (default: MLSTACK_DVC_REMOTE, else the default)")
     add.set_defaults(func=_cmd_add)
 
     pipe = sub.add_parser("pipeline", help="the training pipeline").add_subparsers(
@@ -210,6 +230,12 @@ def build_parser() -> argparse.ArgumentParser:
     prom.add_argument("--manifests", help="the manifests directory (default: this checkout's)")
     prom.add_argument("--model-card", help="also write the version's model card (markdown) here")
     prom.set_defaults(func=_cmd_promote)
+
+    mon = sub.add_parser("monitoring", help="dashboards and the PrometheusRule, as code")
+    mon_sub = mon.add_subparsers(dest="cmd", required=True)
+    build = mon_sub.add_parser("build", help="write dashboards/*.json and prometheusrule.yaml")
+    build.add_argument("--check", action="store_true", help="fail when the files are stale")
+    build.set_defaults(func=_cmd_monitoring)
 
     serve = sub.add_parser("serve", help="serve a registered model version on 127.0.0.1")
     which = serve.add_mutually_exclusive_group()

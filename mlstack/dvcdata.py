@@ -78,16 +78,19 @@ def _dvc_errors(action: str) -> Iterator[None]:
         raise StackError(f"{action}: {detail}") from None
 
 
-def read_version(repo: str, path: str, rev: str, out: str | Path) -> DataVersion:
+def read_version(
+    repo: str, path: str, rev: str, out: str | Path, remote: str | None = None
+) -> DataVersion:
     """Copy ``path`` as it is at ``rev`` of ``repo`` (a local path or git URL) to ``out``.
 
-    The bytes come from the DVC cache or, when missing there, the repo's default remote.
+    The bytes come from the DVC cache or, when missing there, ``remote`` (default: the repo's
+    default remote).
     """
     from dvc.api import DVCFileSystem
 
     sha = resolve_rev(repo, rev)
     with _dvc_errors(f"cannot read {path} at {sha[:12]} through DVC"):
-        fs = DVCFileSystem(repo, rev=sha)
+        fs = DVCFileSystem(repo, rev=sha, remote=remote or None)
         info = fs.info(path)
         md5 = info.get("md5")
         if not md5:

@@ -324,8 +324,9 @@ def parse(doc: dict[str, Any]) -> Experiment:
         container=primary[0],
         raw=doc,
     )
-    # every placeholder of the command must resolve: fail now, not in each trial
+    # every placeholder of the command and env must resolve: fail now, not in each trial
     trial_command(experiment, {p.name: "0" for p in parameters})
+    trial_env(experiment, {})
     return experiment
 
 
@@ -519,11 +520,17 @@ def trial_command(exp: Experiment, assignments: dict[str, str]) -> list[str]:
     return argv
 
 
-def trial_env(exp: Experiment, overrides: dict[str, str]) -> dict[str, str]:
+def trial_env(
+    exp: Experiment, overrides: dict[str, str], assignments: dict[str, str] | None = None
+) -> dict[str, str]:
+    """This process's environment, the container's ``env`` values (placeholders substituted;
+    ``valueFrom`` items are cluster Secrets and ConfigMaps: locally this environment provides
+    them), then the runner's own values."""
+    values = {tp: (assignments or {}).get(ref, "0") for tp, ref in exp.trial_parameters.items()}
     env = dict(os.environ)
     for item in exp.container.get("env", []) or []:
         if "value" in item and item["value"] != "":
-            env[item["name"]] = str(item["value"])
+            env[item["name"]] = str(substitute(str(item["value"]), values))
     env.update(overrides)
     return env
 
@@ -554,6 +561,7 @@ def run_local(
     by_name = {p.name: p for p in exp.parameters}
     events: queue.Queue = queue.Queue()
     lock = threading.Lock()
+    processes: set[subprocess.Popen] = set()
     completed_curves: list[list[float]] = []
     trials: list[Trial] = []
     optuna_trials: dict[int, Any] = {}
@@ -579,8 +587,36 @@ def run_local(
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
-            env=trial_env(exp, env or {}),
+            errors="replace",
+            env=trial_env(exp, env or {}, trial.assignments),
         )
+        with lock:
+            processes.add(proc)
+        try:
+            code, last = follow(trial, proc)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+            with lock:
+                processes.discard(proc)
+        trial.seconds = time.monotonic() - t0
+        for name, values in trial.reports.items():
+            default = "max" if exp.maximize else "min"
+            trial.observation[name] = observe(values, exp.strategies.get(name, default))
+        if trial.status == "Running":
+            if code == 0 and exp.objective in trial.observation:
+                trial.status = "Succeeded"
+                with lock:
+                    completed_curves.append(trial.reports[exp.objective])
+            else:
+                trial.status = "Failed"
+                trial.detail = (
+                    f"exit code {code}: {last}" if code else f"no '{exp.objective}' metric reported"
+                )
+
+    def follow(trial: Trial, proc: subprocess.Popen) -> tuple[int, str]:
+        """Read the trial's output to its end: metrics, and early stopping after each report."""
         last = ""
         assert proc.stdout is not None
         for line in proc.stdout:
@@ -601,21 +637,7 @@ def run_local(
                 if stop:
                     trial.status = "EarlyStopped"
                     proc.terminate()
-        code = proc.wait()
-        trial.seconds = time.monotonic() - t0
-        for name, values in trial.reports.items():
-            default = "max" if exp.maximize else "min"
-            trial.observation[name] = observe(values, exp.strategies.get(name, default))
-        if trial.status == "Running":
-            if code == 0 and exp.objective in trial.observation:
-                trial.status = "Succeeded"
-                with lock:
-                    completed_curves.append(trial.reports[exp.objective])
-            else:
-                trial.status = "Failed"
-                trial.detail = (
-                    f"exit code {code}: {last}" if code else f"no '{exp.objective}' metric reported"
-                )
+        return proc.wait(), last
 
     try:
         while True:
@@ -645,7 +667,7 @@ def run_local(
             if on_trial:
                 on_trial(trial)
             _advance(bar, trial, exp)
-            if failed > exp.max_failed:
+            if failed >= exp.max_failed:  # as Katib: the experiment fails at the budget
                 status, stop_launching = "Failed", True
             elif (
                 trial.status == "Succeeded"
@@ -654,13 +676,18 @@ def run_local(
             ):
                 status, stop_launching = "GoalReached", True
     finally:
+        # an error or Ctrl-C here must not leave trials running
+        with lock:
+            running_now = list(processes)
+        for proc in running_now:
+            proc.kill()
         if bar is not None:
             bar.close()
     result = ExperimentResult(exp, trials, status, None, time.monotonic() - started, parallel)
     if status == "Failed":
         details = "; ".join(f"trial {t.number}: {t.detail}" for t in trials if t.status == "Failed")
         raise ExperimentError(
-            f"experiment {exp.name} failed: {failed} failed trials > maxFailedTrialCount "
+            f"experiment {exp.name} failed: {failed} failed trials reached maxFailedTrialCount "
             f"{exp.max_failed} ({details})"
         )
     return result
@@ -694,7 +721,8 @@ def for_cluster(
     import copy
 
     body = copy.deepcopy(exp.raw)
-    body["metadata"] = {**body.get("metadata", {}), "namespace": namespace}
+    meta = body.get("metadata", {})
+    body["metadata"] = {**meta, "namespace": namespace or meta.get("namespace", "default")}
     body["metadata"]["name"] = f"{exp.name}-{uuid.uuid4().hex[:6]}"
     template = body["spec"]["trialTemplate"]
     for container in template["trialSpec"]["spec"]["template"]["spec"]["containers"]:
@@ -744,6 +772,16 @@ def run_in_cluster(
         ) from None
     except OSError as exc:
         raise StackError(f"Kubernetes API unreachable: {exc}") from None
+    try:
+        return _wait(api, namespace, name, timeout_seconds, poll_seconds, sleep)
+    except BaseException:
+        # failed, timed out or interrupted: stop its trials rather than leave them running
+        with contextlib.suppress(Exception):
+            api.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+        raise
+
+
+def _wait(api, namespace, name, timeout_seconds, poll_seconds, sleep) -> dict[str, str]:  # type: ignore[no-untyped-def]
     waited = 0.0
     while True:
         obj = api.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
@@ -789,13 +827,23 @@ def parent_run(exp: Experiment, tracking_uri: str, experiment_name: str) -> Iter
 def trial_env_for(
     tracking_uri: str, experiment_name: str, parent: str, repo: str, rev: str
 ) -> dict[str, str]:
-    return {
+    """What every trial needs from the tune step: data version, split, tracking, parent run."""
+    from mlstack.settings import load_settings
+
+    settings = load_settings()
+    env = {
         "MLFLOW_TRACKING_URI": tracking_uri,
         "MLSTACK_EXPERIMENT_NAME": experiment_name,
         "MLSTACK_PARENT_RUN_ID": parent,
         "MLSTACK_DATA_REPO": repo,
         "MLSTACK_DATA_REV": rev,
+        "MLSTACK_DATA_PATH": settings.data_path,
+        "MLSTACK_TEST_SIZE": repr(settings.test_size),
+        "MLSTACK_SPLIT_SEED": str(settings.split_seed),
     }
+    if settings.dvc_remote:
+        env["MLSTACK_DVC_REMOTE"] = settings.dvc_remote
+    return env
 
 
 def tune_local(

@@ -102,6 +102,7 @@ def edit(path: Path, values: dict[str, object]) -> bool:
         return False
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        os.chmod(tmp, path.stat().st_mode & 0o777)  # mkstemp makes 0600
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
             fh.flush()

@@ -54,7 +54,7 @@ class Settings:
     data_path: str = "data/churn.csv"
     data_seed: int = 7
     data_rows: int = 4000
-    dvc_remote: str = "local"
+    dvc_remote: str = ""  # empty: the repository's default DVC remote
     # training split (train and evaluate both use it: one held-out set)
     test_size: float = 0.25
     split_seed: int = 42
@@ -99,6 +99,8 @@ _ENV_FIELDS = {
     "experiment_name": str,
     "data_path": str,
     "dvc_remote": str,
+    "test_size": float,
+    "split_seed": int,
     "repo_root": Path,
     "state_dir": Path,
 }

@@ -48,8 +48,11 @@ class HyperParams:
 
     @classmethod
     def from_strings(cls, values: dict[str, str]) -> HyperParams:
-        """Typed from Katib's string assignments; other names are ignored, missing ones default."""
+        """Typed from Katib's string assignments; missing names keep their defaults."""
         convert = {"float": float, "int": lambda v: int(float(v)), "str": str}
+        unknown = sorted(set(values) - {f.name for f in fields(cls)})
+        if unknown:
+            raise StackError(f"unknown hyperparameter(s) {unknown}")
         typed = {}
         for f in fields(cls):
             if f.name in values:
@@ -189,8 +192,8 @@ def train_and_log(
     """Fit the model on the train split, score the held-out split, log everything to MLflow.
 
     With ``report``, the boosting runs in chunks of ``report_every`` iterations (warm start: the
-    same model as one fit) and ``report(iterations, held-out metrics)`` is called after each, which
-    is what a Katib trial prints for its metrics collector and early stopping.
+    same model as one fit) and ``report(iterations, held-out metrics)`` is called after each but
+    the last, which is what a Katib trial prints for its metrics collector and early stopping.
     """
     import mlflow
     from mlflow.models import infer_signature
@@ -206,7 +209,8 @@ def train_and_log(
         for done in [*range(report_every, params.max_iter, report_every), params.max_iter]:
             model.set_params(classifier__max_iter=done)
             model.fit(x, y)
-            report(done, compute_metrics(model, test))
+            if done < params.max_iter:  # the finished model's metrics are the caller's to report
+                report(done, compute_metrics(model, test))
         model.set_params(classifier__warm_start=False)
     metrics = compute_metrics(model, test)
 
@@ -241,6 +245,7 @@ def train_and_log(
                 "reference_profile": profile.to_dict(profile.build(train)),
                 "lineage": {**asdict(lineage), "mlflow_run_id": run.info.run_id},
                 "decision_threshold": DECISION_THRESHOLD,
+                "metrics": metrics,
             },
         )
         mlflow.log_text(json.dumps(metrics, indent=2, sort_keys=True), "metrics.json")

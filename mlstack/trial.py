@@ -59,7 +59,11 @@ def run(args: argparse.Namespace) -> dict[str, float]:
         dataset = Path(args.dataset) if args.dataset else Path(tmp) / "data.csv"
         if not args.dataset:
             version = dvcdata.read_version(
-                args.repo or str(settings.repo_root), settings.data_path, args.data_rev, dataset
+                args.repo or str(settings.repo_root),
+                settings.data_path,
+                args.data_rev,
+                dataset,
+                settings.dvc_remote or None,
             )
             lineage = Lineage(version.md5, settings.data_path, version.git_sha, lineage.kfp_run_id)
         import pandas as pd
@@ -80,6 +84,8 @@ def run(args: argparse.Namespace) -> dict[str, float]:
             report=lambda it, m: print(metric_line(it, m), flush=True),
             report_every=args.report_every,
         )
+    # the last report comes once the MLflow run is complete: early stopping never cuts it short
+    print(metric_line(params.max_iter, result.metrics), flush=True)
     return result.metrics
 
 

@@ -43,7 +43,7 @@ def training_pipeline(
             "max_depth": max_depth,
             "l2_regularization": l2_regularization,
             "class_weight": class_weight,
-        },
+        },  # every field of HyperParams (test_pipeline_ir checks)
         data_path=data_path,
         tracking_uri=tracking_uri,
         experiment_name=experiment_name,

@@ -37,7 +37,7 @@ def tuning_pipeline(
     split_seed: int = DEFAULTS.split_seed,
     experiment_yaml: str = experiment_json(),
     tune_backend: str = "cluster",
-    tune_namespace: str = "ml-training",
+    tune_namespace: str = "",
     tune_timeout_seconds: int = 7200,
     min_roc_auc: float = DEFAULTS.gates.min_roc_auc,
     min_f1: float = DEFAULTS.gates.min_f1,
@@ -52,6 +52,9 @@ def tuning_pipeline(
         data_rev=data_rev,
         tracking_uri=tracking_uri,
         experiment_name=experiment_name,
+        data_path=data_path,
+        test_size=test_size,
+        split_seed=split_seed,
         timeout_seconds=tune_timeout_seconds,
     ).after(ingested.validated)  # type: ignore[attr-defined]
     return train_evaluate_register(

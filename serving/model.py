@@ -94,6 +94,8 @@ class ChurnModel(Model):
             self.lineage.mlflow_run_id,
             self.lineage.kfp_run_id,
         ).set(1)
+        for metric, value in (meta.get("metrics") or {}).items():
+            monitoring.TRAINING_METRIC.labels(self.name, self.model_version, metric).set(value)
         self.ready = True
         return self.ready
 

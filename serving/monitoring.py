@@ -7,6 +7,7 @@
 - ``model_feature_drift_psi{model_name, feature}``: PSI of the last N rows against the training
   profile, computed when scraped (the request path only records bin indices)
 - ``model_drift_window_rows{model_name}``: how many rows that window holds
+- ``model_training_metric{model_name, model_version, metric}``: the model's held-out metrics
 """
 
 from __future__ import annotations
@@ -40,6 +41,11 @@ MODEL_INFO = Gauge(
     "model_info",
     "The model being served and its lineage (value is always 1)",
     ["model_name", "model_version", "data_md5", "git_sha", "mlflow_run_id", "kfp_run_id"],
+)
+TRAINING_METRIC = Gauge(
+    "model_training_metric",
+    "The served model's held-out metrics from its training run",
+    ["model_name", "model_version", "metric"],
 )
 
 

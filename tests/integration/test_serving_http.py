@@ -7,114 +7,45 @@ import os
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 
 import mlflow
 import numpy as np
 import pytest
 
-from mlstack import datagen, registry
-from mlstack.evaluation import evaluate
-from mlstack.settings import Gates
-from mlstack.training import HyperParams, Lineage, train_and_log
+from mlstack import datagen
+from mlstack.training import Lineage
 from serving.codec import NAMES, Batch
 from tests.conftest import free_port
+from tests.servers import call, registered_model, start, stop
 
 MODEL = "churn-test"
 MAX_BATCH = 64
 WINDOW = 200
 
 
-def call(url: str, body: bytes | dict | None = None, content_type: str = "application/json"):
-    data = json.dumps(body).encode() if isinstance(body, dict) else body
-    req = urllib.request.Request(url, data=data, method="POST" if data is not None else "GET")
-    if data is not None:
-        req.add_header("content-type", content_type)
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return resp.status, dict(resp.headers), resp.read()
-    except urllib.error.HTTPError as err:
-        return err.code, dict(err.headers), err.read()
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("serving")
-    (tmp / "mlflow").mkdir()
-    uri = f"sqlite:///{tmp / 'mlflow' / 'mlflow.db'}"
-    data = tmp / "train.csv"
-    datagen.write_csv(datagen.generate(1500, 7), data)
-    trained = train_and_log(
-        data,
-        HyperParams(max_iter=80),
-        Lineage("md5-abc", "data/churn.csv", "a" * 40, "kfp-1"),
-        uri,
-        "serving-test",
-        0.25,
-        42,
-    )
-    decision = evaluate(
-        data,
-        trained.run_id,
-        MODEL,
-        uri,
-        "serving-test",
-        Gates(min_roc_auc=0.5, min_f1=0.1),
-        0.25,
-        42,
-    )
-    registry.register(trained.run_id, trained.model_uri, MODEL, decision, uri, "serving-test")
+    uri = registered_model(tmp, MODEL, Lineage("md5-abc", "data/churn.csv", "a" * 40, "kfp-1"))
     port = free_port()
-    log = (tmp / "server.log").open("w")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "serving",
-            "--model_uri",
-            f"models:/{MODEL}@champion",
-            "--model_name",
-            MODEL,
-            "--host",
-            "127.0.0.1",
-            "--http_port",
-            str(port),
-            "--enable_grpc",
-            "false",
-            "--max_batch_size",
-            str(MAX_BATCH),
-            "--drift_window",
-            str(WINDOW),
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "MLFLOW_TRACKING_URI": uri},
-    )
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while call(f"{base}/v2/health/ready")[0] != 200 if _up(base) else True:
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail("predictor did not start:\n" + (tmp / "server.log").read_text()[-3000:])
-        time.sleep(0.3)
+    proc = start(
+        [sys.executable, "-m", "serving", "--model_uri", f"models:/{MODEL}@champion",
+         "--model_name", MODEL, "--host", "127.0.0.1", "--http_port", str(port),
+         "--enable_grpc", "false", "--max_batch_size", str(MAX_BATCH),
+         "--drift_window", str(WINDOW)],
+        tmp / "server.log",
+        f"{base}/v2/health/ready",
+        env={**os.environ, "MLFLOW_TRACKING_URI": uri},
+    )  # fmt: skip
     mlflow.set_tracking_uri(uri)
     model = mlflow.sklearn.load_model(f"models:/{MODEL}@champion")
     yield base, model, port, uri
-    proc.terminate()
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+    stop(proc)
 
 
 def _up(base: str) -> bool:
-    try:
-        urllib.request.urlopen(f"{base}/v2/health/live", timeout=1)
-        return True
-    except OSError:
-        return False
+    return call(f"{base}/v2/health/live")[0] == 200
 
 
 ROWS = datagen.generate(20, 31)

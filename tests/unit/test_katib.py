@@ -3,6 +3,7 @@
 import copy
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import optuna
@@ -256,7 +257,7 @@ def scripted(tmp_path: Path, body: str, parameters: list[dict], **spec) -> katib
             "algorithm": {"algorithmName": "grid"},
             "parallelTrialCount": 1,
             "maxTrialCount": 3,
-            "maxFailedTrialCount": 1,
+            "maxFailedTrialCount": 3,
             "parameters": parameters,
             "trialTemplate": {
                 "primaryContainerName": "main",
@@ -286,14 +287,84 @@ def test_failed_trial_budget_fails_the_experiment(tmp_path):
         sys.exit(3)
         """,
         [{"name": "q", "parameterType": "discrete", "feasibleSpace": {"list": ["1", "2", "3"]}}],
+        maxFailedTrialCount=2,
     )
     seen = []
     with pytest.raises(
-        katib.ExperimentError, match="2 failed trials > maxFailedTrialCount 1"
+        katib.ExperimentError, match="2 failed trials reached maxFailedTrialCount 2"
     ) as err:
         katib.run_local(exp, progress=False, on_trial=seen.append)
     assert "exit code 3: starting" in str(err.value)
-    assert [t.status for t in seen] == ["Failed", "Failed"]  # stopped launching after the budget
+    assert [t.status for t in seen] == ["Failed", "Failed"]  # Katib's rule: fail at the budget
+
+
+def test_trial_env_substitutes_placeholders_and_the_runner_wins(tmp_path):
+    exp = scripted(
+        tmp_path,
+        """
+        import os
+        print(f"score={os.environ['Q_VALUE']}")
+        print(f"f1={len(os.environ['FROM_RUNNER'])}")
+        """,
+        [{"name": "q", "parameterType": "discrete", "feasibleSpace": {"list": ["0.25"]}}],
+        maxTrialCount=1,
+    )
+    container = exp.container
+    container["env"] = [
+        {"name": "Q_VALUE", "value": "${trialParameters.q}"},
+        {"name": "FROM_RUNNER", "value": "template"},
+        {"name": "SECRET", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}},
+    ]
+    result = katib.run_local(exp, env={"FROM_RUNNER": "runner!"}, progress=False)
+    assert result.best.observation["score"] == pytest.approx(0.25)
+    doc = copy.deepcopy(exp.raw)
+    doc["spec"]["trialTemplate"]["trialSpec"]["spec"]["template"]["spec"]["containers"][0][
+        "env"
+    ] = [{"name": "POD", "value": "${trialSpec.Name}"}]
+    with pytest.raises(katib.ExperimentError, match="trialSpec.Name"):
+        katib.parse(doc)
+
+
+def test_an_interrupted_runner_leaves_no_trial_running(tmp_path):
+    marker = tmp_path / "pids"
+    exp = scripted(
+        tmp_path,
+        f"""
+        import os, time
+        with open({str(marker)!r}, "a") as fh:
+            fh.write(f"{{os.getpid()}}\\n")
+        time.sleep(30)
+        """,
+        [{"name": "q", "parameterType": "discrete", "feasibleSpace": {"list": ["1", "2"]}}],
+        maxTrialCount=2,
+        parallelTrialCount=2,
+    )
+
+    import os
+    import signal
+    import threading
+
+    def stop_soon():
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if marker.exists() and len(marker.read_text().split()) == 2:
+                break
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C
+
+    threading.Thread(target=stop_soon, daemon=True).start()
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        katib.run_local(exp, progress=False)
+    assert time.monotonic() - started < 15  # not waiting for the 30 s trials
+    pids = [int(p) for p in marker.read_text().split()]
+    assert len(pids) == 2
+    time.sleep(0.5)
+    for pid in pids:
+        assert (
+            not Path(f"/proc/{pid}").exists()
+            or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
+        )
 
 
 def test_missing_objective_metric_is_a_failed_trial(tmp_path):
@@ -404,11 +475,15 @@ class FakeCustomObjects:
     def __init__(self, statuses):
         self.statuses = list(statuses)
         self.created = None
+        self.deleted = []
 
     def create_namespaced_custom_object(self, group, version, namespace, plural, body):
         assert (group, version, plural) == ("kubeflow.org", "v1beta1", "experiments")
         self.created = body
         return body
+
+    def delete_namespaced_custom_object(self, group, version, namespace, plural, name):
+        self.deleted.append(name)
 
     def get_namespaced_custom_object(self, group, version, namespace, plural, name):
         status = self.statuses.pop(0) if len(self.statuses) > 1 else self.statuses[0]
@@ -432,6 +507,7 @@ def test_for_cluster_fills_the_trial_env_and_names_uniquely():
     env = {"MLSTACK_DATA_REPO": "https://git.example/churn.git", "MLSTACK_DATA_REV": "a" * 40,
            "MLSTACK_PARENT_RUN_ID": "r1", "EXTRA": "1"}  # fmt: skip
     a, b = katib.for_cluster(exp, "team-ml", env), katib.for_cluster(exp, "team-ml", env)
+    assert katib.for_cluster(exp, "", env)["metadata"]["namespace"] == "ml-training"  # the YAML's
     assert a["metadata"]["namespace"] == "team-ml"
     assert a["metadata"]["name"] != b["metadata"]["name"]
     assert a["metadata"]["name"].startswith("churn-tuning-")
@@ -452,6 +528,7 @@ def test_run_in_cluster_polls_until_succeeded():
     )
     assert best == {"learning_rate": "0.05", "max_iter": "250"}
     assert api.created is body and slept == [5, 5]
+    assert api.deleted == []  # a finished Experiment stays, with its trials, for inspection
 
 
 def test_run_in_cluster_failure_and_timeout_are_clear():

@@ -11,16 +11,11 @@ import yaml
 
 from mlstack.k8s_schema import Walker
 from mlstack.settings import code_root
+from tests.kube import render
 
 ROOT = code_root()
 OVERLAYS = ["staging", "production"]
 BIN = Path(sys.executable).parent
-
-
-def render(path: Path) -> list[dict]:
-    out = subprocess.run(["kubectl", "kustomize", str(path)], capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    return [d for d in yaml.safe_load_all(out.stdout) if d]
 
 
 def by_kind(docs: list[dict], kind: str) -> dict:
@@ -126,17 +121,23 @@ def test_network_policy_denies_by_default_and_admits_serving_and_monitoring(over
 # --- Argo CD ------------------------------------------------------------------------------------
 
 ARGO = render(ROOT / "argocd")
+MONITORING = ROOT / "manifests" / "monitoring"
 
 
 def test_project_is_limited_to_this_repo_ml_namespaces_and_namespaced_kinds():
     project = by_kind(ARGO, "AppProject")["spec"]
     assert project["clusterResourceWhitelist"] == []
-    assert {d["namespace"] for d in project["destinations"]} == {"ml-staging", "ml-production"}
+    assert {d["namespace"] for d in project["destinations"]} == {
+        "ml-staging",
+        "ml-production",
+        "monitoring",
+    }
     apps = [d for d in ARGO if d["kind"] == "Application"]
     assert {a["spec"]["source"]["repoURL"] for a in apps} == set(project["sourceRepos"])
     allowed = {(k["group"], k["kind"]) for k in project["namespaceResourceWhitelist"]}
-    for env in OVERLAYS:  # everything an overlay renders may be synced by the project
-        for doc in render(ROOT / "manifests" / "overlays" / env):
+    sources = [ROOT / "manifests" / "overlays" / env for env in OVERLAYS] + [MONITORING]
+    for source in sources:  # everything an Application renders may be synced by the project
+        for doc in render(source):
             group = doc["apiVersion"].split("/")[0] if "/" in doc["apiVersion"] else ""
             assert (group, doc["kind"]) in allowed
 
@@ -145,6 +146,7 @@ def test_staging_syncs_automatically_and_production_by_hand():
     apps = {a["metadata"]["name"]: a["spec"] for a in ARGO if a["kind"] == "Application"}
     assert apps["churn-staging"]["syncPolicy"]["automated"] == {"prune": True, "selfHeal": True}
     assert "automated" not in apps["churn-production"]["syncPolicy"]
+    assert apps.pop("churn-monitoring")["source"]["path"] == "manifests/monitoring"
     for name, spec in apps.items():
         env = name.removeprefix("churn-")
         assert spec["source"]["path"] == f"manifests/overlays/{env}"
@@ -275,6 +277,14 @@ def test_actions_are_pinned_by_sha_with_a_version_comment():
         assert "permissions" in doc and "concurrency" in doc, workflow.name
 
 
+def test_monitoring_core_kinds_pass_kubernetes_validate_strict(tmp_path):
+    docs = [d for d in render(MONITORING) if d["apiVersion"] in ("v1", "apps/v1")]
+    assert {d["kind"] for d in docs} == {"ServiceAccount", "Deployment", "Service", "ConfigMap"}
+    docs += [d for d in render(MONITORING) if d["kind"] == "NetworkPolicy"]
+    done = kubernetes_validate(tmp_path, docs)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
 def test_kubectl_is_there():
     assert shutil.which("kubectl"), "the manifest checks need kubectl (kustomize)"
 
@@ -302,6 +312,7 @@ def test_checkov_passes_on_dockerfiles_workflows_and_rendered_manifests(tmp_path
             yaml.safe_dump_all(render(ROOT / "manifests" / "overlays" / env))
         )
     (rendered / "argocd.yaml").write_text(yaml.safe_dump_all(ARGO))
+    (rendered / "monitoring.yaml").write_text(yaml.safe_dump_all(render(MONITORING)))
     done = checkov("-d", str(rendered), "--framework", "kubernetes")
     assert done.returncode == 0, done.stdout + done.stderr
     # every skip in the sources carries its reason beside it

@@ -173,3 +173,32 @@ def test_image_only_bump_and_model_card(registered, manifests, tmp_path):
     assert card.startswith(f"## {MODEL} v1")
     assert "| roc_auc |" in card and "| data md5 | `md5-xyz` |" in card and "kfp-run-9" in card
     assert "min_roc_auc pass" in card
+
+
+def test_command_line_image_only_and_model_card(registered, manifests, tmp_path):
+    env = {**os.environ, "MLFLOW_TRACKING_URI": registered, "MLSTACK_MODEL_NAME": MODEL}
+    base = [sys.executable, "-m", "mlstack.cli", "promote", "--manifests", str(manifests)]
+    done = subprocess.run(
+        [*base, "--env", "staging", "--image", DIGEST], capture_output=True, text=True, env=env
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().endswith(DIGEST)
+    card = tmp_path / "card.md"
+    done = subprocess.run(
+        [
+            *base,
+            "--env",
+            "production",
+            "--version",
+            "1",
+            "--canary",
+            "10",
+            "--model-card",
+            str(card),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr
+    assert card.read_text().startswith(f"## {MODEL} v1")
