@@ -60,7 +60,7 @@ DASHBOARDS: dict[str, tuple[str, list[Panel]]] = {
                 "reqps",
                 "{{reason}}",
             ),
-            Panel("Scrape health", 'up{job=~".*churn-predictor"}', "short", "{{pod}}"),
+            Panel("Scrape health", 'up{job=~".*churn-predictor"}', "short", "{{instance}}"),
         ],
     ),
     "churn-model": (
