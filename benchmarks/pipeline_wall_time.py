@@ -22,7 +22,7 @@ from pathlib import Path
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 
-from mlstack import datagen, dvcdata, evaluation, registry, training, validation  # noqa: E402
+from mlstack import dvcdata, evaluation, registry, training, validation  # noqa: E402
 from mlstack.local_run import run_local  # noqa: E402
 from mlstack.settings import DEFAULTS, Settings  # noqa: E402
 
@@ -54,11 +54,13 @@ def main() -> None:
     for i in range(args.repeat):
         with tempfile.TemporaryDirectory() as tmp:
             tmp_path = Path(tmp)
-            repo = tmp_path / "repo"
-            dvcdata.init_repo(repo, tmp_path / "remote")
-            src = tmp_path / "v1.csv"
-            datagen.write_csv(datagen.generate(args.rows, DEFAULTS.data_seed), src)
-            dvcdata.add_version(repo, src, DEFAULTS.data_path, "data: v1")
+            repo = dvcdata.seeded_repo(
+                tmp_path / "repo",
+                tmp_path / "remote",
+                DEFAULTS.data_path,
+                args.rows,
+                DEFAULTS.data_seed,
+            )
             (tmp_path / "mlflow").mkdir()
             uri = f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}"
             settings = Settings(repo_root=repo, state_dir=tmp_path / "state", tracking_uri=uri)

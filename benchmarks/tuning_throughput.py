@@ -22,7 +22,7 @@ import yaml
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 
-from mlstack import datagen, dvcdata, katib  # noqa: E402
+from mlstack import dvcdata, katib  # noqa: E402
 from mlstack.settings import DEFAULTS, code_root  # noqa: E402
 from mlstack.training import HyperParams, Lineage, train_and_log  # noqa: E402
 
@@ -34,11 +34,13 @@ def main() -> None:
     doc = yaml.safe_load((code_root() / "katib" / "experiment.yaml").read_text())
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
-        repo = tmp_path / "repo"
-        dvcdata.init_repo(repo, tmp_path / "remote")
-        src = tmp_path / "v1.csv"
-        datagen.write_csv(datagen.generate(DEFAULTS.data_rows, DEFAULTS.data_seed), src)
-        dvcdata.add_version(repo, src, DEFAULTS.data_path, "data: v1")
+        repo = dvcdata.seeded_repo(
+            tmp_path / "repo",
+            tmp_path / "remote",
+            DEFAULTS.data_path,
+            DEFAULTS.data_rows,
+            DEFAULTS.data_seed,
+        )
         (tmp_path / "mlflow").mkdir()
         uri = f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}"
 

@@ -236,3 +236,16 @@ def init_repo(path: Path, remote: Path) -> None:
             raise StackError(f"dvc {' '.join(args)} failed: {done.stderr.strip()}")
     _git(path, "add", ".dvc")
     _git(path, "commit", "-qm", "dvc init")
+
+
+def seeded_repo(path: Path, remote: Path, data_path: str, rows: int, seed: int) -> Path:
+    """A new repository (``init_repo``) whose first commit after ``dvc init`` is one seeded data
+    version at ``data_path``: what tests and benchmarks run the pipeline on."""
+    from mlstack import datagen
+
+    init_repo(path, remote)
+    source = path.parent / f".{path.name}-v1.csv"
+    datagen.write_csv(datagen.generate(rows, seed), source)
+    add_version(path, source, data_path, "data: v1")
+    source.unlink()
+    return path

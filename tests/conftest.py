@@ -53,11 +53,7 @@ def make_data_repo(path: Path, remote: Path, rows: int = SMALL_ROWS, seed: int =
     """A git repo with DVC, a local-directory default remote and one committed data version."""
     from mlstack import dvcdata
 
-    dvcdata.init_repo(path, remote)
-    src = path.parent / f"{path.name}-v1.csv"
-    datagen.write_csv(datagen.generate(rows, seed), src)
-    dvcdata.add_version(path, src, "data/churn.csv", "data: v1")
-    return path
+    return dvcdata.seeded_repo(path, remote, "data/churn.csv", rows, seed)
 
 
 @pytest.fixture
