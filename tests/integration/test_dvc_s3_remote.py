@@ -84,3 +84,22 @@ def test_unreachable_s3_remote_fails_cleanly_and_commits_nothing(
     assert "dvc push" in str(err.value) and "\n" not in str(err.value)
     assert git(data_repo, "rev-parse", "HEAD") == head
     assert git(data_repo, "status", "--porcelain") == ""
+
+
+def test_endpoint_from_the_environment(
+    data_repo: Path, tmp_path: Path, s3_endpoint: str, monkeypatch
+):
+    """No endpoint in the repo's config: AWS_ENDPOINT_URL (what train.yml sets) is enough."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
+    monkeypatch.setenv("MLSTACK_DVC_REMOTE", "s3")
+    dvc(data_repo, "remote", "add", "s3", f"s3://{BUCKET}/env")
+    git(data_repo, "commit", "-qam", "dvc: s3 remote, endpoint from the environment")
+    new = tmp_path / "v3.csv"
+    datagen.write_csv(datagen.generate(600, 23), new)
+    version = dvcdata.add_version(data_repo, new, "data/churn.csv", "data: v3", remote="s3")
+    clone = tmp_path / "clone"
+    git(tmp_path, "clone", "-q", str(data_repo), str(clone))
+    got = dvcdata.read_version(
+        str(clone), "data/churn.csv", "HEAD", tmp_path / "o.csv", remote="s3"
+    )
+    assert got.md5 == version.md5
