@@ -153,6 +153,31 @@ def _cmd_monitoring(args: argparse.Namespace, settings: Settings) -> None:
         print(f"wrote {path}")
 
 
+def _cmd_submit(args: argparse.Namespace, settings: Settings) -> None:
+    from mlstack import dvcdata, kfp_remote
+
+    ir_path = settings.tuning_ir_path if args.tuning else settings.ir_path
+    params = parse_params(args.param, ir_path)
+    params.setdefault("repo", args.repo)
+    sha = dvcdata.resolve_rev(str(settings.repo_root), args.rev)
+    client = kfp_remote.connect(args.endpoint)
+    done = kfp_remote.submit(
+        client, args.endpoint, ir_path, params, args.experiment, sha, wait_seconds=args.wait
+    )
+    print(f"run {done.run_id}: {done.url}")
+
+
+def _cmd_schedules(args: argparse.Namespace, settings: Settings) -> None:
+    from mlstack import kfp_remote
+    from mlstack.settings import code_root
+
+    path = Path(args.file) if args.file else code_root() / "pipelines" / "schedules.yaml"
+    experiment, desired = kfp_remote.load_schedules(path)
+    client = kfp_remote.connect(args.endpoint)
+    result = kfp_remote.sync(client, settings.repo_root, experiment, desired, args.dry_run)
+    print(result.render())
+
+
 def serve_argv(settings: Settings, alias: str | None, version: str | None, port: int) -> list[str]:
     """The predictor's command line for a registry version, bound to 127.0.0.1 (no gRPC)."""
     ref = f"{settings.model_name}/{version}" if version else f"{settings.model_name}@{alias}"
@@ -230,6 +255,28 @@ def build_parser() -> argparse.ArgumentParser:
     prom.add_argument("--manifests", help="the manifests directory (default: this checkout's)")
     prom.add_argument("--model-card", help="also write the version's model card (markdown) here")
     prom.set_defaults(func=_cmd_promote)
+
+    remote = sub.add_parser("run", help="the compiled pipeline on a KFP endpoint").add_subparsers(
+        dest="cmd", required=True
+    )
+    sub_run = remote.add_parser("submit", help="create a run (kfp.Client) and print its URL")
+    sub_run.add_argument("--endpoint", required=True, help="KFP API, e.g. http://localhost:8080")
+    sub_run.add_argument("--experiment", default=load_settings().experiment_name)
+    sub_run.add_argument("--repo", default="", help="git URL of this repository (pipeline 'repo')")
+    sub_run.add_argument("--rev", default="HEAD", help="data version: resolved to a commit SHA")
+    sub_run.add_argument("--param", action="append", default=[], metavar="KEY=VALUE")
+    sub_run.add_argument("--wait", type=int, metavar="SECONDS", help="follow the run to its end")
+    sub_run.add_argument("--tuning", action="store_true", help="the tuning pipeline")
+    sub_run.set_defaults(func=_cmd_submit)
+
+    sched = sub.add_parser("schedules", help="recurring runs declared in git").add_subparsers(
+        dest="cmd", required=True
+    )
+    sync = sched.add_parser("sync", help="make KFP's recurring runs match pipelines/schedules.yaml")
+    sync.add_argument("--endpoint", required=True)
+    sync.add_argument("--file", help="schedules file (default pipelines/schedules.yaml)")
+    sync.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    sync.set_defaults(func=_cmd_schedules)
 
     mon = sub.add_parser("monitoring", help="dashboards and the PrometheusRule, as code")
     mon_sub = mon.add_subparsers(dest="cmd", required=True)
