@@ -25,6 +25,7 @@ os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 from mlstack import dvcdata, evaluation, registry, training, validation  # noqa: E402
 from mlstack.local_run import run_local  # noqa: E402
 from mlstack.settings import DEFAULTS, Settings  # noqa: E402
+from mlstack.tracking import sqlite_store  # noqa: E402
 
 
 def floor(repo: Path, uri: str, work: Path) -> float:
@@ -61,8 +62,7 @@ def main() -> None:
                 args.rows,
                 DEFAULTS.data_seed,
             )
-            (tmp_path / "mlflow").mkdir()
-            uri = f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}"
+            uri = sqlite_store(tmp_path / "mlflow")
             settings = Settings(repo_root=repo, state_dir=tmp_path / "state", tracking_uri=uri)
 
             floors.append(floor(repo, uri, tmp_path))

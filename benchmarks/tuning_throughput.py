@@ -24,6 +24,7 @@ os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 
 from mlstack import dvcdata, katib  # noqa: E402
 from mlstack.settings import DEFAULTS, code_root  # noqa: E402
+from mlstack.tracking import sqlite_store  # noqa: E402
 from mlstack.training import HyperParams, Lineage, train_and_log  # noqa: E402
 
 
@@ -41,8 +42,7 @@ def main() -> None:
             DEFAULTS.data_rows,
             DEFAULTS.data_seed,
         )
-        (tmp_path / "mlflow").mkdir()
-        uri = f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}"
+        uri = sqlite_store(tmp_path / "mlflow")
 
         rates = {}
         fixed = copy.deepcopy(doc)

@@ -35,6 +35,7 @@ from mlstack import datagen, monitoring, registry  # noqa: E402
 from mlstack.evaluation import evaluate  # noqa: E402
 from mlstack.schema import feature_names  # noqa: E402
 from mlstack.settings import DEFAULTS, Gates  # noqa: E402
+from mlstack.tracking import sqlite_store  # noqa: E402
 from mlstack.training import HyperParams, Lineage, train_and_log  # noqa: E402
 
 MODEL = DEFAULTS.model_name
@@ -148,8 +149,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        (tmp / "mlflow").mkdir()
-        uri = f"sqlite:///{tmp / 'mlflow' / 'mlflow.db'}"
+        uri = sqlite_store(tmp / "mlflow")
         data = tmp / "train.csv"
         datagen.write_csv(datagen.generate(DEFAULTS.data_rows, DEFAULTS.data_seed), data)
         lineage = Lineage("local-run", DEFAULTS.data_path, "0" * 40, "local")

@@ -74,7 +74,7 @@ class Settings:
     def mlflow_tracking_uri(self) -> str:
         if self.tracking_uri:
             return self.tracking_uri
-        return f"sqlite:///{self.state / 'mlflow.db'}"
+        return f"sqlite:///{self.state / 'mlflow.db'}"  # made when first used (tracking.connect)
 
     @property
     def pipeline_root(self) -> Path:

@@ -36,6 +36,13 @@ def check_reachable(tracking_uri: str, timeout: float = 3.0) -> None:
         ) from None
 
 
+def sqlite_store(directory: Path) -> str:
+    """The tracking URI of a sqlite store in ``directory`` (made if missing); its artifacts go
+    beside it (``local_artifact_root``)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{directory / 'mlflow.db'}"
+
+
 def local_artifact_root(tracking_uri: str) -> Path | None:
     """Artifacts of a sqlite store live beside its database file (``mlartifacts/``)."""
     prefix = "sqlite:///"

@@ -108,13 +108,14 @@ def _category_value(feature: Feature, value: Any, where: str) -> str | None:
     return value
 
 
-def _check_keys(row: dict, where: str) -> None:
-    missing = [n for n in NAMES if n not in row]
+def _check_names(given: Any, prefix: str, noun: str) -> None:
+    """Every schema feature present and nothing else (row keys in V1, input names in V2)."""
+    missing = [n for n in NAMES if n not in given]
     if missing:
-        raise InputError("missing_feature", f"{where}: missing feature(s) {missing}")
-    extra = sorted(k for k in row if k not in BY_NAME)
+        raise InputError("missing_feature", f"{prefix}missing {noun}(s) {missing}")
+    extra = sorted(k for k in given if k not in BY_NAME)
     if extra:
-        raise InputError("extra_feature", f"{where}: unknown feature(s) {extra}")
+        raise InputError("extra_feature", f"{prefix}unknown {noun}(s) {extra}")
 
 
 def from_rows(rows: list[Any], max_batch: int, field: str = "instances") -> Batch:
@@ -125,7 +126,7 @@ def from_rows(rows: list[Any], max_batch: int, field: str = "instances") -> Batc
     for i, row in enumerate(rows):
         where = f"{field}[{i}]"
         if isinstance(row, dict):
-            _check_keys(row, where)
+            _check_names(row, f"{where}: ", "feature")
             values = [row[n] for n in NAMES]
         elif isinstance(row, list):
             if len(row) != len(NAMES):
@@ -188,12 +189,7 @@ def from_v2(inputs: list[Any], max_batch: int) -> Batch:
         return _from_v2_matrix(inputs[0], max_batch)
     names = [i.name for i in inputs]
     by_name = {i.name: i for i in inputs}
-    missing = [n for n in NAMES if n not in by_name]
-    if missing:
-        raise InputError("missing_feature", f"missing input(s) {missing}")
-    extra = sorted(n for n in names if n not in BY_NAME)
-    if extra:
-        raise InputError("extra_feature", f"unknown input(s) {extra}")
+    _check_names(names, "", "input")
     if len(names) != len(set(names)):
         raise InputError("wrong_shape", "an input name appears twice")
     n = int(by_name[NAMES[0]].shape[0]) if by_name[NAMES[0]].shape else 0

@@ -11,6 +11,7 @@ import pytest
 
 from mlstack import datagen
 from mlstack.settings import Settings
+from mlstack.tracking import sqlite_store
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -63,8 +64,7 @@ def data_repo(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def tracking_uri(tmp_path: Path) -> str:
-    (tmp_path / "mlflow").mkdir(exist_ok=True)
-    return f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}"
+    return sqlite_store(tmp_path / "mlflow")
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ import pytest
 from mlstack import datagen, registry
 from mlstack.evaluation import evaluate
 from mlstack.settings import Gates
+from mlstack.tracking import sqlite_store
 from mlstack.training import HyperParams, Lineage, train_and_log
 
 
@@ -35,8 +36,7 @@ def call(url: str, body: bytes | dict | None = None, content_type: str = "applic
 
 def registered_model(tmp: Path, model: str, lineage: Lineage, max_iter: int = 80) -> str:
     """Train on 1500 seeded rows and register the model as @champion in a sqlite store; its URI."""
-    (tmp / "mlflow").mkdir(exist_ok=True)
-    uri = f"sqlite:///{tmp / 'mlflow' / 'mlflow.db'}"
+    uri = sqlite_store(tmp / "mlflow")
     data = tmp / "train.csv"
     datagen.write_csv(datagen.generate(1500, 7), data)
     trained = train_and_log(data, HyperParams(max_iter=max_iter), lineage, uri, "tests", 0.25, 42)
