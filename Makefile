@@ -9,7 +9,7 @@ export DVC_NO_ANALYTICS := 1
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml constraints.txt constraints-checkov.txt
+$(VENV)/.installed: pyproject.toml constraints.txt constraints-checkov.txt tools/crd-models/package-lock.json
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev]"
@@ -19,6 +19,10 @@ $(VENV)/.installed: pyproject.toml constraints.txt constraints-checkov.txt
 	# checkov has pins of its own: it gets its own environment
 	$(PYTHON) -m venv $(VENV)/checkov
 	$(VENV)/checkov/bin/pip install --quiet -c constraints-checkov.txt checkov
+	# the Argo CD, Prometheus Operator and External Secrets models the manifest tests walk
+	# (TypeScript declarations only: nothing of them runs), pinned by their lock file
+	command -v npm >/dev/null || $(MAKE) tools
+	npm ci --prefix tools/crd-models --ignore-scripts --no-audit --no-fund --loglevel=error
 	touch $@
 
 ## run the whole training pipeline locally on the committed data version
@@ -30,11 +34,13 @@ run: setup
 serve: setup
 	$(BIN)/mlstack serve
 
-## promtool, prometheus and alertmanager (Debian's packages; run as root): the alert tests use them
+## promtool, prometheus, alertmanager and npm (Debian's packages; run as root) for the tests
 tools:
-	command -v promtool >/dev/null && command -v prometheus-alertmanager >/dev/null || \
+	command -v promtool >/dev/null && command -v prometheus-alertmanager >/dev/null && \
+	command -v npm >/dev/null || \
 		{ apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
-		  --no-install-recommends prometheus prometheus-alertmanager; }
+		  --no-install-recommends prometheus prometheus-alertmanager \
+		  $$(command -v npm >/dev/null || echo nodejs npm); }
 
 ## lint, then every test (the slow end-to-end ones included)
 test: setup tools lint

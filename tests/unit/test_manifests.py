@@ -9,7 +9,7 @@ import kserve.models
 import pytest
 import yaml
 
-from mlstack.k8s_schema import Walker
+from mlstack.k8s_schema import Walker, manifest_errors
 from mlstack.settings import code_root
 from tests.kube import render
 
@@ -283,6 +283,58 @@ def test_monitoring_core_kinds_pass_kubernetes_validate_strict(tmp_path):
     docs += [d for d in render(MONITORING) if d["kind"] == "NetworkPolicy"]
     done = kubernetes_validate(tmp_path, docs)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+# --- every kind, strictly, over its own project's model --------------------------------------------
+
+SOURCES = ["argocd", "manifests/monitoring", *(f"manifests/overlays/{env}" for env in OVERLAYS)]
+
+
+@pytest.mark.parametrize("source", SOURCES)
+def test_every_rendered_document_walks_strictly_over_its_projects_model(source):
+    docs = render(ROOT / source)
+    assert docs
+    for doc in docs:
+        assert manifest_errors(doc) == [], f"{source}: {doc['kind']} {doc['metadata']['name']}"
+
+
+def test_strict_walks_reject_broken_argo_cd_and_prometheus_operator_objects():
+    argo = render(ROOT / "argocd")  # a copy of its own: mutated below
+    project = by_kind(argo, "AppProject")
+    app = next(d for d in argo if d["metadata"]["name"] == "churn-staging")
+    app["spec"]["syncPolicy"]["automated"] = {"prune": True, "selfheal": True}
+    app["spec"]["syncPolicy"]["retry"] = {"limit": "5"}
+    del app["spec"]["destination"]
+    assert manifest_errors(app) == [
+        "spec.destination: missing required field",
+        "spec.syncPolicy.automated.selfheal: unknown field",
+        "spec.syncPolicy.retry.limit: expected number, got '5'",
+    ]
+    project["spec"]["destinations"][0]["namspace"] = "ml-staging"
+    assert manifest_errors(project) == ["spec.destinations[0].namspace: unknown field"]
+
+    monitoring = render(MONITORING)
+    rule = by_kind(monitoring, "PrometheusRule")
+    rule["spec"]["groups"][0]["rules"][0]["for"] = 5
+    assert manifest_errors(rule) == ["spec.groups[0].rules[0].for: expected string, got 5"]
+    config = by_kind(monitoring, "AlertmanagerConfig")
+    config["spec"]["receivers"][0]["webhookConfigs"][0]["sendResolve"] = True
+    assert manifest_errors(config) == [
+        "spec.receivers[0].webhookConfigs[0].sendResolve: unknown field"
+    ]
+    monitor = by_kind(render(ROOT / "manifests" / "overlays" / "staging"), "PodMonitor")
+    monitor["spec"]["selectr"] = monitor["spec"].pop("selector")
+    assert manifest_errors(monitor) == [
+        "spec.selector: missing required field",
+        "spec.selectr: unknown field",
+    ]
+
+
+def test_a_kind_without_a_model_is_an_error_not_a_pass():
+    with pytest.raises(KeyError, match="no model for Widget"):
+        manifest_errors({"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {}})
+    with pytest.raises(KeyError, match="a type, not a kind"):
+        manifest_errors({"apiVersion": "argoproj.io/v1alpha1", "kind": "SyncPolicy"})
 
 
 def test_kubectl_is_there():
