@@ -53,7 +53,7 @@ test-fast: setup tools
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/hadolint components/Dockerfile serving/Dockerfile
+	$(BIN)/hadolint components/Dockerfile serving/Dockerfile manifests/platform/mlflow-image/Dockerfile
 
 compile: setup
 	$(BIN)/mlstack pipeline compile

@@ -162,7 +162,14 @@ def _cmd_submit(args: argparse.Namespace, settings: Settings) -> None:
     sha = dvcdata.resolve_rev(str(settings.repo_root), args.rev)
     client = kfp_remote.connect(args.endpoint)
     done = kfp_remote.submit(
-        client, args.endpoint, ir_path, params, args.experiment, sha, wait_seconds=args.wait
+        client,
+        args.endpoint,
+        ir_path,
+        params,
+        args.experiment,
+        sha,
+        wait_seconds=args.wait,
+        service_account=settings.kfp_service_account,
     )
     print(f"run {done.run_id}: {done.url}")
 
@@ -174,7 +181,14 @@ def _cmd_schedules(args: argparse.Namespace, settings: Settings) -> None:
     path = Path(args.file) if args.file else code_root() / "pipelines" / "schedules.yaml"
     experiment, desired = kfp_remote.load_schedules(path)
     client = kfp_remote.connect(args.endpoint)
-    result = kfp_remote.sync(client, settings.repo_root, experiment, desired, args.dry_run)
+    result = kfp_remote.sync(
+        client,
+        settings.repo_root,
+        experiment,
+        desired,
+        args.dry_run,
+        service_account=settings.kfp_service_account,
+    )
     print(result.render())
 
 

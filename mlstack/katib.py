@@ -733,7 +733,8 @@ def for_cluster(
         items = container.setdefault("env", [])
         present = {item["name"] for item in items}
         for item in items:
-            if item["name"] in env:
+            if item["name"] in env:  # a value given here wins over the manifest's Secret
+                item.pop("valueFrom", None)
                 item["value"] = env[item["name"]]
         items.extend({"name": k, "value": v} for k, v in env.items() if k not in present)
     return body

@@ -52,6 +52,7 @@ def submit(
     experiment: str,
     git_sha: str,
     wait_seconds: int | None = None,
+    service_account: str | None = None,
 ) -> Submitted:
     """Create a run of the compiled pipeline; the git SHA names the run (KFP v2 runs carry no
     labels) and is the ``data_rev`` argument unless one is given."""
@@ -61,6 +62,7 @@ def submit(
         arguments={"data_rev": git_sha, **arguments},
         run_name=name,
         experiment_name=experiment,
+        service_account=service_account,
     )
     submitted = Submitted(result.run_id, f"{endpoint.rstrip('/')}/#/runs/details/{result.run_id}")
     if wait_seconds:
@@ -187,7 +189,14 @@ def ir_at(repo: Path, sha: str, pipeline: str, out: Path) -> Path:
     return out
 
 
-def sync(client: Any, repo: Path, experiment: str, desired: list[Schedule], dry_run: bool) -> Plan:
+def sync(
+    client: Any,
+    repo: Path,
+    experiment: str,
+    desired: list[Schedule],
+    dry_run: bool,
+    service_account: str | None = None,
+) -> Plan:
     """Make KFP's recurring runs match ``desired``; with ``dry_run`` only return the plan."""
     try:
         experiment_id = client.get_experiment(experiment_name=experiment).experiment_id
@@ -215,6 +224,7 @@ def sync(client: Any, repo: Path, experiment: str, desired: list[Schedule], dry_
                 version_id=version[1],
                 enabled=schedule.enabled,
                 enable_caching=False,  # a schedule's data_rev is usually a branch: never reuse
+                service_account=service_account,
             )
     return the_plan
 

@@ -60,6 +60,8 @@ class Settings:
     split_seed: int = 42
     # the training image every component's base_image names (pinned by tag; digest when built)
     training_image: str = "ghcr.io/mlstack/churn-training:0.1.0"
+    # the identity KFP runs use on a cluster (manifests/platform/base/pipeline-runner.yaml)
+    kfp_service_account: str = "mlstack-pipeline-runner"
     # local state (gitignored): MLflow sqlite store and artifacts, KFP local outputs and cache
     repo_root: Path = field(default_factory=_repo_root)
     state_dir: Path | None = None
@@ -99,6 +101,7 @@ _ENV_FIELDS = {
     "experiment_name": str,
     "data_path": str,
     "dvc_remote": str,
+    "kfp_service_account": str,
     "test_size": float,
     "split_seed": int,
     "repo_root": Path,

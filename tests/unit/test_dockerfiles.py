@@ -8,7 +8,11 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-DOCKERFILES = [ROOT / "components" / "Dockerfile", ROOT / "serving" / "Dockerfile"]
+DOCKERFILES = [
+    ROOT / "components" / "Dockerfile",
+    ROOT / "serving" / "Dockerfile",
+    ROOT / "manifests" / "platform" / "mlflow-image" / "Dockerfile",
+]
 HADOLINT = shutil.which("hadolint") or str(Path(__file__).parents[2] / ".venv/bin/hadolint")
 
 

@@ -512,7 +512,7 @@ def test_for_cluster_fills_the_trial_env_and_names_uniquely():
     assert a["metadata"]["name"] != b["metadata"]["name"]
     assert a["metadata"]["name"].startswith("churn-tuning-")
     container = a["spec"]["trialTemplate"]["trialSpec"]["spec"]["template"]["spec"]["containers"][0]
-    values = {e["name"]: e["value"] for e in container["env"]}
+    values = {e["name"]: e.get("value") for e in container["env"]}
     assert values["MLSTACK_DATA_REV"] == "a" * 40 and values["EXTRA"] == "1"
     assert values["MLFLOW_TRACKING_URI"].startswith("http://mlflow.")
     assert experiment_errors(a) == []

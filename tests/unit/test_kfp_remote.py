@@ -108,6 +108,7 @@ class KfpStandIn:
             arguments=arguments,
             run_name=run_name,
             experiment_name=experiment_name,
+            **kw,
         )
 
         class Result:
@@ -154,10 +155,13 @@ def test_no_endpoint_is_one_clear_line():
 def test_submit_names_the_run_by_sha_and_reports_a_failed_wait():
     client = KfpStandIn()
     ir = load_settings().ir_path
-    done = kfp_remote.submit(client, "http://kfp.example", ir, {"repo": "r"}, "churn", SHA)
+    done = kfp_remote.submit(
+        client, "http://kfp.example", ir, {"repo": "r"}, "churn", SHA, service_account="runner"
+    )
     assert done.url == "http://kfp.example/#/runs/details/run-42"
     _, call = client.calls[0]
     assert call["arguments"] == {"data_rev": SHA, "repo": "r"}
+    assert call["service_account"] == "runner"
     assert call["run_name"].startswith(f"training-{SHA[:12]}-")
     with pytest.raises(StackError, match="run run-42 ended FAILED"):
         kfp_remote.submit(client, "http://kfp.example", ir, {}, "churn", SHA, wait_seconds=60)
@@ -195,12 +199,13 @@ def test_sync_applies_the_plan_with_the_version_pinned_to_the_sha(data_repo: Pat
     assert [s.name for s in dry.create] == [
         "weekly"
     ] and "create_recurring_run" not in client.names()
-    kfp_remote.sync(client, data_repo, "churn", desired, dry_run=False)
+    kfp_remote.sync(client, data_repo, "churn", desired, dry_run=False, service_account="runner")
     assert ("delete_recurring_run", {"recurring_run_id": "r-old"}) in client.calls
     [created] = [c for n, c in client.calls if n == "create_recurring_run"]
     assert created["job_name"] == "weekly" and created["version_id"] == "v-1"
     assert created["cron_expression"] == "0 17 3 * * 1" and created["enable_caching"] is False
     assert created["description"] == kfp_remote.MANAGED + desired[0].fingerprint
+    assert created["service_account"] == "runner"
     [uploaded] = [c for n, c in client.calls if n == "upload_pipeline_version"]
     assert uploaded["pipeline_version_name"] == f"training-{sha[:12]}"
     # applied again against what now exists: nothing to do

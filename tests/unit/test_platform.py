@@ -1,0 +1,238 @@
+"""manifests/platform and the app-of-apps (argocd/platform): rendered, walked strictly, and the
+facts they share with the rest of the stack checked against their one source."""
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mlstack.k8s_schema import manifest_errors
+from mlstack.settings import code_root, load_settings
+from tests.kube import render
+from tests.unit.test_manifests import checkov, kubernetes_validate
+
+ROOT = code_root()
+BASE, DEV = render(ROOT / "manifests/platform/base"), render(ROOT / "manifests/platform/dev")
+APPS = render(ROOT / "argocd" / "platform")
+EVERY = {
+    "dev": DEV,
+    "staging": render(ROOT / "manifests/overlays/staging"),
+    "production": render(ROOT / "manifests/overlays/production"),
+    "monitoring": render(ROOT / "manifests/monitoring"),
+}
+CORE_GROUPS = ("v1", "apps/v1", "batch/v1", "rbac.authorization.k8s.io/v1", "networking.k8s.io/v1")
+
+
+def named(docs: list[dict], kind: str, name: str, namespace: str | None = None) -> dict:
+    [doc] = [
+        d
+        for d in docs
+        if d["kind"] == kind
+        and d["metadata"]["name"] == name
+        and (namespace is None or d["metadata"].get("namespace") == namespace)
+    ]
+    return doc
+
+
+@pytest.mark.parametrize("docs", [BASE, DEV, APPS], ids=["base", "dev", "argocd-platform"])
+def test_every_document_walks_strictly_and_core_kinds_pass_kubernetes_validate(docs, tmp_path):
+    for doc in docs:
+        assert manifest_errors(doc) == [], f"{doc['kind']} {doc['metadata']['name']}"
+    core = [d for d in docs if d["apiVersion"] in CORE_GROUPS]
+    if core:
+        done = kubernetes_validate(tmp_path, core)
+        assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_no_secret_is_in_git_and_every_secret_read_comes_from_an_external_secret():
+    made = {
+        (d["metadata"]["namespace"], d["spec"]["target"]["name"])
+        for docs in EVERY.values()
+        for d in docs
+        if d["kind"] == "ExternalSecret"
+    }
+    read = set()
+    for docs in EVERY.values():
+        assert not [d for d in docs if d["kind"] == "Secret"]
+        for doc in docs:
+            ns = doc["metadata"].get("namespace")
+            text = yaml.safe_dump(doc)
+            read |= {(ns, n) for n in re.findall(r"secretName: ([\w-]+)", text)}
+            for ref in re.findall(r"secretKeyRef:\n\s+key: \S+\n\s+name: ([\w-]+)", text):
+                read.add((ns, ref))
+            if doc["kind"] == "ServiceAccount":
+                read |= {(ns, s["name"]) for s in doc.get("secrets", [])}
+    read |= {("ml-training", "dvc-remote-s3")}  # the Katib trial Job's (katib/experiment.yaml)
+    assert read and read <= made, read - made
+
+
+def test_model_store_credentials_carry_kserves_s3_annotations():
+    for docs, endpoint, https in ((BASE, "s3.amazonaws.com", "1"),
+                                  (DEV, "minio.mlops.svc.cluster.local:9000", "0")):  # fmt: skip
+        for env in ("ml-staging", "ml-production"):
+            spec = named(docs, "ExternalSecret", "model-store-credentials", env)["spec"]
+            notes = spec["target"]["template"]["metadata"]["annotations"]
+            assert notes["serving.kserve.io/s3-endpoint"] == endpoint
+            assert notes["serving.kserve.io/s3-usehttps"] == https
+            assert {d["secretKey"] for d in spec["data"]} == {
+                "AWS_ACCESS_KEY_ID",
+                "AWS_SECRET_ACCESS_KEY",
+            }
+
+
+def test_pipeline_runner_is_the_settings_identity_with_least_privilege():
+    account = load_settings().kfp_service_account
+    named(BASE, "ServiceAccount", account, "kubeflow")
+    rules = {
+        (d["kind"], d["metadata"]["name"]): d["rules"]
+        for d in BASE
+        if d["kind"] in ("Role", "ClusterRole")
+    }
+    for rule in (r for rs in rules.values() for r in rs):
+        assert "*" not in rule["verbs"] + rule["resources"] + rule["apiGroups"], rule
+        if "secrets" in rule["resources"]:
+            assert rule["resourceNames"] and set(rule["verbs"]) == {"get"}, rule
+    [katib] = [r for r in rules[("Role", "mlstack-katib-experiments")]
+               if r["resources"] == ["experiments"]]  # fmt: skip
+    assert set(katib["verbs"]) == {"create", "get", "list", "watch", "delete"}
+    [isvc] = rules[("ClusterRole", "mlstack-inferenceservice-reader")]
+    assert set(isvc["verbs"]) == {"get", "list", "watch"}
+    bindings = [d for d in BASE if d["kind"] in ("RoleBinding", "ClusterRoleBinding")]
+    assert not [d for d in bindings if d["kind"] == "ClusterRoleBinding"]  # all namespaced
+    assert {d["metadata"]["namespace"] for d in bindings} == {
+        "kubeflow", "ml-training", "ml-staging", "ml-production"
+    }  # fmt: skip
+    for binding in bindings:
+        assert binding["subjects"] == [
+            {"kind": "ServiceAccount", "name": account, "namespace": "kubeflow"}
+        ]
+
+
+def test_mlflow_server_postgres_s3_allowed_hosts_and_the_url_its_clients_use():
+    deployment = named(DEV, "Deployment", "mlflow", "mlops")
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    args = dict(a.removeprefix("--").split("=", 1) for a in container["args"] if "=" in a)
+    assert args["backend-store-uri"] == "$(MLFLOW_BACKEND_STORE_URI)"
+    assert "--serve-artifacts" in container["args"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["MLFLOW_BACKEND_STORE_URI"]["valueFrom"]["secretKeyRef"]["name"] == "mlflow-backend"
+    assert env["MLFLOW_ARTIFACTS_DESTINATION"]["value"].startswith("s3://")
+    assert env["MLFLOW_S3_ENDPOINT_URL"]["value"] == "http://minio.mlops.svc.cluster.local:9000"
+    service = named(DEV, "Service", "mlflow", "mlops")
+    port = service["spec"]["ports"][0]["port"]
+    url = f"http://mlflow.mlops.svc.cluster.local:{port}"
+    assert f"mlflow.mlops.svc.cluster.local:{port}" in args["allowed-hosts"].split(",")
+    # what the in-cluster clients are configured with is that Service
+    experiment = yaml.safe_load((ROOT / "katib" / "experiment.yaml").read_text())
+    trial = experiment["spec"]["trialTemplate"]["trialSpec"]["spec"]["template"]["spec"]
+    trial_env = {e["name"]: e.get("value") for e in trial["containers"][0]["env"]}
+    assert trial_env["MLFLOW_TRACKING_URI"] == url
+    assert (
+        "S3 endpoint" not in url
+        and "mlflow-artifacts" in env["MLFLOW_ARTIFACTS_DESTINATION"]["value"]
+    )
+    buckets = named(DEV, "Job", "minio-buckets", "mlops")
+    script = buckets["spec"]["template"]["spec"]["containers"][0]["args"][0]
+    data_bucket = re.search(r"url = s3://([\w-]+)/", (ROOT / ".dvc" / "config").read_text())[1]
+    assert '"mlflow-artifacts"' in script and f'"{data_bucket}"' in script
+
+
+# --- the app-of-apps -------------------------------------------------------------------------
+
+APPLICATIONS = [d for d in APPS if d["kind"] == "Application"]
+THIS_REPO = "https://github.com/mlstack/mlstack.git"
+
+
+def sources(app: dict) -> list[dict]:
+    return app["spec"].get("sources") or [app["spec"]["source"]]
+
+
+def test_app_of_apps_installs_the_platform_at_pinned_versions():
+    names = {a["metadata"]["name"] for a in APPLICATIONS}
+    assert {"kfp", "kserve", "kserve-crd", "katib", "kube-prometheus-stack", "cert-manager",
+            "external-secrets", "knative-serving", "mlstack-platform", "mlstack-argocd"} <= names  # fmt: skip
+    for app in APPLICATIONS:
+        for source in sources(app):
+            rev = source["targetRevision"]
+            if source["repoURL"] == THIS_REPO:
+                assert rev == "main", app["metadata"]["name"]
+            else:  # an upstream release: a version, never a branch
+                assert re.fullmatch(r"v?\d+\.\d+\.\d+", rev), (app["metadata"]["name"], rev)
+    project = named(APPS, "AppProject", "platform")["spec"]
+    for app in APPLICATIONS:
+        assert app["spec"]["project"] == "platform"
+        for source in sources(app):
+            url = source["repoURL"]
+            assert any(re.fullmatch(re.escape(p).replace(r"\*", ".*"), url)
+                       for p in project["sourceRepos"]), url  # fmt: skip
+    root = yaml.safe_load((ROOT / "argocd" / "root.yaml").read_text())
+    assert root["spec"]["source"]["path"] == "argocd/platform" and manifest_errors(root) == []
+    install = yaml.safe_load((ROOT / "argocd" / "install" / "kustomization.yaml").read_text())
+    assert re.search(r"/argo-cd/v\d+\.\d+\.\d+/manifests/install\.yaml$", install["resources"][0])
+
+
+def test_sync_waves_put_crds_and_operators_before_what_uses_them():
+    wave = {
+        a["metadata"]["name"]: int(a["metadata"]["annotations"]["argocd.argoproj.io/sync-wave"])
+        for a in APPLICATIONS
+    }
+    for before, after in [("kserve-crd", "kserve"), ("cert-manager", "kserve"),
+                          ("knative-serving", "kserve"), ("kfp-cluster-scoped", "kfp"),
+                          ("external-secrets", "mlstack-platform"), ("kserve", "mlstack-argocd"),
+                          ("kube-prometheus-stack", "mlstack-argocd"), ("katib", "mlstack-platform")]:  # fmt: skip
+        assert wave[before] < wave[after], (before, after)
+    # waves wait for health only if Argo CD knows an Application's health: argocd-cm says how
+    cm = named(render(ROOT / "argocd"), "ConfigMap", "argocd-cm")
+    assert "resource.customizations.health.argoproj.io_Application" in cm["data"]
+
+
+def application_health(status: dict | None) -> str:
+    from lupa import LuaRuntime
+
+    lua = LuaRuntime(unpack_returned_tuples=True)
+    script = (ROOT / "argocd" / "application-health.lua").read_text()
+    obj = lua.table_from({"status": lua.table_from({"health": lua.table_from(status)})} if status
+                         else {})  # fmt: skip
+    return lua.execute(f"local obj = ...\n{script}", obj)["status"]
+
+
+def test_application_health_follows_the_childs_own():
+    assert application_health(None) == "Progressing"
+    assert application_health({"status": "Healthy"}) == "Healthy"
+    assert application_health({"status": "Degraded", "message": "x"}) == "Degraded"
+
+
+def test_knative_is_one_pinned_release_with_kourier():
+    k = yaml.safe_load((ROOT / "manifests/platform/knative/kustomization.yaml").read_text())
+    versions = {re.search(r"/download/(knative-v[\d.]+)/", url)[1] for url in k["resources"]}
+    assert len(versions) == 1 and any("kourier" in url for url in k["resources"])
+    assert "kourier.ingress.networking.knative.dev" in k["patches"][0]["patch"]
+
+
+def test_kube_prometheus_stack_values_select_the_stacks_monitors_rules_and_dashboards():
+    values = yaml.safe_load(
+        (ROOT / "manifests/platform/kube-prometheus-stack/values.yaml").read_text()
+    )
+    spec = values["prometheus"]["prometheusSpec"]
+    assert spec["podMonitorSelectorNilUsesHelmValues"] is False
+    assert spec["ruleSelectorNilUsesHelmValues"] is False
+    dashboards = named(EVERY["monitoring"], "ConfigMap", "grafana-dashboards-churn")
+    label = values["grafana"]["sidecar"]["dashboards"]["label"]
+    assert (
+        dashboards["metadata"]["labels"][label]
+        == values["grafana"]["sidecar"]["dashboards"]["labelValue"]
+    )
+    ksm = values["kube-state-metrics"]
+    [volume] = ksm["volumes"]
+    named(EVERY["monitoring"], "ConfigMap", volume["configMap"]["name"])
+    assert values["alertmanager"]["alertmanagerSpec"]["alertmanagerConfigMatcherStrategy"] == {
+        "type": "None"
+    }
+
+
+def test_checkov_passes_on_the_rendered_platform(tmp_path: Path):
+    (tmp_path / "platform.yaml").write_text(yaml.safe_dump_all(DEV))
+    (tmp_path / "apps.yaml").write_text(yaml.safe_dump_all(APPS))
+    done = checkov("-d", str(tmp_path), "--framework", "kubernetes")
+    assert done.returncode == 0, done.stdout + done.stderr
