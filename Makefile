@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 export MLFLOW_DISABLE_TELEMETRY := true
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup tools run serve test test-fast lint compile bench bench-serving clean
+.PHONY: setup tools run serve test test-fast lint compile bench bench-serving cluster-up cluster-down clean
 
 setup: $(VENV)/.installed
 
@@ -54,6 +54,7 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/hadolint components/Dockerfile serving/Dockerfile manifests/platform/mlflow-image/Dockerfile
+	$(BIN)/shellcheck scripts/*.sh
 
 compile: setup
 	$(BIN)/mlstack pipeline compile
@@ -71,6 +72,14 @@ bench-serving: setup .bench/mlserver/.installed
 	.bench/mlserver/bin/pip install --quiet "mlserver==1.7.1" "mlserver-sklearn==1.7.1" \
 		"uvloop<0.22" "scikit-learn==1.9.1" "pandas==2.3.3" "numpy==2.4.6"
 	touch $@
+
+## a kind cluster with the whole platform, synced by Argo CD (needs docker, kind, kubectl);
+## REPO_URL and REVISION point Argo CD at a fork or branch
+cluster-up: setup
+	scripts/cluster-up.sh
+
+cluster-down:
+	kind delete cluster --name $${CLUSTER:-mlstack}
 
 clean:
 	rm -rf .mlstack

@@ -174,6 +174,14 @@ def _cmd_submit(args: argparse.Namespace, settings: Settings) -> None:
     print(f"run {done.run_id}: {done.url}")
 
 
+def _cmd_root_app(args: argparse.Namespace, settings: Settings) -> None:
+    import yaml
+
+    from mlstack.cluster import root_application
+
+    print(yaml.safe_dump(root_application(args.repo_url, args.revision), sort_keys=False), end="")
+
+
 def _cmd_schedules(args: argparse.Namespace, settings: Settings) -> None:
     from mlstack import kfp_remote
     from mlstack.settings import code_root
@@ -291,6 +299,11 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument("--file", help="schedules file (default pipelines/schedules.yaml)")
     sync.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
     sync.set_defaults(func=_cmd_schedules)
+
+    root = sub.add_parser("root-app", help="print argocd/root.yaml retargeted to a repo/revision")
+    root.add_argument("--repo-url", required=True, help="the git URL Argo CD should read")
+    root.add_argument("--revision", required=True, help="branch, tag or commit")
+    root.set_defaults(func=_cmd_root_app)
 
     mon = sub.add_parser("monitoring", help="dashboards and the PrometheusRule, as code")
     mon_sub = mon.add_subparsers(dest="cmd", required=True)

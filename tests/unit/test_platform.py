@@ -236,3 +236,29 @@ def test_checkov_passes_on_the_rendered_platform(tmp_path: Path):
     (tmp_path / "apps.yaml").write_text(yaml.safe_dump_all(APPS))
     done = checkov("-d", str(tmp_path), "--framework", "kubernetes")
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+SHELLCHECK = Path(__file__).resolve().parents[2] / ".venv" / "bin" / "shellcheck"
+
+
+def test_cluster_up_passes_shellcheck_and_pins_its_versions(tmp_path: Path):
+    import subprocess
+
+    script = ROOT / "scripts" / "cluster-up.sh"
+    done = subprocess.run([str(SHELLCHECK), str(script)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout
+    text = script.read_text()
+    assert re.search(r"kindest/node:v[\d.]+@sha256:[0-9a-f]{64}", text)
+    assert "root-app" in text and "argocd/install" in text
+    bad = tmp_path / "bad.sh"
+    bad.write_text("#!/usr/bin/env bash\nrm -rf $DIR/*\n")
+    done = subprocess.run([str(SHELLCHECK), str(bad)], capture_output=True, text=True)
+    assert done.returncode != 0 and "SC2086" in done.stdout
+
+
+def test_e2e_workflow_trains_promotes_syncs_and_asserts_a_prediction():
+    workflow = yaml.safe_load((ROOT / ".github/workflows/e2e-kind.yml").read_text())
+    run = "\n".join(s.get("run", "") for s in workflow["jobs"]["e2e"]["steps"])
+    for step in ("make cluster-up", "mlstack run submit", "--wait", "mlstack promote",
+                 "inferenceservice/churn-classifier", ":predict", "kind delete cluster"):  # fmt: skip
+        assert step in run, step

@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# `make cluster-up`: a kind cluster running the whole platform, synced by Argo CD from this
+# repository (REPO_URL at REVISION: a fork or a branch works, nothing in git is edited).
+# Needs docker, kind and kubectl. `make cluster-down` deletes the cluster.
+set -euo pipefail
+
+CLUSTER="${CLUSTER:-mlstack}"
+# kind v0.33.0's node image for Kubernetes 1.37.0
+NODE_IMAGE="kindest/node:v1.37.0@sha256:a1ed56cfb0e7b93589bdf97c8cd566405a265939e3620fc4f5de89adff580ae5"
+REPO_URL="${REPO_URL:-https://github.com/mlstack/mlstack.git}"
+REVISION="${REVISION:-main}"
+MLSTACK="${MLSTACK:-.venv/bin/mlstack}"
+TIMEOUT="${TIMEOUT:-1800}"
+
+for tool in docker kind kubectl openssl; do
+  command -v "$tool" >/dev/null || { echo "cluster-up needs $tool" >&2; exit 1; }
+done
+
+if ! kind get clusters | grep -qx "$CLUSTER"; then
+  kind create cluster --name "$CLUSTER" --image "$NODE_IMAGE" --wait 180s
+fi
+kubectl config use-context "kind-$CLUSTER"
+
+# the images built from this repository, tagged as the manifests name them, loaded into the node
+images=(
+  "components/Dockerfile ghcr.io/mlstack/churn-training:0.1.0"
+  "serving/Dockerfile ghcr.io/mlstack/churn-predictor:0.1.0"
+  "manifests/platform/mlflow-image/Dockerfile ghcr.io/mlstack/mlflow-server:3.17.2"
+)
+for entry in "${images[@]}"; do
+  read -r dockerfile tag <<<"$entry"
+  docker build --quiet -f "$dockerfile" -t "$tag" .
+  kind load docker-image --name "$CLUSTER" "$tag"
+done
+
+# Argo CD, at its pinned version
+kubectl create namespace argocd --dry-run=client -o yaml | kubectl apply -f -
+kubectl apply --server-side --force-conflicts -k argocd/install
+kubectl -n argocd rollout status deployment/argocd-repo-server --timeout=600s
+kubectl -n argocd rollout status statefulset/argocd-application-controller --timeout=600s
+
+# dev credentials: generated here, kept in the cluster only (manifests/platform/dev/secret-store.yaml)
+kubectl create namespace mlstack-secrets --dry-run=client -o yaml | kubectl apply -f -
+secret() {  # name key=value...: created once, never overwritten
+  local name="$1"; shift
+  kubectl -n mlstack-secrets get secret "$name" >/dev/null 2>&1 && return 0
+  local args=()
+  for pair in "$@"; do args+=("--from-literal=$pair"); done
+  kubectl -n mlstack-secrets create secret generic "$name" "${args[@]}"
+}
+pg_password="$(openssl rand -hex 24)"
+secret mlstack-s3 "access-key-id=mlstack-$(openssl rand -hex 6)" "secret-access-key=$(openssl rand -hex 24)"
+secret mlstack-mlflow-postgres "password=$pg_password" \
+  "uri=postgresql+psycopg2://mlflow:${pg_password}@mlflow-postgres.mlops.svc.cluster.local:5432/mlflow"
+secret mlstack-github "dispatch-token=${GITHUB_DISPATCH_TOKEN:-none}"
+
+# the app-of-apps: everything else comes from git, wave by wave
+kubectl apply --server-side -f argocd/platform/project.yaml
+"$MLSTACK" root-app --repo-url "$REPO_URL" --revision "$REVISION" | kubectl apply --server-side -f -
+
+echo "waiting for every Application to be Synced and Healthy (up to ${TIMEOUT}s)"
+deadline=$((SECONDS + TIMEOUT))
+until [ "$SECONDS" -ge "$deadline" ]; do
+  pending="$(kubectl -n argocd get applications.argoproj.io \
+    -o jsonpath='{range .items[*]}{.metadata.name}={.status.sync.status}/{.status.health.status}{"\n"}{end}' \
+    | grep -v '=Synced/Healthy$' || true)"
+  if [ -z "$pending" ] && [ "$(kubectl -n argocd get applications.argoproj.io -o name | wc -l)" -gt 10 ]; then
+    echo "platform up: every Application Synced and Healthy"
+    exit 0
+  fi
+  sleep 20
+done
+echo "timed out; not yet Synced/Healthy:" >&2
+echo "$pending" >&2
+exit 1
