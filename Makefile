@@ -34,12 +34,13 @@ run: setup
 serve: setup
 	$(BIN)/mlstack serve
 
-## promtool, prometheus, alertmanager and npm (Debian's packages; run as root) for the tests
+## promtool, prometheus, alertmanager, PostgreSQL and npm (Debian's packages; run as root) for
+## the tests
 tools:
 	command -v promtool >/dev/null && command -v prometheus-alertmanager >/dev/null && \
-	command -v npm >/dev/null || \
+	command -v npm >/dev/null && ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
 		{ apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
-		  --no-install-recommends prometheus prometheus-alertmanager \
+		  --no-install-recommends prometheus prometheus-alertmanager postgresql \
 		  $$(command -v npm >/dev/null || echo nodejs npm); }
 
 ## lint, then every test (the slow end-to-end ones included)

@@ -16,9 +16,9 @@ _TYPES = {"NUMBER_DOUBLE": float, "NUMBER_INTEGER": int, "STRING": str, "BOOLEAN
 
 def parse_params(pairs: list[str], ir_path: Path) -> dict[str, Any]:
     """``key=value`` pairs typed by the pipeline's own input definitions."""
-    import yaml
+    from mlstack.compile import read_ir
 
-    spec = yaml.safe_load(ir_path.read_text())
+    spec, _ = read_ir(ir_path)
     defs = spec["root"]["inputDefinitions"]["parameters"]
     out: dict[str, Any] = {}
     for pair in pairs:

@@ -16,6 +16,15 @@ def pipelines() -> dict[str, object]:
     return {"training.yaml": training_pipeline, "tuning.yaml": tuning_pipeline}
 
 
+def read_ir(path: Path) -> tuple[dict, dict]:
+    """The pipeline spec of a compiled IR file and its platform spec (the Kubernetes settings of
+    its tasks: Secrets as env), which KFP writes as a second YAML document ({} when none)."""
+    import yaml
+
+    docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
+    return docs[0], (docs[1] if len(docs) > 1 else {})
+
+
 def compile_pipeline(name: str, out: Path) -> None:
     from kfp import compiler
 

@@ -124,9 +124,9 @@ class RunSummary:
 
 
 def _step_names(ir_path: Path) -> list[str]:
-    import yaml
+    from mlstack.compile import read_ir
 
-    spec = yaml.safe_load(ir_path.read_text())
+    spec, _ = read_ir(ir_path)
     names: list[str] = []
     for comp in [spec["root"], *spec["components"].values()]:
         for task in comp.get("dag", {}).get("tasks", {}).values():

@@ -55,6 +55,9 @@ class Settings:
     data_seed: int = 7
     data_rows: int = 4000
     dvc_remote: str = ""  # empty: the repository's default DVC remote
+    # on a cluster, the Secret that names the DVC remote and holds its S3 credentials (its keys
+    # become the ingest step's env: MLSTACK_DVC_REMOTE, AWS_*); made by manifests/platform
+    dvc_secret: str = "dvc-remote-s3"
     # training split (train and evaluate both use it: one held-out set)
     test_size: float = 0.25
     split_seed: int = 42

@@ -2,13 +2,14 @@
 
 from typing import Any, NamedTuple
 
-from kfp import dsl
+from kfp import dsl, kubernetes
 
 from components.evaluate import evaluate
 from components.ingest import ingest
 from components.register import register
 from components.train import train
 from components.validate import validate
+from mlstack.settings import DEFAULTS
 from mlstack.training import HyperParams
 
 HP = HyperParams()  # the defaults the pipelines' hyperparameter inputs start from
@@ -21,8 +22,25 @@ class TrainingOutputs(NamedTuple):
     decision: str
 
 
+# what the ingest step reads from the cluster's DVC Secret, as env of the same names
+DVC_SECRET_KEYS = (
+    "MLSTACK_DVC_REMOTE",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_ENDPOINT_URL",
+)
+
+
 def ingest_and_validate(repo: Any, data_path: Any, data_rev: Any) -> dsl.PipelineTask:
     ingested = ingest(repo=repo, data_path=data_path, data_rev=data_rev)
+    # optional (each key too): without the Secret (the local runner, a cluster reading a public
+    # remote) the step reads the repository's default remote; real S3 needs no endpoint key
+    kubernetes.use_secret_as_env(
+        ingested,
+        secret_name=DEFAULTS.dvc_secret,
+        secret_key_to_env={key: key for key in DVC_SECRET_KEYS},
+        optional=True,
+    )
     validated = validate(dataset=ingested.outputs["dataset"])
     ingested.validated = validated  # type: ignore[attr-defined]
     return ingested

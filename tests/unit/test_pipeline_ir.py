@@ -4,7 +4,7 @@ from pathlib import Path
 
 import yaml
 
-from mlstack.compile import compile_all, compile_pipeline, stale
+from mlstack.compile import compile_all, compile_pipeline, read_ir, stale
 from mlstack.settings import DEFAULTS, code_root, load_settings
 
 IR = load_settings().ir_path
@@ -33,7 +33,7 @@ def test_stale_ir_is_detected(tmp_path: Path):
 
 
 def test_training_ir_shape():
-    spec = yaml.safe_load(IR.read_text())
+    spec, _ = read_ir(IR)
     root = spec["root"]["dag"]["tasks"]
     assert set(root) == {"ingest", "validate", "train", "evaluate", "condition-1"}
     condition = root["condition-1"]["triggerPolicy"]["condition"]
@@ -51,7 +51,7 @@ def test_training_ir_shape():
 
 
 def test_tuning_ir_feeds_the_best_parameters_to_train():
-    spec = yaml.safe_load(TUNING_IR.read_text())
+    spec, _ = read_ir(TUNING_IR)
     root = spec["root"]["dag"]["tasks"]
     assert set(root) == {"ingest", "validate", "tune", "train", "evaluate", "condition-1"}
     train_inputs = root["train"]["inputs"]["parameters"]
@@ -69,3 +69,18 @@ def test_tuning_ir_feeds_the_best_parameters_to_train():
 def test_compile_one(tmp_path: Path):
     compile_pipeline("tuning.yaml", tmp_path / "tuning.yaml")
     assert (tmp_path / "tuning.yaml").read_bytes() == TUNING_IR.read_bytes()
+
+
+def test_ingest_reads_the_clusters_dvc_secret_as_optional_env():
+    from pipelines.common import DVC_SECRET_KEYS
+
+    for ir in (IR, TUNING_IR):
+        _, platform = read_ir(ir)
+        executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+        [(name, spec)] = executors.items()
+        assert name == "exec-ingest"
+        [secret] = spec["secretAsEnv"]
+        assert secret["secretName"] == DEFAULTS.dvc_secret and secret["optional"] is True
+        assert {k["secretKey"]: k["envVar"] for k in secret["keyToEnv"]} == {
+            k: k for k in DVC_SECRET_KEYS
+        }

@@ -262,3 +262,27 @@ def test_e2e_workflow_trains_promotes_syncs_and_asserts_a_prediction():
     for step in ("make cluster-up", "mlstack run submit", "--wait", "mlstack promote",
                  "inferenceservice/churn-classifier", ":predict", "kind delete cluster"):  # fmt: skip
         assert step in run, step
+
+
+def test_the_dvc_secret_gives_every_key_the_pipeline_and_the_trials_read():
+    from mlstack.compile import read_ir
+    from pipelines.common import DVC_SECRET_KEYS
+
+    secret = load_settings().dvc_secret
+    _, platform = read_ir(load_settings().ir_path)
+    [ingest] = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"].values()
+    pipeline_keys = {k["secretKey"] for s in ingest["secretAsEnv"] for k in s["keyToEnv"]}
+    experiment = yaml.safe_load((ROOT / "katib" / "experiment.yaml").read_text())
+    trial = experiment["spec"]["trialTemplate"]["trialSpec"]["spec"]["template"]["spec"]
+    trial_keys = {
+        e["valueFrom"]["secretKeyRef"]["key"]
+        for e in trial["containers"][0]["env"]
+        if e.get("valueFrom", {}).get("secretKeyRef", {}).get("name") == secret
+    }
+    assert pipeline_keys == set(DVC_SECRET_KEYS) and trial_keys == pipeline_keys
+    for namespace in ("kubeflow", "ml-training"):
+        made = named(DEV, "ExternalSecret", secret, namespace)["spec"]["target"]["template"]["data"]
+        assert set(made) == pipeline_keys, namespace
+        assert made["MLSTACK_DVC_REMOTE"] == "s3" and made["AWS_ENDPOINT_URL"].startswith(
+            "http://minio."
+        )
