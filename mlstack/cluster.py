@@ -14,6 +14,7 @@ from mlstack.settings import code_root
 
 THIS_REPOSITORY = "https://github.com/mlstack/mlstack.git"  # argocd/ names it; forks retarget
 LABEL = "mlstack.io/source=this-repository"  # the Applications whose source is this repository
+VALUES_LABEL = "mlstack.io/values-source=this-repository"  # ...whose sources[1] is (Helm values)
 
 
 def _retarget_patches(repo_url: str, revision: str) -> list[dict[str, Any]]:
@@ -21,13 +22,19 @@ def _retarget_patches(repo_url: str, revision: str) -> list[dict[str, Any]]:
         {"op": "replace", "path": "/spec/source/repoURL", "value": repo_url},
         {"op": "replace", "path": "/spec/source/targetRevision", "value": revision},
     ]
+    values_ops = [
+        {"op": "replace", "path": "/spec/sources/1/repoURL", "value": repo_url},
+        {"op": "replace", "path": "/spec/sources/1/targetRevision", "value": revision},
+    ]
     return [
         {"target": {"kind": "Application", "labelSelector": LABEL}, "patch": json.dumps(ops)},
         {
+            "target": {"kind": "Application", "labelSelector": VALUES_LABEL},
+            "patch": json.dumps(values_ops),
+        },
+        {
             "target": {"kind": "AppProject"},
-            "patch": yaml.safe_dump(
-                [{"op": "add", "path": "/spec/sourceRepos/-", "value": repo_url}]
-            ),
+            "patch": json.dumps([{"op": "add", "path": "/spec/sourceRepos/-", "value": repo_url}]),
         },
     ]
 

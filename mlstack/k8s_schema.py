@@ -150,9 +150,20 @@ class _Parser:
             if self.peek() == "export" and self.peek(1) == "interface":
                 self.i += 2
                 name = self.take()
-                while self.peek() != "{":  # generics and `extends` clauses: fields are listed
-                    self.i += 1
-                self.types[name] = self.object()
+                bases: list[str] = []  # `extends A, B`: Go's embedded structs
+                depth, extending = 0, False
+                while not (self.peek() == "{" and depth == 0):
+                    tok = self.take()
+                    depth += (tok == "<") - (tok == ">")
+                    if tok == "extends":
+                        extending = True
+                    elif extending and depth == 0 and tok[0].isalpha():
+                        bases.append(tok)
+                model = self.object()
+                if bases:
+                    fields = model[1] if model[0] == "object" else {}
+                    model = ("object", fields, tuple(bases))
+                self.types[name] = model
             elif self.peek() == "export" and self.peek(1) == "type" and self.peek(2) == "{":
                 self.i += 3
                 while self.peek() != "}":
@@ -264,7 +275,7 @@ class TsModels:
         self.files: dict[str, Path] = {}  # exported type name -> declaring file
         self.kinds: dict[tuple[str, str], Path] = {}  # (apiVersion, kind) -> file
         self._parsed: dict[Path, _Parser] = {}
-        declares = re.compile(r"export (?:interface|type) (I\w+)|\b(I\w+) as (I\w+)")
+        declares = re.compile(r"export (?:interface|type) (\w+)|\b(I\w+) as (I\w+)")
         for files in (p.rglob("*.d.ts") for p in packages):
             for path in files:
                 if "node_modules" in path.relative_to(root).parts[1:]:
@@ -308,6 +319,15 @@ class TsModels:
             self._parsed[path] = _Parser(path.read_text()).parse()
         return self._parsed[path]
 
+    def fields(self, t: TsType) -> dict[str, tuple[TsType, bool]]:
+        """An interface's fields with those of the interfaces it extends."""
+        merged: dict[str, tuple[TsType, bool]] = {}
+        for base in t[2] if len(t) > 2 else ():
+            resolved = self.resolve(base)
+            if resolved[0] == "object":
+                merged |= self.fields(resolved)
+        return merged | t[1]
+
     def errors(self, value: Any, t: TsType, path: str = "") -> list[str]:
         """Every unknown field, wrong type and missing required field under ``value``."""
         if value is None or t[0] == "any":
@@ -341,7 +361,7 @@ class TsModels:
             return [f"{where}: expected a mapping, got {type(value).__name__}"]
         if t[0] == "map":
             return [e for k, v in value.items() for e in self.errors(v, t[1], f"{path}.{k}")]
-        fields = t[1]
+        fields = self.fields(t)
         out = [
             f"{path}.{name}: missing required field" if path else f"{name}: missing required field"
             for name, (_, required) in fields.items()

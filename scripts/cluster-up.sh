@@ -58,14 +58,16 @@ secret mlstack-github "dispatch-token=${GITHUB_DISPATCH_TOKEN:-none}"
 kubectl apply --server-side -f argocd/platform/project.yaml
 "$MLSTACK" root-app --repo-url "$REPO_URL" --revision "$REVISION" | kubectl apply --server-side -f -
 
-echo "waiting for every Application to be Synced and Healthy (up to ${TIMEOUT}s)"
+# the platform project's Applications (the serving ones wait for a promoted model, and
+# production for a manual sync)
+expected="$(kubectl kustomize argocd/platform | grep -c '^kind: Application$')"
+echo "waiting for the ${expected} platform Applications to be Synced and Healthy (up to ${TIMEOUT}s)"
 deadline=$((SECONDS + TIMEOUT))
 until [ "$SECONDS" -ge "$deadline" ]; do
-  pending="$(kubectl -n argocd get applications.argoproj.io \
-    -o jsonpath='{range .items[*]}{.metadata.name}={.status.sync.status}/{.status.health.status}{"\n"}{end}' \
-    | grep -v '=Synced/Healthy$' || true)"
-  if [ -z "$pending" ] && [ "$(kubectl -n argocd get applications.argoproj.io -o name | wc -l)" -gt 10 ]; then
-    echo "platform up: every Application Synced and Healthy"
+  states="$(kubectl -n argocd get applications.argoproj.io -o jsonpath='{range .items[?(@.spec.project=="platform")]}{.metadata.name}={.status.sync.status}/{.status.health.status}{"\n"}{end}')"
+  pending="$(grep -v '=Synced/Healthy$' <<<"$states" || true)"
+  if [ -z "$pending" ] && [ "$(grep -c . <<<"$states")" -ge "$expected" ]; then
+    echo "platform up: every platform Application Synced and Healthy"
     exit 0
   fi
   sleep 20

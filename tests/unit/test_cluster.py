@@ -38,6 +38,14 @@ def test_every_application_of_this_repository_follows_the_fork_and_branch(tmp_pa
         assert app["spec"]["source"]["targetRevision"] == BRANCH
     upstream = [d for d in children if d["kind"] == "Application" and d not in ours]
     assert all(THIS_REPOSITORY not in yaml.safe_dump(d["spec"].get("source", {})) for d in upstream)
+    # the values file of a multi-source Helm app (kube-prometheus-stack) follows too
+    [values_app] = [
+        d for d in children if d["metadata"].get("labels", {}).get("mlstack.io/values-source")
+    ]
+    assert values_app["spec"]["sources"][1]["repoURL"] == FORK
+    assert values_app["spec"]["sources"][1]["targetRevision"] == BRANCH
+    apps = [d for d in children if d["kind"] == "Application"]
+    assert THIS_REPOSITORY not in yaml.safe_dump(apps)
     [project] = [d for d in children if d["kind"] == "AppProject"]
     assert FORK in project["spec"]["sourceRepos"]
     # one level down: mlstack-argocd renders argocd/ with the same retargeting

@@ -182,24 +182,37 @@ def test_sync_waves_put_crds_and_operators_before_what_uses_them():
                           ("external-secrets", "mlstack-platform"), ("kserve", "mlstack-argocd"),
                           ("kube-prometheus-stack", "mlstack-argocd"), ("katib", "mlstack-platform")]:  # fmt: skip
         assert wave[before] < wave[after], (before, after)
-    # waves wait for health only if Argo CD knows an Application's health: argocd-cm says how
-    cm = named(render(ROOT / "argocd"), "ConfigMap", "argocd-cm")
-    assert "resource.customizations.health.argoproj.io_Application" in cm["data"]
+    # waves wait for health only if Argo CD knows an Application's health: the Argo CD install
+    # itself (before any wave) merges that check into argocd-cm
+    install = yaml.safe_load((ROOT / "argocd/install/kustomization.yaml").read_text())
+    [cm] = install["configMapGenerator"]
+    assert cm["name"] == "argocd-cm" and cm["behavior"] == "merge"
+    key, _, file = cm["files"][0].partition("=")
+    assert key == "resource.customizations.health.argoproj.io_Application"
+    assert (ROOT / "argocd/install" / file).is_file()
+    project = named(APPS, "AppProject", "platform")
+    assert int(project["metadata"]["annotations"]["argocd.argoproj.io/sync-wave"]) < min(
+        wave.values()
+    )
 
 
-def application_health(status: dict | None) -> str:
+def application_health(health: dict | None, sync: str = "Synced") -> str:
     from lupa import LuaRuntime
 
     lua = LuaRuntime(unpack_returned_tuples=True)
-    script = (ROOT / "argocd" / "application-health.lua").read_text()
-    obj = lua.table_from({"status": lua.table_from({"health": lua.table_from(status)})} if status
-                         else {})  # fmt: skip
+    script = (ROOT / "argocd" / "install" / "application-health.lua").read_text()
+    if health is None:
+        obj = lua.table_from({})
+    else:
+        status = {"health": lua.table_from(health), "sync": lua.table_from({"status": sync})}
+        obj = lua.table_from({"status": lua.table_from(status)})
     return lua.execute(f"local obj = ...\n{script}", obj)["status"]
 
 
-def test_application_health_follows_the_childs_own():
+def test_application_health_is_the_childs_own_once_synced():
     assert application_health(None) == "Progressing"
     assert application_health({"status": "Healthy"}) == "Healthy"
+    assert application_health({"status": "Healthy"}, sync="OutOfSync") == "Progressing"
     assert application_health({"status": "Degraded", "message": "x"}) == "Degraded"
 
 
@@ -223,9 +236,12 @@ def test_kube_prometheus_stack_values_select_the_stacks_monitors_rules_and_dashb
         dashboards["metadata"]["labels"][label]
         == values["grafana"]["sidecar"]["dashboards"]["labelValue"]
     )
-    ksm = values["kube-state-metrics"]
-    [volume] = ksm["volumes"]
-    named(EVERY["monitoring"], "ConfigMap", volume["configMap"]["name"])
+    # the declared-version metric the ChurnModelVersionMismatch rule reads comes from this config
+    state = values["kube-state-metrics"]["customResourceState"]
+    [resource] = state["config"]["spec"]["resources"]
+    [metric] = resource["metrics"]
+    exported = f"{resource['metricNamePrefix']}_{metric['name']}_info"
+    assert state["enabled"] and exported in (ROOT / "manifests/monitoring/rules.yaml").read_text()
     assert values["alertmanager"]["alertmanagerSpec"]["alertmanagerConfigMatcherStrategy"] == {
         "type": "None"
     }
@@ -286,3 +302,14 @@ def test_the_dvc_secret_gives_every_key_the_pipeline_and_the_trials_read():
         assert made["MLSTACK_DVC_REMOTE"] == "s3" and made["AWS_ENDPOINT_URL"].startswith(
             "http://minio."
         )
+
+
+def test_strict_walk_follows_embedded_go_structs():
+    # KustomizeSelector embeds KustomizeResId, which embeds KustomizeGvk (TypeScript `extends`)
+    katib = named(render(ROOT / "argocd" / "platform"), "Application", "katib")
+    target = katib["spec"]["source"]["kustomize"]["patches"][0]["target"]
+    assert manifest_errors(katib) == [] and target["kind"] == "Namespace"
+    target["kindd"] = target.pop("kind")
+    assert manifest_errors(katib) == [
+        "spec.source.kustomize.patches[0].target.kindd: unknown field"
+    ]
