@@ -127,7 +127,11 @@ def _cmd_promote(args: argparse.Namespace, settings: Settings) -> None:
     manifests = Path(args.manifests) if args.manifests else code_root() / "manifests"
     ref = args.version or args.alias
     uri = settings.mlflow_tracking_uri
-    release = promote.resolve(settings.model_name, ref, uri) if ref else None
+    release = (
+        promote.resolve(settings.model_name, ref, uri, settings.artifacts_destination)
+        if ref
+        else None
+    )
     changed = promote.promote(manifests, args.env, release, image=args.image, canary=args.canary)
     where = promote.overlay_file(manifests, args.env)
     what = (

@@ -14,6 +14,7 @@ import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlparse
 
 from mlstack import tracking
 from mlstack.errors import StackError
@@ -40,7 +41,24 @@ class Release:
     lineage: dict[str, str]
 
 
-def resolve(model_name: str, ref: str, tracking_uri: str) -> Release:
+def storage_location(uri: str, artifacts_destination: str) -> str:
+    """Where KServe's storage initializer reads a model version from. A server that proxies
+    artifacts hands out ``mlflow-artifacts:`` URIs, which only MLflow clients understand: they map
+    onto the server's ``--artifacts-destination``."""
+    if not uri.startswith("mlflow-artifacts:"):
+        return uri
+    if not artifacts_destination:
+        raise StackError(
+            f"{uri} is served through the MLflow server's artifact proxy, which KServe cannot "
+            "read: set MLSTACK_ARTIFACTS_DESTINATION to the server's --artifacts-destination "
+            "(s3://mlflow-artifacts with manifests/platform)"
+        )
+    return f"{artifacts_destination.rstrip('/')}/{urlparse(uri).path.lstrip('/')}"
+
+
+def resolve(
+    model_name: str, ref: str, tracking_uri: str, artifacts_destination: str = ""
+) -> Release:
     """The registry version behind ``ref`` (a number or an alias), if it passed the gates."""
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
@@ -62,7 +80,9 @@ def resolve(model_name: str, ref: str, tracking_uri: str) -> Release:
             "the quality gates"
         )
     lineage = {key: mv.tags.get(key, "") for key in ANNOTATIONS if key != "model_version"}
-    return Release(model_name, str(mv.version), uri, lineage)
+    return Release(
+        model_name, str(mv.version), storage_location(uri, artifacts_destination), lineage
+    )
 
 
 def overlay_file(manifests: Path, env: str) -> Path:

@@ -58,6 +58,9 @@ class Settings:
     # on a cluster, the Secret that names the DVC remote and holds its S3 credentials (its keys
     # become the ingest step's env: MLSTACK_DVC_REMOTE, AWS_*); made by manifests/platform
     dvc_secret: str = "dvc-remote-s3"
+    # the MLflow server's --artifacts-destination, when it proxies artifacts (manifests/platform:
+    # s3://mlflow-artifacts): promotion turns `mlflow-artifacts:` URIs into locations KServe reads
+    artifacts_destination: str = ""
     # training split (train and evaluate both use it: one held-out set)
     test_size: float = 0.25
     split_seed: int = 42
@@ -105,6 +108,7 @@ _ENV_FIELDS = {
     "data_path": str,
     "dvc_remote": str,
     "kfp_service_account": str,
+    "artifacts_destination": str,
     "test_size": float,
     "split_seed": int,
     "repo_root": Path,

@@ -15,6 +15,7 @@ import boto3
 import pytest
 from mlflow import MlflowClient
 
+from mlstack import promote, tracking
 from mlstack.settings import code_root
 from tests.conftest import free_port
 from tests.kube import render
@@ -107,18 +108,27 @@ def test_mlflow_server_as_deployed_postgres_s3_proxy_and_allowed_hosts(tmp_path,
         client.log_text(run.info.run_id, "model card", "card.md")
         client.set_terminated(run.info.run_id)
         assert run.info.artifact_uri.startswith("mlflow-artifacts:/")
-        stored = boto3.client("s3", endpoint_url=s3, region_name="us-east-1", **{
-            k.lower(): v for k, v in keys.items()}).list_objects_v2(Bucket="mlflow-artifacts")  # fmt: skip
+        store = boto3.client("s3", endpoint_url=s3, region_name="us-east-1",
+                             **{k.lower(): v for k, v in keys.items()})  # fmt: skip
+        stored = store.list_objects_v2(Bucket="mlflow-artifacts")
         assert any(o["Key"].endswith(f"{run.info.run_id}/artifacts/card.md")
                    for o in stored.get("Contents", []))  # fmt: skip
         # the registry and its aliases live in Postgres
+        client.log_text(run.info.run_id, "flavors: {}", "model/MLmodel")
         client.create_registered_model("churn-classifier")
-        version = client.create_model_version("churn-classifier", f"runs:/{run.info.run_id}/x",
-                                              run.info.run_id)  # fmt: skip
+        version = client.create_model_version(
+            "churn-classifier", f"{run.info.artifact_uri}/model", run.info.run_id,
+            tags={tracking.TAG_GATES_PASSED: "true"},
+        )  # fmt: skip
         client.set_registered_model_alias("churn-classifier", "champion", version.version)
         again = MlflowClient(tracking_uri=f"http://localhost:{port}")
         assert again.get_model_version_by_alias("churn-classifier", "champion").version == "1"
         assert again.get_metric_history(run.info.run_id, "roc_auc")[0].value == 0.9
+        # promotion hands KServe an S3 location that really holds the model, not a proxy URI
+        release = promote.resolve("churn-classifier", "champion", f"http://localhost:{port}",
+                                  env["MLFLOW_ARTIFACTS_DESTINATION"])  # fmt: skip
+        bucket, _, key = release.storage_uri.removeprefix("s3://").partition("/")
+        store.head_object(Bucket=bucket, Key=f"{key}/MLmodel")
     finally:
         proc.terminate()
         proc.wait(timeout=30)

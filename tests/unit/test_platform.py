@@ -313,3 +313,16 @@ def test_strict_walk_follows_embedded_go_structs():
     assert manifest_errors(katib) == [
         "spec.source.kustomize.patches[0].target.kindd: unknown field"
     ]
+
+
+def test_promotion_maps_proxied_artifacts_onto_the_deployed_destination():
+    [container] = named(DEV, "Deployment", "mlflow", "mlops")["spec"]["template"]["spec"][
+        "containers"
+    ]
+    destination = {e["name"]: e.get("value") for e in container["env"]}[
+        "MLFLOW_ARTIFACTS_DESTINATION"
+    ]
+    e2e = (ROOT / ".github/workflows/e2e-kind.yml").read_text()
+    assert f"MLSTACK_ARTIFACTS_DESTINATION={destination} " in e2e
+    promote_yml = (ROOT / ".github/workflows/promote.yml").read_text()
+    assert "MLSTACK_ARTIFACTS_DESTINATION:" in promote_yml and destination in promote_yml

@@ -202,3 +202,18 @@ def test_command_line_image_only_and_model_card(registered, manifests, tmp_path)
     )
     assert done.returncode == 0, done.stderr
     assert card.read_text().startswith(f"## {MODEL} v1")
+
+
+def test_proxied_artifact_uris_map_onto_the_servers_destination():
+    from mlstack.promote import storage_location
+
+    dest = "s3://mlflow-artifacts"
+    assert storage_location("mlflow-artifacts:/1/models/m-1/artifacts", dest) == (
+        "s3://mlflow-artifacts/1/models/m-1/artifacts"
+    )
+    assert storage_location("mlflow-artifacts://mlflow:5000/1/r/artifacts/model", dest + "/") == (
+        "s3://mlflow-artifacts/1/r/artifacts/model"
+    )
+    assert storage_location("s3://bucket/x", "") == "s3://bucket/x"  # not proxied: as it is
+    with pytest.raises(StackError, match="MLSTACK_ARTIFACTS_DESTINATION"):
+        storage_location("mlflow-artifacts:/1/x", "")
