@@ -46,15 +46,12 @@ def root_application(repo_url: str, revision: str) -> dict[str, Any]:
         return root
     root["spec"]["source"].update(repoURL=repo_url, targetRevision=revision)
     inner = _retarget_patches(repo_url, revision)
-    outer = _retarget_patches(repo_url, revision)
     # the child that renders argocd/ gets the same patches for the serving Applications
-    outer.append(
-        {
-            "target": {"kind": "Application", "name": "mlstack-argocd"},
-            "patch": json.dumps(
-                [{"op": "add", "path": "/spec/source/kustomize", "value": {"patches": inner}}]
-            ),
-        }
-    )
-    root["spec"]["source"]["kustomize"] = {"patches": outer}
+    handover = {
+        "target": {"kind": "Application", "name": "mlstack-argocd"},
+        "patch": json.dumps(
+            [{"op": "add", "path": "/spec/source/kustomize", "value": {"patches": inner}}]
+        ),
+    }
+    root["spec"]["source"]["kustomize"] = {"patches": [*inner, handover]}
     return root

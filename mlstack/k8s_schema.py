@@ -233,8 +233,7 @@ class _Parser:
             depth = 0
             while True:
                 t = self.take()
-                depth += t in "<(" and 1 or 0
-                depth -= t in ">)" and 1 or 0
+                depth += (t in ("<", "(")) - (t in (">", ")"))
                 if depth == 0 and t in ">)":
                     return _ANY
         return ("ref", tok)
@@ -294,9 +293,7 @@ class TsModels:
             return None
         kind = path.name.removesuffix(".d.ts")
         api = version if group == "kubernetes-models" else f"{group}/{version}"
-        if "." not in group and group not in ("kubernetes-models", "apps", "batch", "policy"):
-            return None
-        return api, kind
+        return api, kind  # a type that is not a kind has no `kind` field: kind() refuses it
 
     def resolve(self, name: str) -> TsType:
         path = self.files.get(name)

@@ -291,6 +291,7 @@ SOURCES = [
     "argocd",
     "argocd/platform",
     "manifests/monitoring",
+    "manifests/platform/base",
     "manifests/platform/dev",
     *(f"manifests/overlays/{env}" for env in OVERLAYS),
 ]

@@ -35,10 +35,9 @@ def named(docs: list[dict], kind: str, name: str, namespace: str | None = None) 
     return doc
 
 
+# every document's strict walk: test_manifests.SOURCES (which lists these kustomizations)
 @pytest.mark.parametrize("docs", [BASE, DEV, APPS], ids=["base", "dev", "argocd-platform"])
-def test_every_document_walks_strictly_and_core_kinds_pass_kubernetes_validate(docs, tmp_path):
-    for doc in docs:
-        assert manifest_errors(doc) == [], f"{doc['kind']} {doc['metadata']['name']}"
+def test_core_kinds_pass_kubernetes_validate(docs, tmp_path):
     core = [d for d in docs if d["apiVersion"] in CORE_GROUPS]
     if core:
         done = kubernetes_validate(tmp_path, core)
@@ -128,10 +127,7 @@ def test_mlflow_server_postgres_s3_allowed_hosts_and_the_url_its_clients_use():
     trial = experiment["spec"]["trialTemplate"]["trialSpec"]["spec"]["template"]["spec"]
     trial_env = {e["name"]: e.get("value") for e in trial["containers"][0]["env"]}
     assert trial_env["MLFLOW_TRACKING_URI"] == url
-    assert (
-        "S3 endpoint" not in url
-        and "mlflow-artifacts" in env["MLFLOW_ARTIFACTS_DESTINATION"]["value"]
-    )
+    assert "mlflow-artifacts" in env["MLFLOW_ARTIFACTS_DESTINATION"]["value"]
     buckets = named(DEV, "Job", "minio-buckets", "mlops")
     script = buckets["spec"]["template"]["spec"]["containers"][0]["args"][0]
     data_bucket = re.search(r"url = s3://([\w-]+)/", (ROOT / ".dvc" / "config").read_text())[1]
