@@ -64,8 +64,13 @@ class Settings:
     # training split (train and evaluate both use it: one held-out set)
     test_size: float = 0.25
     split_seed: int = 42
-    # the training image every component's base_image names (pinned by tag; digest when built)
+    # the images this repository builds (`make images`, build-images.yml publishes this tag and the
+    # commit SHA): every component's base_image, the Katib trial, the relay and the MinIO bucket Job
+    # run the training image; the InferenceService the predictor; manifests/platform the MLflow
+    # server. Tags: the project's version, and MLflow's pinned version for its server.
     training_image: str = "ghcr.io/mlstack/churn-training:0.1.0"
+    predictor_image: str = "ghcr.io/mlstack/churn-predictor:0.1.0"
+    mlflow_image: str = "ghcr.io/mlstack/mlflow-server:3.17.2"
     # the identity KFP runs use on a cluster (manifests/platform/base/pipeline-runner.yaml)
     kfp_service_account: str = "mlstack-pipeline-runner"
     # local state (gitignored): MLflow sqlite store and artifacts, KFP local outputs and cache
@@ -73,6 +78,15 @@ class Settings:
     state_dir: Path | None = None
     tracking_uri: str | None = None
     gates: Gates = field(default_factory=Gates)
+
+    @property
+    def images(self) -> dict[str, str]:
+        """The images by key (scripts/images.sh builds each from its Dockerfile)."""
+        return {
+            "training": self.training_image,
+            "predictor": self.predictor_image,
+            "mlflow": self.mlflow_image,
+        }
 
     @property
     def state(self) -> Path:

@@ -1,0 +1,214 @@
+#!/usr/bin/env bash
+# `make images`: the training, predictor and MLflow images, built from their Dockerfiles and tagged
+# as mlstack/settings.py names them (the one source of truth the IR, the manifests, cluster-up and
+# the image workflow follow). docs/images.md.
+#
+# The engine is docker when its daemon answers, else podman (CONTAINER_ENGINE=podman|docker
+# chooses). Each Dockerfile's base is `ARG BASE_IMAGE` (default: the pinned upstream python image);
+# when that cannot be pulled (no registry reachable) the images are built on a stand-in made from
+# Debian's own packages, once, and reused while it is present:
+#   debootstrap --variant=minbase bookworm → localhost/debian:bookworm-min (import)
+#   + Debian's python3 and pip (scripts/base/Dockerfile) → localhost/mlstack/python:3.11-bookworm-debian
+# BASE_IMAGE=<image> forces a base.
+#
+# usage: scripts/images.sh [build] [training|predictor|mlflow]...  build (all by default)
+#        scripts/images.sh names [SHA]    key=image lines (key_repository=..., key_sha=... with SHA)
+#        scripts/images.sh engine         the engine builds use
+#        scripts/images.sh tools          podman, runc, debootstrap and containers.conf (as root),
+#                                         unless a docker daemon answers; `make tools` runs it
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON="${PYTHON:-python3}"
+DEBIAN_MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+DEBIAN_IMAGE="localhost/debian:bookworm-min"
+STANDIN_IMAGE="localhost/mlstack/python:3.11-bookworm-debian"
+CONTAINERS_CONF="${CONTAINERS_CONF:-/etc/containers/containers.conf}"
+STATE=".mlstack"
+KEYS=(training predictor mlflow)
+declare -A DOCKERFILE=(
+  [training]=components/Dockerfile
+  [predictor]=serving/Dockerfile
+  [mlflow]=manifests/platform/mlflow-image/Dockerfile
+)
+
+die() { echo "images: $*" >&2; exit 1; }
+say() { echo "images: $*" >&2; }
+
+# key=image, one a line, from mlstack/settings.py (stdlib only: no virtual environment needed)
+names() {
+  PYTHONPATH=. "$PYTHON" -c '
+import sys
+from mlstack.settings import DEFAULTS
+sha = sys.argv[1] if len(sys.argv) > 1 else ""
+for key, image in DEFAULTS.images.items():
+    repository = image.rsplit(":", 1)[0]
+    print(f"{key}={image}")
+    print(f"{key}_repository={repository}")
+    if sha:
+        print(f"{key}_sha={repository}:{sha}")
+' "$@"
+}
+
+image_of() { names | sed -n "s/^$1=//p"; }
+
+docker_daemon() {  # a docker daemon (not podman's Docker-compatible socket) answers
+  local info
+  command -v docker >/dev/null && info="$(timeout 30 docker info 2>/dev/null)" && ! grep -qi podman <<<"$info"
+}
+
+engine() {
+  if [ -n "${CONTAINER_ENGINE:-}" ]; then
+    command -v "$CONTAINER_ENGINE" >/dev/null || die "CONTAINER_ENGINE=$CONTAINER_ENGINE is not installed"
+    echo "$CONTAINER_ENGINE"
+  elif docker_daemon; then
+    echo docker
+  elif command -v podman >/dev/null; then
+    echo podman
+  else
+    die "no container engine: neither a docker daemon nor podman; \`make tools\` installs podman (as root)"
+  fi
+}
+
+write_containers_conf() {
+  local wanted
+  wanted='# written by mlstack (scripts/images.sh tools): runc with cgroupfs (crun refuses a hybrid
+# cgroup layout), and default ulimits below the hard limits (podman'"'"'s defaults can fail setrlimit)
+[containers]
+default_ulimits = ["nofile=1024:1024", "nproc=4096:4096"]
+
+[engine]
+cgroup_manager = "cgroupfs"
+runtime = "runc"'
+  if [ ! -e "$CONTAINERS_CONF" ]; then
+    mkdir -p "$(dirname "$CONTAINERS_CONF")"
+    printf '%s\n' "$wanted" >"$CONTAINERS_CONF"
+    say "wrote $CONTAINERS_CONF"
+  elif [ "$(cat "$CONTAINERS_CONF")" != "$wanted" ]; then
+    for setting in 'cgroup_manager = "cgroupfs"' 'runtime = "runc"' 'default_ulimits'; do
+      grep -q "^[[:space:]]*${setting}" "$CONTAINERS_CONF" ||
+        say "warning: $CONTAINERS_CONF is not ours and lacks ${setting}; left unchanged (docs/images.md)"
+    done
+  fi
+}
+
+tools() {
+  if [ "${CONTAINER_ENGINE:-}" = docker ] || { [ -z "${CONTAINER_ENGINE:-}" ] && docker_daemon; }; then
+    return 0
+  fi
+  local missing=()
+  command -v podman >/dev/null || missing+=(podman)
+  command -v runc >/dev/null || [ -x /usr/sbin/runc ] || missing+=(runc)
+  command -v debootstrap >/dev/null || [ -x /usr/sbin/debootstrap ] || missing+=(debootstrap)
+  if [ "${#missing[@]}" -gt 0 ]; then
+    [ "$(id -u)" = 0 ] || die "missing ${missing[*]}: run \`make tools\` as root"
+    apt-get update -q
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+      podman runc conmon containernetworking-plugins iptables uidmap slirp4netns fuse-overlayfs \
+      debootstrap debian-archive-keyring ca-certificates
+  fi
+  if [ "$(id -u)" = 0 ]; then
+    write_containers_conf
+  fi
+}
+
+exists() { "$ENGINE" image inspect "$1" >/dev/null 2>&1; }
+
+# podman: host networking and the machine's CA bundle, so pip in a build trusts what pip here does
+build_args() {
+  if [ "$ENGINE" = podman ]; then
+    printf '%s\n' --network host
+    [ -d /etc/ssl/certs ] && printf '%s\n' -v /etc/ssl/certs:/etc/ssl/certs:ro
+  fi
+  return 0
+}
+
+qualified() {  # docker.io/library/python:3.11 for python:3.11 (podman wants a registry)
+  case "$1" in
+    */*) case "${1%%/*}" in *.*|*:*|localhost) echo "$1" ;; *) echo "docker.io/$1" ;; esac ;;
+    *) echo "docker.io/library/$1" ;;
+  esac
+}
+
+standin() {  # the Debian stand-in base: built once, reused while present
+  exists "$STANDIN_IMAGE" && return 0
+  local start=$SECONDS
+  if ! exists "$DEBIAN_IMAGE"; then
+    command -v debootstrap >/dev/null || [ -x /usr/sbin/debootstrap ] ||
+      die "the stand-in base needs debootstrap: run \`make tools\` as root"
+    [ "$(id -u)" = 0 ] || die "debootstrap needs root to build the stand-in base"
+    local rootfs
+    rootfs="$(mktemp -d "${TMPDIR:-/var/tmp}/mlstack-rootfs.XXXXXX")"
+    say "debootstrap bookworm (minbase) from $DEBIAN_MIRROR"
+    if ! PATH="$PATH:/usr/sbin:/sbin" debootstrap --variant=minbase bookworm "$rootfs" "$DEBIAN_MIRROR" \
+      >"$STATE/debootstrap.log" 2>&1; then
+      rm -rf "$rootfs"
+      die "debootstrap failed; see $STATE/debootstrap.log"
+    fi
+    tar -C "$rootfs" -c . | "$ENGINE" import - "$DEBIAN_IMAGE" >/dev/null
+    rm -rf "$rootfs"
+  fi
+  local args
+  mapfile -t args < <(build_args)
+  "$ENGINE" build "${args[@]}" --build-arg "DEBIAN_IMAGE=$DEBIAN_IMAGE" -t "$STANDIN_IMAGE" \
+    -f scripts/base/Dockerfile scripts/base
+  say "stand-in base $STANDIN_IMAGE built in $((SECONDS - start)) s"
+}
+
+declare -A BASE_FOR=()
+base_for() {  # the base to build Dockerfile $1 on, in BASE
+  if [ -n "${BASE_IMAGE:-}" ]; then
+    BASE="$BASE_IMAGE"
+    return
+  fi
+  local upstream
+  upstream="$(sed -n 's/^ARG BASE_IMAGE=//p' "$1")"
+  [ -n "$upstream" ] || die "$1 has no ARG BASE_IMAGE=<image>"
+  if [ -z "${BASE_FOR[$upstream]:-}" ]; then
+    local image
+    image="$(qualified "$upstream")"
+    if exists "$image" || "$ENGINE" pull -q "$image" >/dev/null 2>&1; then
+      BASE_FOR[$upstream]="$image"
+    else
+      say "cannot pull $image: building on the Debian stand-in $STANDIN_IMAGE"
+      standin
+      BASE_FOR[$upstream]="$STANDIN_IMAGE"
+    fi
+  fi
+  BASE="${BASE_FOR[$upstream]}"
+}
+
+build() {
+  local keys=("$@")
+  [ "${#keys[@]}" -gt 0 ] || keys=("${KEYS[@]}")
+  ENGINE="$(engine)"
+  mkdir -p "$STATE"
+  # one build at a time on this machine: concurrent test sessions share the image store
+  if command -v flock >/dev/null; then
+    exec 9>"$STATE/images.lock"
+    flock 9
+  fi
+  local args key dockerfile image start
+  mapfile -t args < <(build_args)
+  for key in "${keys[@]}"; do
+    dockerfile="${DOCKERFILE[$key]:-}"
+    [ -n "$dockerfile" ] || die "unknown image '$key' (one of: ${KEYS[*]})"
+    image="$(image_of "$key")"
+    base_for "$dockerfile"
+    start=$SECONDS
+    say "building $image from $dockerfile on $BASE with $ENGINE"
+    "$ENGINE" build "${args[@]}" --build-arg "BASE_IMAGE=$BASE" -f "$dockerfile" -t "$image" .
+    say "$image built in $((SECONDS - start)) s"
+  done
+}
+
+command="${1:-build}"
+[ "$#" -gt 0 ] && shift
+case "$command" in
+  build) build "$@" ;;
+  names) names "$@" ;;
+  engine) engine ;;
+  tools) tools ;;
+  training|predictor|mlflow) build "$command" "$@" ;;
+  *) die "unknown command '$command' (build, names, engine, tools)" ;;
+esac
