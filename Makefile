@@ -74,13 +74,14 @@ bench-serving: setup .bench/mlserver/.installed
 		"uvloop<0.22" "scikit-learn==1.9.1" "pandas==2.3.3" "numpy==2.4.6"
 	touch $@
 
-## a kind cluster with the whole platform, synced by Argo CD (needs docker, kind, kubectl);
-## REPO_URL and REVISION point Argo CD at a fork or branch
+## a kind cluster with the whole platform, synced by Argo CD (needs docker, kubectl; the pinned
+## kind is installed into $(BIN)); REPO_URL and REVISION point Argo CD at a fork or branch,
+## GIT_TOKEN (and GIT_USERNAME) let it read a private one
 cluster-up: setup
 	scripts/cluster-up.sh
 
 cluster-down:
-	kind delete cluster --name $${CLUSTER:-mlstack}
+	$${KIND:-$(BIN)/kind} delete cluster --name $${CLUSTER:-mlstack}
 
 clean:
 	rm -rf .mlstack

@@ -1,10 +1,17 @@
 #!/usr/bin/env bash
 # `make cluster-up`: a kind cluster running the whole platform, synced by Argo CD from this
 # repository (REPO_URL at REVISION: a fork or a branch works, nothing in git is edited).
-# Needs docker, kind and kubectl. `make cluster-down` deletes the cluster.
+# Needs docker and kubectl; kind is the pinned release below (installed into .venv/bin, checksum
+# verified, when KIND is not already that release). A private repository or fork: set GIT_TOKEN
+# (and GIT_USERNAME) to give Argo CD read access to REPO_URL. `make cluster-down` deletes the cluster.
 set -euo pipefail
 
 CLUSTER="${CLUSTER:-mlstack}"
+# kind, pinned: node images are built for one kind release, whose notes list them by digest
+# (tests/upstream/kind-v0.33.0). The checksum is the release's kind-linux-amd64.sha256sum.
+KIND_VERSION="v0.33.0"
+KIND_SHA256_LINUX_AMD64="aee6151561422756b764a4ae28e7f44cda5af5a9eead3cc9985112b1de8d8e0d"
+KIND="${KIND:-.venv/bin/kind}"
 # kind v0.33.0's node image for Kubernetes 1.37.0
 NODE_IMAGE="kindest/node:v1.37.0@sha256:a1ed56cfb0e7b93589bdf97c8cd566405a265939e3620fc4f5de89adff580ae5"
 REPO_URL="${REPO_URL:-https://github.com/mlstack/mlstack.git}"
@@ -12,12 +19,30 @@ REVISION="${REVISION:-main}"
 MLSTACK="${MLSTACK:-.venv/bin/mlstack}"
 TIMEOUT="${TIMEOUT:-1800}"
 
-for tool in docker kind kubectl openssl; do
+kind_release() { "$KIND" version 2>/dev/null | awk '{print $2}'; }
+if [ "$(kind_release)" != "$KIND_VERSION" ]; then
+  if [ "$KIND" != ".venv/bin/kind" ]; then
+    echo "KIND=$KIND is kind $(kind_release), not $KIND_VERSION: the node image is built for $KIND_VERSION" >&2
+    exit 1
+  fi
+  if [ "$(uname -s)/$(uname -m)" != "Linux/x86_64" ]; then
+    echo "install kind $KIND_VERSION and set KIND to it (this script downloads it for Linux x86_64 only)" >&2
+    exit 1
+  fi
+  download="$(mktemp)"
+  curl -fsSL --retry 3 -o "$download" \
+    "https://github.com/kubernetes-sigs/kind/releases/download/${KIND_VERSION}/kind-linux-amd64"
+  echo "${KIND_SHA256_LINUX_AMD64}  ${download}" | sha256sum --check --quiet
+  install -D -m 0755 "$download" "$KIND"
+  rm -f "$download"
+fi
+
+for tool in docker kubectl openssl; do
   command -v "$tool" >/dev/null || { echo "cluster-up needs $tool" >&2; exit 1; }
 done
 
-if ! kind get clusters | grep -qx "$CLUSTER"; then
-  kind create cluster --name "$CLUSTER" --image "$NODE_IMAGE" --wait 180s
+if ! "$KIND" get clusters | grep -qx "$CLUSTER"; then
+  "$KIND" create cluster --name "$CLUSTER" --image "$NODE_IMAGE" --wait 180s
 fi
 kubectl config use-context "kind-$CLUSTER"
 
@@ -30,7 +55,7 @@ images=(
 for entry in "${images[@]}"; do
   read -r dockerfile tag <<<"$entry"
   docker build --quiet -f "$dockerfile" -t "$tag" .
-  kind load docker-image --name "$CLUSTER" "$tag"
+  "$KIND" load docker-image --name "$CLUSTER" "$tag"
 done
 
 # Argo CD, at its pinned version
@@ -53,6 +78,17 @@ secret mlstack-s3 "access-key-id=mlstack-$(openssl rand -hex 6)" "secret-access-
 secret mlstack-mlflow-postgres "password=$pg_password" \
   "uri=postgresql+psycopg2://mlflow:${pg_password}@mlflow-postgres.mlops.svc.cluster.local:5432/mlflow"
 secret mlstack-github "dispatch-token=${GITHUB_DISPATCH_TOKEN:-none}"
+
+# a private repository or fork: Argo CD reads REPO_URL with these credentials (a repository
+# Secret, Argo CD's declarative setup; kept in the cluster only). Created before the first sync,
+# since nothing else can come from git until Argo CD can clone it.
+if [ -n "${GIT_TOKEN:-}" ]; then
+  kubectl -n argocd create secret generic mlstack-repository --dry-run=client -o yaml \
+    --from-literal=type=git --from-literal=url="$REPO_URL" \
+    --from-literal=username="${GIT_USERNAME:-x-access-token}" --from-literal=password="$GIT_TOKEN" |
+    kubectl label --local -f - -o yaml argocd.argoproj.io/secret-type=repository |
+    kubectl apply --server-side -f -
+fi
 
 # the app-of-apps: everything else comes from git, wave by wave
 kubectl apply --server-side -f argocd/platform/project.yaml

@@ -272,7 +272,7 @@ def test_e2e_workflow_trains_promotes_syncs_and_asserts_a_prediction():
     workflow = yaml.safe_load((ROOT / ".github/workflows/e2e-kind.yml").read_text())
     run = "\n".join(s.get("run", "") for s in workflow["jobs"]["e2e"]["steps"])
     for step in ("make cluster-up", "mlstack run submit", "--wait", "mlstack promote",
-                 "inferenceservice/churn-classifier", ":predict", "kind delete cluster"):  # fmt: skip
+                 "inferenceservice/churn-classifier", ":predict", "make cluster-down"):  # fmt: skip
         assert step in run, step
 
 
