@@ -307,8 +307,11 @@ def needs_registry_lookup(image: str, skip: set[str]) -> bool:
 
 
 def kind_loaded_images() -> list[str]:
-    """The images `make cluster-up` builds and loads into the kind node (never pushed)."""
-    return re.findall(r"\s(ghcr\.io/[\w./-]+:[\w.-]+)\"", read(CLUSTER_UP))
+    """The images `make cluster-up` builds and loads into the kind node (never pushed): this
+    repository's images, named in the settings."""
+    from mlstack.settings import DEFAULTS
+
+    return sorted(DEFAULTS.images.values())
 
 
 def test_knative_resolves_no_tag_of_an_image_only_the_kind_node_holds(tmp_path):
