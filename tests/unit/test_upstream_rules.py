@@ -560,11 +560,11 @@ exit 0
 
 
 def run_cluster_up(tmp_path: Path, kind_version: str, **env: str) -> tuple[subprocess.CompletedProcess, str, str]:  # fmt: skip
-    """scripts/cluster-up.sh with docker, kind, openssl and the cluster side of kubectl stubbed
+    """scripts/cluster-up.sh with docker, podman, kind, openssl and the cluster side of kubectl stubbed
     (kubectl's offline commands, kustomize and client-side dry runs, are real)."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    for tool in ("docker", "kind", "openssl", "mlstack", "make"):
+    for tool in ("docker", "podman", "kind", "openssl", "mlstack", "make"):
         (bin_dir / tool).write_text(STUB)
     (bin_dir / "kubectl").write_text(KUBECTL_STUB)
     for tool in bin_dir.iterdir():
