@@ -46,16 +46,11 @@ if ! "$KIND" get clusters | grep -qx "$CLUSTER"; then
 fi
 kubectl config use-context "kind-$CLUSTER"
 
-# the images built from this repository, tagged as the manifests name them, loaded into the node
-images=(
-  "components/Dockerfile ghcr.io/mlstack/churn-training:0.1.0"
-  "serving/Dockerfile ghcr.io/mlstack/churn-predictor:0.1.0"
-  "manifests/platform/mlflow-image/Dockerfile ghcr.io/mlstack/mlflow-server:3.17.2"
-)
-for entry in "${images[@]}"; do
-  read -r dockerfile tag <<<"$entry"
-  docker build --quiet -f "$dockerfile" -t "$tag" .
-  "$KIND" load docker-image --name "$CLUSTER" "$tag"
+# the images built from this repository (`make images`: named as mlstack/settings.py names them,
+# which is how the manifests name them), built by docker for kind and loaded into the node
+CONTAINER_ENGINE=docker scripts/images.sh build
+scripts/images.sh list | while read -r image; do
+  "$KIND" load docker-image --name "$CLUSTER" "$image"
 done
 
 # Argo CD, at its pinned version

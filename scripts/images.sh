@@ -12,6 +12,7 @@
 # BASE_IMAGE=<image> forces a base.
 #
 # usage: scripts/images.sh [build] [training|predictor|mlflow]...  build (all by default)
+#        scripts/images.sh list           the images' names, one a line
 #        scripts/images.sh names [SHA]    key=image lines (key_repository=..., key_sha=... with SHA)
 #        scripts/images.sh engine         the engine builds use
 #        scripts/images.sh tools          podman, runc, debootstrap and containers.conf (as root),
@@ -51,6 +52,8 @@ for key, image in DEFAULTS.images.items():
 }
 
 image_of() { names | sed -n "s/^$1=//p"; }
+
+list() { local key; for key in "${KEYS[@]}"; do image_of "$key"; done; }
 
 docker_daemon() {  # a docker daemon (not podman's Docker-compatible socket) answers
   local info
@@ -207,8 +210,9 @@ command="${1:-build}"
 case "$command" in
   build) build "$@" ;;
   names) names "$@" ;;
+  list) list ;;
   engine) engine ;;
   tools) tools ;;
   training|predictor|mlflow) build "$command" "$@" ;;
-  *) die "unknown command '$command' (build, names, engine, tools)" ;;
+  *) die "unknown command '$command' (build, list, names, engine, tools)" ;;
 esac
