@@ -22,19 +22,27 @@ from pathlib import Path
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 
-from mlstack import dvcdata, evaluation, registry, training, validation  # noqa: E402
-from mlstack.local_run import run_local  # noqa: E402
+from mlstack.data import (
+    validate,  # noqa: E402
+    versions,  # noqa: E402
+)
+from mlstack.pipeline.local import run_pipeline  # noqa: E402
 from mlstack.settings import DEFAULTS, Settings  # noqa: E402
-from mlstack.tracking import sqlite_store  # noqa: E402
+from mlstack.train import (
+    evaluation,  # noqa: E402
+    registry,  # noqa: E402
+    training,  # noqa: E402
+)
+from mlstack.train.tracking import sqlite_store  # noqa: E402
 
 
 def floor(repo: Path, uri: str, work: Path) -> float:
     """ingest → validate → train → evaluate → register as plain calls in one process."""
     started = time.perf_counter()
     data = work / "data.csv"
-    version = dvcdata.read_version(str(repo), DEFAULTS.data_path, "HEAD", data)
-    validation.validate_file(data)
-    lineage = training.Lineage(version.md5, DEFAULTS.data_path, version.git_sha)
+    version = versions.read_version(str(repo), DEFAULTS.data_path, "HEAD", data)
+    validate.validate_file(data)
+    lineage = training.TrainingLineage(version.md5, DEFAULTS.data_path, version.git_sha)
     result = training.train_and_log(
         data, training.HyperParams(), lineage, uri, "bench-floor", 0.25, 42
     )
@@ -55,7 +63,7 @@ def main() -> None:
     for i in range(args.repeat):
         with tempfile.TemporaryDirectory() as tmp:
             tmp_path = Path(tmp)
-            repo = dvcdata.seeded_repo(
+            repo = versions.seeded_repo(
                 tmp_path / "repo",
                 tmp_path / "remote",
                 DEFAULTS.data_path,
@@ -67,10 +75,10 @@ def main() -> None:
 
             floors.append(floor(repo, uri, tmp_path))
             t = time.perf_counter()
-            first = run_local(settings, out=io.StringIO())
+            first = run_pipeline(settings, out=io.StringIO())
             cold.append(time.perf_counter() - t)
             t = time.perf_counter()
-            second = run_local(settings, out=io.StringIO())
+            second = run_pipeline(settings, out=io.StringIO())
             cached.append(time.perf_counter() - t)
             assert second.executed == [] and second.mlflow_run_id == first.mlflow_run_id
             # the same through the command line a user types (interpreter start-up included)

@@ -33,10 +33,10 @@ from pathlib import Path
 
 import joblib
 
-from mlstack import datagen
-from mlstack import profile as profiles
+from mlstack.data import generate
+from mlstack.data import profile as profiles
 from mlstack.schema import TARGET
-from mlstack.training import SKOPS_TRUSTED_TYPES, HyperParams, build_model, features
+from mlstack.train.training import SKOPS_TRUSTED_TYPES, HyperParams, build_model, features
 from serving.codec import NAMES, Batch
 from serving.compiled import compile_model
 
@@ -189,7 +189,7 @@ def main() -> None:
     import mlflow
 
     work = Path(tempfile.mkdtemp(prefix="bench-serving-"))
-    df = datagen.generate(4000, 7)
+    df = generate.generate(4000, 7)
     model = build_model(HyperParams())
     model.fit(features(df), df[TARGET])
     mlflow.sklearn.save_model(
@@ -199,7 +199,7 @@ def main() -> None:
     (work / "mlserver").mkdir()
     joblib.dump(model, work / "mlserver" / "model.joblib")
 
-    sample = datagen.generate(64, 3).dropna()  # MLServer's pandas codec has no nulls for str
+    sample = generate.generate(64, 3).dropna()  # MLServer's pandas codec has no nulls for str
     bodies_ours = {
         n: v2_body(Batch.from_frame(sample.head(n)), "probabilities", False) for n in (1, 32)
     }

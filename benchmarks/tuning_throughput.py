@@ -22,20 +22,22 @@ import yaml
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 
-from mlstack import dvcdata, katib  # noqa: E402
-from mlstack.settings import DEFAULTS, code_root  # noqa: E402
-from mlstack.tracking import sqlite_store  # noqa: E402
-from mlstack.training import HyperParams, Lineage, train_and_log  # noqa: E402
+from mlstack.data import versions  # noqa: E402
+from mlstack.settings import DEFAULTS  # noqa: E402
+from mlstack.train.tracking import sqlite_store  # noqa: E402
+from mlstack.train.training import HyperParams, TrainingLineage, train_and_log  # noqa: E402
+from mlstack.tune import spec  # noqa: E402
+from mlstack.tune.run import tune_local  # noqa: E402
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--trials", type=int, default=6)
     args = parser.parse_args()
-    doc = yaml.safe_load((code_root() / "katib" / "experiment.yaml").read_text())
+    doc = yaml.safe_load(DEFAULTS.katib_experiment.read_text())
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
-        repo = dvcdata.seeded_repo(
+        repo = versions.seeded_repo(
             tmp_path / "repo",
             tmp_path / "remote",
             DEFAULTS.data_path,
@@ -53,8 +55,8 @@ def main() -> None:
         fixed["spec"].pop("earlyStopping")
         fixed["spec"]["maxTrialCount"] = args.trials
         for parallel in (1, 2):
-            exp = katib.parse(fixed)
-            result = katib.tune_local(
+            exp = spec.parse(fixed)
+            result = tune_local(
                 exp, uri, "bench-tuning", str(repo), "HEAD", parallel=parallel, progress=False
             )
             ok = sum(t.status == "Succeeded" for t in result.trials)
@@ -63,13 +65,11 @@ def main() -> None:
                 f"parallel {parallel}: {ok} trials in {result.seconds:.1f}s = {rates[parallel]:.1f} trials/min"
             )
 
-        tuned = katib.tune_local(
-            katib.parse(doc), uri, "bench-tuning", str(repo), "HEAD", progress=False
-        )
+        tuned = tune_local(spec.parse(doc), uri, "bench-tuning", str(repo), "HEAD", progress=False)
         best = HyperParams.from_strings(tuned.best_parameters())
         data = tmp_path / "data.csv"
-        version = dvcdata.read_version(str(repo), DEFAULTS.data_path, "HEAD", data)
-        lineage = Lineage(version.md5, DEFAULTS.data_path, version.git_sha)
+        version = versions.read_version(str(repo), DEFAULTS.data_path, "HEAD", data)
+        lineage = TrainingLineage(version.md5, DEFAULTS.data_path, version.git_sha)
         scores = {}
         for label, params in (("defaults", HyperParams()), ("tuned", best)):
             r = train_and_log(

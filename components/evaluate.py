@@ -23,8 +23,8 @@ def evaluate(
 ) -> bool:
     """Returns whether every gate passed (one unnamed output: what kfp.local's conditions read)."""
     from mlstack.errors import exit_on_error
-    from mlstack.evaluation import evaluate as run_evaluation
     from mlstack.settings import Gates, load_settings
+    from mlstack.train.evaluation import evaluate as run_evaluation
 
     with exit_on_error():
         result = run_evaluation(

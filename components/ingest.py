@@ -12,7 +12,7 @@ from mlstack.settings import DEFAULTS
 def ingest(repo: str, data_path: str, data_rev: str, dataset: Output[Dataset]) -> NamedTuple(
     "IngestOutputs", [("data_md5", str), ("git_sha", str)]
 ):
-    from mlstack.dvcdata import read_version
+    from mlstack.data.versions import read_version
     from mlstack.errors import exit_on_error
     from mlstack.settings import load_settings
 

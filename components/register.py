@@ -17,9 +17,9 @@ def register(
     experiment_name: str,
 ) -> NamedTuple("RegisterOutputs", [("version", str), ("alias", str)]):
     from mlstack.errors import exit_on_error
-    from mlstack.evaluation import Decision
-    from mlstack.registry import register as register_version
     from mlstack.settings import load_settings
+    from mlstack.train.evaluation import Decision
+    from mlstack.train.registry import register as register_version
 
     with exit_on_error():
         registration = register_version(

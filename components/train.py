@@ -31,13 +31,13 @@ def train(
 
     from mlstack.errors import exit_on_error
     from mlstack.settings import load_settings
-    from mlstack.training import HyperParams, Lineage, train_and_log
+    from mlstack.train.training import HyperParams, TrainingLineage, train_and_log
 
     with exit_on_error():
         result = train_and_log(
             dataset.path,
             HyperParams(learning_rate, max_iter, max_depth, l2_regularization, class_weight),
-            Lineage(data_md5, data_path, git_sha, kfp_run_id, kfp_run_name),
+            TrainingLineage(data_md5, data_path, git_sha, kfp_run_id, kfp_run_name),
             tracking_uri or load_settings().mlflow_tracking_uri,
             experiment_name,
             test_size,

@@ -33,9 +33,9 @@ def tune(
     import os
 
     from mlstack.errors import exit_on_error
-    from mlstack.katib import tune as run_tuning
     from mlstack.settings import load_settings
-    from mlstack.training import HyperParams
+    from mlstack.train.training import HyperParams
+    from mlstack.tune.run import tune as run_tuning
 
     # the trials split the data as the pipeline's train and evaluate steps do
     os.environ.update(

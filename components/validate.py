@@ -8,10 +8,10 @@ from mlstack.settings import DEFAULTS
 
 @dsl.component(base_image=DEFAULTS.training_image, install_kfp_package=False)
 def validate(dataset: Input[Dataset], report: Output[Metrics]):
+    from mlstack.data.validate import validate_file
     from mlstack.errors import exit_on_error
-    from mlstack.validation import validate_file
 
     with exit_on_error():
-        profile = validate_file(dataset.path, report.path)
-    for key, value in profile.items():
+        summary = validate_file(dataset.path, report.path)
+    for key, value in summary.items():
         report.log_metric(key, value)

@@ -1,4 +1,4 @@
-"""Render the Grafana dashboards (mlstack/monitoring.py) to PNG from the real metrics of a local run.
+"""Render the Grafana dashboards (mlstack/monitor/dashboards.py) to PNG from the real metrics of a local run.
 
 It trains and registers a model in a temporary MLflow store, serves it with the predictor on
 127.0.0.1, has Prometheus (Debian's package) scrape it every second, and sends about three
@@ -31,12 +31,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import yaml  # noqa: E402
 
-from mlstack import datagen, monitoring, registry  # noqa: E402
-from mlstack.evaluation import evaluate  # noqa: E402
+from mlstack.data import generate  # noqa: E402
+from mlstack.monitor import dashboards  # noqa: E402
 from mlstack.schema import feature_names  # noqa: E402
 from mlstack.settings import DEFAULTS, Gates  # noqa: E402
-from mlstack.tracking import sqlite_store  # noqa: E402
-from mlstack.training import HyperParams, Lineage, train_and_log  # noqa: E402
+from mlstack.train import registry  # noqa: E402
+from mlstack.train.evaluation import evaluate  # noqa: E402
+from mlstack.train.tracking import sqlite_store  # noqa: E402
+from mlstack.train.training import HyperParams, TrainingLineage, train_and_log  # noqa: E402
 
 MODEL = DEFAULTS.model_name
 
@@ -94,7 +96,7 @@ def rows(df) -> list[dict]:
 
 def traffic(url: str, seconds: float) -> None:
     """Calm rows, a burst of bad requests, then drifted rows, each a third of the time."""
-    calm, drifted = rows(datagen.generate(3000, 90)), rows(datagen.generate(3000, 91, drift=True))
+    calm, drifted = rows(generate.generate(3000, 90)), rows(generate.generate(3000, 91, drift=True))
     rng = random.Random(5)
     start = time.monotonic()
     while (elapsed := time.monotonic() - start) < seconds:
@@ -108,7 +110,7 @@ def traffic(url: str, seconds: float) -> None:
 
 
 def draw(prom: str, uid: str, start: float, end: float, out: Path) -> Path:
-    title, panels = monitoring.DASHBOARDS[uid]
+    title, panels = dashboards.DASHBOARDS[uid]
     cols = 2
     rows_n = (len(panels) + 1) // cols
     fig, axes = plt.subplots(rows_n, cols, figsize=(12, 3.2 * rows_n), squeeze=False)
@@ -151,8 +153,8 @@ def main() -> None:
         tmp = Path(tmp_name)
         uri = sqlite_store(tmp / "mlflow")
         data = tmp / "train.csv"
-        datagen.write_csv(datagen.generate(DEFAULTS.data_rows, DEFAULTS.data_seed), data)
-        lineage = Lineage("local-run", DEFAULTS.data_path, "0" * 40, "local")
+        generate.write_csv(generate.generate(DEFAULTS.data_rows, DEFAULTS.data_seed), data)
+        lineage = TrainingLineage("local-run", DEFAULTS.data_path, "0" * 40, "local")
         trained = train_and_log(data, HyperParams(), lineage, uri, "dashboards", 0.25, 42)
         decision = evaluate(data, trained.run_id, MODEL, uri, "dashboards", Gates(), 0.25, 42)
         registry.register(trained.run_id, trained.model_uri, MODEL, decision, uri, "dashboards")
@@ -181,7 +183,7 @@ def main() -> None:
             start = time.time()
             traffic(f"http://127.0.0.1:{p_port}/v1/models/{MODEL}:predict", args.seconds)
             time.sleep(3)
-            for uid in monitoring.DASHBOARDS:
+            for uid in dashboards.DASHBOARDS:
                 print(f"wrote {draw(base, uid, start, time.time(), args.out)}")
         finally:
             for proc in (prom, predictor):

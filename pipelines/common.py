@@ -10,7 +10,7 @@ from components.register import register
 from components.train import train
 from components.validate import validate
 from mlstack.settings import DEFAULTS
-from mlstack.training import HyperParams
+from mlstack.train.training import HyperParams
 
 HP = HyperParams()  # the defaults the pipelines' hyperparameter inputs start from
 

@@ -11,14 +11,14 @@ import yaml
 from kfp import dsl
 
 from components.tune import tune
-from mlstack.settings import DEFAULTS, code_root
+from mlstack.settings import DEFAULTS
 from pipelines.common import TrainingOutputs, ingest_and_validate, train_evaluate_register
 
 
 def experiment_json() -> str:
     """katib/experiment.yaml as one line of JSON (valid YAML too): KFP writes parameter defaults
     into the IR's header comment, where a multi-line default would break the YAML."""
-    doc = yaml.safe_load((code_root() / "katib" / "experiment.yaml").read_text())
+    doc = yaml.safe_load(DEFAULTS.katib_experiment.read_text())
     return json.dumps(doc, sort_keys=True, separators=(",", ":"))
 
 

@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def resolve(model_uri: str, dst: Path) -> tuple[Path, str]:
+def download_model(model_uri: str, dst: Path) -> tuple[Path, str]:
     """Download a registry version (by alias or number) to ``dst``; returns (dir, version)."""
     import mlflow
     from mlflow import MlflowClient
@@ -95,7 +95,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="mlstack-model-") as tmp:
         model_dir, version = Path(args.model_dir), args.model_version
         if args.model_uri:
-            model_dir, version = resolve(args.model_uri, Path(tmp))
+            model_dir, version = download_model(args.model_uri, Path(tmp))
         model = ChurnModel(
             args.model_name,
             model_dir,

@@ -41,7 +41,7 @@ class Batch:
 
     def to_frame(self) -> pd.DataFrame:
         """The model's input frame, made by the same ``features`` as in training."""
-        from mlstack.training import features
+        from mlstack.train.training import features
 
         frame = pd.DataFrame(self.numeric, columns=[f.name for f in NUMERIC])
         for j, f in enumerate(CATEGORICAL):

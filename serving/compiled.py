@@ -70,7 +70,7 @@ class CompiledModel:
 
 
 def compile_model(pipeline: object) -> CompiledModel | None:
-    """Compile the Pipeline built by ``mlstack.training.build_model``; None for anything else."""
+    """Compile the Pipeline built by ``mlstack.train.training.build_model``; None for anything else."""
     try:
         pre = pipeline.named_steps["preprocess"]  # type: ignore[attr-defined]
         clf = pipeline.named_steps["classifier"]  # type: ignore[attr-defined]

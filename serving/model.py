@@ -13,8 +13,8 @@ from kserve import Model
 from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
-from mlstack import datagen
-from mlstack import profile as profiles
+from mlstack.data import generate
+from mlstack.data import profile as profiles
 from mlstack.schema import DECISION_THRESHOLD
 from serving import codec, monitoring
 from serving.codec import Batch, InputError
@@ -28,7 +28,7 @@ _V1_KEYS = {"instances", "inputs", "parameters"}
 
 
 @dataclass(frozen=True)
-class Lineage:
+class ModelLineage:
     model_version: str
     data_md5: str = ""
     git_sha: str = ""
@@ -59,7 +59,7 @@ class ChurnModel(Model):
         self.pipeline: Any = None
         self.compiled: CompiledModel | None = None
         self.drift: monitoring.DriftWindow | None = None
-        self.lineage: Lineage | None = None
+        self.lineage: ModelLineage | None = None
 
     def load(self) -> bool:
         import mlflow
@@ -68,7 +68,7 @@ class ChurnModel(Model):
         meta = mlmodel.metadata or {}
         self.pipeline = mlflow.sklearn.load_model(str(self.model_dir))
         compiled = compile_model(self.pipeline)
-        probe = Batch.from_frame(datagen.generate(500, seed=12345, drift=True))
+        probe = Batch.from_frame(generate.generate(500, seed=12345, drift=True))
         if compiled is not None and verify(compiled, self.pipeline, probe):
             self.compiled = compiled
         else:
@@ -79,7 +79,7 @@ class ChurnModel(Model):
             monitoring.DRIFT.windows[self.name] = self.drift
         self.threshold = float(meta.get("decision_threshold", DECISION_THRESHOLD))
         lineage = meta.get("lineage", {})
-        self.lineage = Lineage(
+        self.lineage = ModelLineage(
             model_version=self.model_version,
             data_md5=lineage.get("data_md5", ""),
             git_sha=lineage.get("git_sha", ""),

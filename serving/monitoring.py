@@ -19,8 +19,8 @@ from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from mlstack import profile as profiles
-from mlstack.profile import FeatureProfile
+from mlstack.data import profile as profiles
+from mlstack.data.profile import FeatureProfile
 from serving.codec import CATEGORICAL, NUMERIC, Batch
 
 PREDICTIONS = Counter(

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from mlstack import datagen
+from mlstack.data import generate
 from mlstack.settings import Settings
-from mlstack.tracking import sqlite_store
+from mlstack.train.tracking import sqlite_store
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -52,9 +52,9 @@ def free_port() -> int:
 
 def make_data_repo(path: Path, remote: Path, rows: int = SMALL_ROWS, seed: int = 7) -> Path:
     """A git repo with DVC, a local-directory default remote and one committed data version."""
-    from mlstack import dvcdata
+    from mlstack.data import versions
 
-    return dvcdata.seeded_repo(path, remote, "data/churn.csv", rows, seed)
+    return versions.seeded_repo(path, remote, "data/churn.csv", rows, seed)
 
 
 @pytest.fixture
@@ -75,5 +75,5 @@ def settings(data_repo: Path, tmp_path: Path, tracking_uri: str) -> Settings:
 @pytest.fixture
 def dataset_csv(tmp_path: Path) -> Path:
     path = tmp_path / "churn.csv"
-    datagen.write_csv(datagen.generate(SMALL_ROWS, 7), path)
+    generate.write_csv(generate.generate(SMALL_ROWS, 7), path)
     return path

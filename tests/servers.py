@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from mlstack import datagen, registry
-from mlstack.evaluation import evaluate
+from mlstack.data import generate
 from mlstack.settings import Gates
-from mlstack.tracking import sqlite_store
-from mlstack.training import HyperParams, Lineage, train_and_log
+from mlstack.train import registry
+from mlstack.train.evaluation import evaluate
+from mlstack.train.tracking import sqlite_store
+from mlstack.train.training import HyperParams, TrainingLineage, train_and_log
 
 
 def call(url: str, body: bytes | dict | None = None, content_type: str = "application/json"):
@@ -34,11 +35,11 @@ def call(url: str, body: bytes | dict | None = None, content_type: str = "applic
         return 0, {}, b""
 
 
-def registered_model(tmp: Path, model: str, lineage: Lineage, max_iter: int = 80) -> str:
+def registered_model(tmp: Path, model: str, lineage: TrainingLineage, max_iter: int = 80) -> str:
     """Train on 1500 seeded rows and register the model as @champion in a sqlite store; its URI."""
     uri = sqlite_store(tmp / "mlflow")
     data = tmp / "train.csv"
-    datagen.write_csv(datagen.generate(1500, 7), data)
+    generate.write_csv(generate.generate(1500, 7), data)
     trained = train_and_log(data, HyperParams(max_iter=max_iter), lineage, uri, "tests", 0.25, 42)
     gates = Gates(min_roc_auc=0.5, min_f1=0.1)
     decision = evaluate(data, trained.run_id, model, uri, "tests", gates, 0.25, 42)

@@ -10,7 +10,7 @@ from pathlib import Path
 import boto3
 import pytest
 
-from mlstack import datagen, dvcdata
+from mlstack.data import generate, versions
 from mlstack.errors import StackError
 from tests.conftest import free_port, git
 
@@ -44,8 +44,8 @@ def test_s3_remote_round_trip(data_repo: Path, tmp_path: Path, s3_endpoint: str)
     assert "secret" not in (data_repo / ".dvc/config").read_text()
 
     new = tmp_path / "v2.csv"
-    datagen.write_csv(datagen.generate(800, 21), new)
-    version = dvcdata.add_version(data_repo, new, "data/churn.csv", "data: v2 on s3")
+    generate.write_csv(generate.generate(800, 21), new)
+    version = versions.add_version(data_repo, new, "data/churn.csv", "data: v2 on s3")
 
     keys = [
         o["Key"]
@@ -57,7 +57,7 @@ def test_s3_remote_round_trip(data_repo: Path, tmp_path: Path, s3_endpoint: str)
 
     clone = tmp_path / "clone"
     git(tmp_path, "clone", "-q", str(data_repo), str(clone))
-    got = dvcdata.read_version(str(clone), "data/churn.csv", "HEAD", tmp_path / "out.csv")
+    got = versions.read_version(str(clone), "data/churn.csv", "HEAD", tmp_path / "out.csv")
     assert got.md5 == version.md5
     assert (tmp_path / "out.csv").read_bytes() == new.read_bytes()
 
@@ -78,9 +78,9 @@ def test_unreachable_s3_remote_fails_cleanly_and_commits_nothing(
     git(data_repo, "commit", "-qam", "dvc: s3 remote (down)")
     head = git(data_repo, "rev-parse", "HEAD")
     new = tmp_path / "v2.csv"
-    datagen.write_csv(datagen.generate(800, 22), new)
+    generate.write_csv(generate.generate(800, 22), new)
     with pytest.raises(StackError) as err:
-        dvcdata.add_version(data_repo, new, "data/churn.csv", "never")
+        versions.add_version(data_repo, new, "data/churn.csv", "never")
     assert "dvc push" in str(err.value) and "\n" not in str(err.value)
     assert git(data_repo, "rev-parse", "HEAD") == head
     assert git(data_repo, "status", "--porcelain") == ""
@@ -95,11 +95,11 @@ def test_endpoint_from_the_environment(
     dvc(data_repo, "remote", "add", "s3", f"s3://{BUCKET}/env")
     git(data_repo, "commit", "-qam", "dvc: s3 remote, endpoint from the environment")
     new = tmp_path / "v3.csv"
-    datagen.write_csv(datagen.generate(600, 23), new)
-    version = dvcdata.add_version(data_repo, new, "data/churn.csv", "data: v3", remote="s3")
+    generate.write_csv(generate.generate(600, 23), new)
+    version = versions.add_version(data_repo, new, "data/churn.csv", "data: v3", remote="s3")
     clone = tmp_path / "clone"
     git(tmp_path, "clone", "-q", str(data_repo), str(clone))
-    got = dvcdata.read_version(
+    got = versions.read_version(
         str(clone), "data/churn.csv", "HEAD", tmp_path / "o.csv", remote="s3"
     )
     assert got.md5 == version.md5

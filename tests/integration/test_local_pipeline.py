@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from mlstack import datagen, dvcdata
+from mlstack.data import generate, versions
 from mlstack.errors import StackError
-from mlstack.local_run import run_local
+from mlstack.pipeline.local import run_pipeline
 from tests.conftest import git
 
 pytestmark = pytest.mark.slow
@@ -20,11 +20,11 @@ def test_cold_run_cached_rerun_new_data_and_corrupt_data(settings, data_repo: Pa
     client = MlflowClient(settings.mlflow_tracking_uri)
     out = io.StringIO()
 
-    first = run_local(settings, out=out)
+    first = run_pipeline(settings, out=out)
     assert first.executed == STEPS and first.cached == []
     assert (first.model_version, first.alias) == ("1", "champion")
     assert first.decision.passed and first.decision.champion is None
-    assert first.data_md5 == dvcdata.pointer_md5(data_repo / "data/churn.csv.dvc")
+    assert first.data_md5 == versions.pointer_md5(data_repo / "data/churn.csv.dvc")
     assert first.git_sha == git(data_repo, "rev-parse", "HEAD")
     run = client.get_run(first.mlflow_run_id)
     assert run.data.tags["kfp_run_name"] == first.kfp_run_name
@@ -39,16 +39,16 @@ def test_cold_run_cached_rerun_new_data_and_corrupt_data(settings, data_repo: Pa
         assert needle in rendered
 
     # same data, same parameters: every step is a cache hit, evaluate and register included
-    second = run_local(settings, out=io.StringIO())
+    second = run_pipeline(settings, out=io.StringIO())
     assert second.executed == [] and second.cached == STEPS
     assert second.mlflow_run_id == first.mlflow_run_id
     assert second.kfp_run_name != first.kfp_run_name
 
     # a new data version: everything runs again and is compared with the champion
     new = tmp_path / "v2.csv"
-    datagen.write_csv(datagen.generate(1200, 99), new)
-    dvcdata.add_version(data_repo, new, "data/churn.csv", "data: v2")
-    third = run_local(settings, out=io.StringIO())
+    generate.write_csv(generate.generate(1200, 99), new)
+    versions.add_version(data_repo, new, "data/churn.csv", "data: v2")
+    third = run_pipeline(settings, out=io.StringIO())
     assert third.executed[:2] == ["evaluate", "ingest"]
     assert third.decision.champion_version == "1" and third.decision.champion is not None
     assert third.data_md5 != first.data_md5
@@ -63,14 +63,14 @@ def test_cold_run_cached_rerun_new_data_and_corrupt_data(settings, data_repo: Pa
     bad.loc[3, "monthly_charges"] = "unknown"
     bad_path = tmp_path / "bad.csv"
     bad.to_csv(bad_path, index=False)
-    dvcdata.add_version(data_repo, bad_path, "data/churn.csv", "data: corrupt")
+    versions.add_version(data_repo, bad_path, "data/churn.csv", "data: corrupt")
     with pytest.raises(StackError, match="step 'validate'.*column 'monthly_charges': dtype"):
-        run_local(settings, out=io.StringIO())
+        run_pipeline(settings, out=io.StringIO())
     assert len(client.search_model_versions(f"name='{settings.model_name}'")) == versions_before
 
 
 def test_failing_gates_register_nothing(settings):
-    summary = run_local(settings, arguments={"min_roc_auc": 0.999}, out=io.StringIO())
+    summary = run_pipeline(settings, arguments={"min_roc_auc": 0.999}, out=io.StringIO())
     assert not summary.decision.passed
     assert summary.model_version is None
     assert "registered     nothing" in summary.render()

@@ -12,7 +12,7 @@ import pytest
 from mlflow import MlflowClient
 
 from mlstack.errors import StackError
-from mlstack.local_run import run_local
+from mlstack.pipeline.local import run_pipeline
 from mlstack.settings import Settings
 from tests.conftest import free_port
 
@@ -69,7 +69,7 @@ def test_pipeline_against_mlflow_server(mlflow_server: str, data_repo: Path, tmp
     settings = Settings(
         repo_root=data_repo, state_dir=tmp_path / "state", tracking_uri=mlflow_server
     )
-    summary = run_local(settings, out=io.StringIO())
+    summary = run_pipeline(settings, out=io.StringIO())
     assert (summary.model_version, summary.alias) == ("1", "champion")
     client = MlflowClient(mlflow_server)
     mv = client.get_model_version_by_alias(settings.model_name, "champion")
@@ -85,7 +85,7 @@ def test_unreachable_mlflow_is_one_line_and_fast(data_repo: Path, tmp_path: Path
     settings = Settings(repo_root=data_repo, state_dir=tmp_path / "state", tracking_uri=dead)
     started = time.monotonic()
     with pytest.raises(StackError, match="unreachable") as err:
-        run_local(settings, out=io.StringIO())
+        run_pipeline(settings, out=io.StringIO())
     assert time.monotonic() - started < 10
     assert "\n" not in str(err.value)
     assert not (tmp_path / "state" / "kfp").exists()

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mlstack import datagen
-from mlstack.relay import Relay, make_server
+from mlstack.data import generate
+from mlstack.monitor.relay import Relay, make_server
 from mlstack.settings import code_root
-from mlstack.training import Lineage
+from mlstack.train.training import TrainingLineage
 from serving.codec import NAMES
 from tests.conftest import free_port
 from tests.servers import call, registered_model, start, stop
@@ -95,7 +95,7 @@ def alerts(prom: str) -> list[dict]:
 )
 def test_drift_fires_and_reaches_github_as_repository_dispatch(tmp_path):
     uri = registered_model(
-        tmp_path, MODEL, Lineage("md5", "data/churn.csv", "c" * 40, "kfp"), max_iter=40
+        tmp_path, MODEL, TrainingLineage("md5", "data/churn.csv", "c" * 40, "kfp"), max_iter=40
     )
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
     p_port, prom_port, am_port = free_port(), free_port(), free_port()
@@ -139,13 +139,13 @@ def test_drift_fires_and_reaches_github_as_repository_dispatch(tmp_path):
             tmp_path / "prometheus.log", f"{prom}/-/ready",
         ))  # fmt: skip
         url = f"{predictor}/v1/models/{MODEL}:predict"
-        calm = rows(datagen.generate(WINDOW, 70))
+        calm = rows(generate.generate(WINDOW, 70))
         for i in range(0, WINDOW, 50):
             assert call(url, {"instances": calm[i : i + 50]})[0] == 200
         time.sleep(4)  # scraped and evaluated: calm traffic raises nothing
         assert alerts(prom) == []
 
-        drifted = rows(datagen.generate(WINDOW, 71, drift=True))
+        drifted = rows(generate.generate(WINDOW, 71, drift=True))
         for i in range(0, WINDOW, 50):
             assert call(url, {"instances": drifted[i : i + 50]})[0] == 200
         seen: list[str] = []

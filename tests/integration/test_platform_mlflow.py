@@ -15,8 +15,9 @@ import boto3
 import pytest
 from mlflow import MlflowClient
 
-from mlstack import promote, tracking
+from mlstack.deploy import promote
 from mlstack.settings import code_root
+from mlstack.train import tracking
 from tests.conftest import free_port
 from tests.kube import render
 from tests.servers import start
@@ -125,7 +126,7 @@ def test_mlflow_server_as_deployed_postgres_s3_proxy_and_allowed_hosts(tmp_path,
         assert again.get_model_version_by_alias("churn-classifier", "champion").version == "1"
         assert again.get_metric_history(run.info.run_id, "roc_auc")[0].value == 0.9
         # promotion hands KServe an S3 location that really holds the model, not a proxy URI
-        release = promote.resolve("churn-classifier", "champion", f"http://localhost:{port}",
+        release = promote.resolve_release("churn-classifier", "champion", f"http://localhost:{port}",
                                   env["MLFLOW_ARTIFACTS_DESTINATION"])  # fmt: skip
         bucket, _, key = release.storage_uri.removeprefix("s3://").partition("/")
         store.head_object(Bucket=bucket, Key=f"{key}/MLmodel")

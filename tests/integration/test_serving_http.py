@@ -12,8 +12,8 @@ import mlflow
 import numpy as np
 import pytest
 
-from mlstack import datagen
-from mlstack.training import Lineage
+from mlstack.data import generate
+from mlstack.train.training import TrainingLineage
 from serving.codec import NAMES, Batch
 from tests.conftest import free_port
 from tests.servers import call, registered_model, start, stop
@@ -26,7 +26,9 @@ WINDOW = 200
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("serving")
-    uri = registered_model(tmp, MODEL, Lineage("md5-abc", "data/churn.csv", "a" * 40, "kfp-1"))
+    uri = registered_model(
+        tmp, MODEL, TrainingLineage("md5-abc", "data/churn.csv", "a" * 40, "kfp-1")
+    )
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     proc = start(
@@ -48,7 +50,7 @@ def _up(base: str) -> bool:
     return call(f"{base}/v2/health/live")[0] == 200
 
 
-ROWS = datagen.generate(20, 31)
+ROWS = generate.generate(20, 31)
 
 
 def rows_as_objects(df=ROWS) -> list[dict]:
@@ -204,7 +206,7 @@ def metrics(base: str) -> dict[str, float]:
 
 def test_metrics_prediction_mix_errors_info_and_drift(server):
     base, _, _, _ = server
-    calm = rows_as_objects(datagen.generate(WINDOW, 77))
+    calm = rows_as_objects(generate.generate(WINDOW, 77))
     for i in range(0, WINDOW, 50):
         assert call(f"{base}/v1/models/{MODEL}:predict", {"instances": calm[i : i + 50]})[0] == 200
     before = metrics(base)
@@ -220,7 +222,7 @@ def test_metrics_prediction_mix_errors_info_and_drift(server):
     assert any(k.startswith("request_predict_seconds_bucket") for k in m)  # KServe's own
     psi = f'model_feature_drift_psi{{feature="monthly_charges",model_name="{MODEL}"}}'
     assert m[psi] < 0.1
-    drifted = rows_as_objects(datagen.generate(WINDOW, 78, drift=True))
+    drifted = rows_as_objects(generate.generate(WINDOW, 78, drift=True))
     for i in range(0, WINDOW, 50):
         assert (
             call(f"{base}/v1/models/{MODEL}:predict", {"instances": drifted[i : i + 50]})[0] == 200

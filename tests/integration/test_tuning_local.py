@@ -8,12 +8,13 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from mlstack import katib
-from mlstack.local_run import run_local
-from mlstack.settings import code_root
-from mlstack.trial import metric_line
+from mlstack.pipeline.local import run_pipeline
+from mlstack.settings import DEFAULTS
+from mlstack.tune import spec
+from mlstack.tune.run import tune_local
+from mlstack.tune.trial import metric_line
 
-MANIFEST = yaml.safe_load((code_root() / "katib" / "experiment.yaml").read_text())
+MANIFEST = yaml.safe_load(DEFAULTS.katib_experiment.read_text())
 
 
 def small(max_trials: int, parallel: int) -> dict:
@@ -27,16 +28,14 @@ def small(max_trials: int, parallel: int) -> dict:
 
 def test_metric_line_is_what_the_collector_reads():
     line = metric_line(50, {"roc_auc": 0.81, "f1": 0.6, "average_precision": 0.7, "accuracy": 0.9})
-    got = dict(katib.parse_metrics(line, (katib.DEFAULT_METRICS_FORMAT,), ("roc_auc", "f1")))
+    got = dict(spec.parse_metrics(line, (spec.DEFAULT_METRICS_FORMAT,), ("roc_auc", "f1")))
     assert got == {"roc_auc": 0.81, "f1": 0.6}
     assert line[:4].isdigit() and line[19] == "Z"  # timestamped, for early stopping
 
 
 def test_local_experiment_with_the_training_entrypoint(data_repo: Path, tracking_uri: str):
-    exp = katib.parse(small(max_trials=3, parallel=2))
-    result = katib.tune_local(
-        exp, tracking_uri, "tuning-test", str(data_repo), "HEAD", progress=False
-    )
+    exp = spec.parse(small(max_trials=3, parallel=2))
+    result = tune_local(exp, tracking_uri, "tuning-test", str(data_repo), "HEAD", progress=False)
     assert [t.status for t in result.trials].count("Succeeded") >= 2
     best = result.best
     assert 0.5 < best.observation["roc_auc"] <= 1.0
@@ -57,7 +56,7 @@ def test_local_experiment_with_the_training_entrypoint(data_repo: Path, tracking
 
 @pytest.mark.slow
 def test_tuning_pipeline_runs_locally(settings):
-    summary = run_local(
+    summary = run_pipeline(
         settings,
         arguments={"tune_backend": "local", "experiment_yaml": yaml.safe_dump(small(2, 2))},
         out=io.StringIO(),

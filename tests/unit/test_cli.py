@@ -5,8 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from mlstack.cli import main, parse_params
+from mlstack.cli import main
 from mlstack.errors import StackError
+from mlstack.pipeline.compile import parse_params
 from mlstack.settings import load_settings
 
 IR = load_settings().ir_path
@@ -51,7 +52,7 @@ def test_generate_writes_a_valid_dataset(tmp_path: Path, capsys):
     out = tmp_path / "batch.csv"
     main(["data", "generate", str(out), "--rows", "300", "--seed", "4", "--drift"])
     assert "wrote 300 rows" in capsys.readouterr().out
-    from mlstack.validation import validate_file
+    from mlstack.data.validate import validate_file
 
     assert validate_file(out)["rows"] == 300
 

@@ -1,7 +1,7 @@
 import pytest
 
-from mlstack.evaluation import Decision, decide
 from mlstack.settings import Gates
+from mlstack.train.evaluation import Decision, decide
 
 GATES = Gates(min_roc_auc=0.75, min_f1=0.4, max_regression=0.01)
 

@@ -9,9 +9,9 @@ import kserve.models
 import pytest
 import yaml
 
-from mlstack.k8s_schema import Walker, manifest_errors
 from mlstack.settings import code_root
 from tests.kube import render
+from tests.support.k8s_schema import Walker, manifest_errors
 
 ROOT = code_root()
 OVERLAYS = ["staging", "production"]

@@ -10,8 +10,8 @@ import urllib.request
 import pytest
 import yaml
 
-from mlstack import monitoring
-from mlstack.relay import Relay, make_server
+from mlstack.monitor import dashboards
+from mlstack.monitor.relay import Relay, make_server
 from mlstack.settings import code_root
 
 MON = code_root() / "manifests" / "monitoring"
@@ -69,14 +69,14 @@ def test_promtool_catches_a_wrong_expectation(tmp_path):
 
 
 def test_generated_files_are_fresh_and_the_rule_is_the_plain_file():
-    assert monitoring.stale() == [], "run `mlstack monitoring build`"
+    assert dashboards.stale() == [], "run `mlstack monitoring build`"
     rule = yaml.safe_load((MON / "prometheusrule.yaml").read_text())
     assert rule["kind"] == "PrometheusRule"
     assert rule["spec"] == yaml.safe_load((MON / "rules.yaml").read_text())
 
 
 def test_every_panel_query_parses(tmp_path):
-    exprs = monitoring.expressions()
+    exprs = dashboards.expressions()
     assert len(exprs) >= 10
     rules = {
         "groups": [
@@ -113,8 +113,8 @@ def test_dashboards_ship_as_sidecar_configmaps():
     ]
     assert maps["metadata"]["labels"]["grafana_dashboard"] == "1"
     titles = {json.loads(v)["title"] for v in maps["data"].values()}
-    assert titles == {title for title, _ in monitoring.DASHBOARDS.values()}
-    for uid in monitoring.DASHBOARDS:
+    assert titles == {title for title, _ in dashboards.DASHBOARDS.values()}
+    for uid in dashboards.DASHBOARDS:
         board = json.loads(maps["data"][f"{uid}.json"])
         assert board["uid"] == uid and all(p["targets"][0]["expr"] for p in board["panels"])
 
@@ -188,7 +188,7 @@ def test_relay_http_refuses_bad_input_and_reports_github_failures(tmp_path):
 
 
 def test_relay_needs_its_token(monkeypatch):
-    from mlstack.relay import main
+    from mlstack.monitor.relay import main
 
     monkeypatch.delenv("GITHUB_TOKEN", raising=False)
     with pytest.raises(SystemExit, match="GITHUB_TOKEN"):

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import yaml
 
-from mlstack.compile import compile_all, compile_pipeline, read_ir, stale
-from mlstack.settings import DEFAULTS, code_root, load_settings
+from mlstack.pipeline.compile import compile_all, compile_pipeline, read_ir, stale
+from mlstack.settings import DEFAULTS, load_settings
 
 IR = load_settings().ir_path
 TUNING_IR = load_settings().tuning_ir_path
@@ -61,7 +61,7 @@ def test_tuning_ir_feeds_the_best_parameters_to_train():
             "producerTask": "tune",
         }
     params = spec["root"]["inputDefinitions"]["parameters"]
-    experiment = yaml.safe_load((code_root() / "katib" / "experiment.yaml").read_text())
+    experiment = yaml.safe_load(DEFAULTS.katib_experiment.read_text())
     assert yaml.safe_load(params["experiment_yaml"]["defaultValue"]) == experiment
     assert params["tune_backend"]["defaultValue"] == "cluster"
 

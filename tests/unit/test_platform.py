@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mlstack.k8s_schema import manifest_errors
-from mlstack.settings import code_root, load_settings
+from mlstack.settings import DEFAULTS, code_root, load_settings
 from tests.kube import render
+from tests.support.k8s_schema import manifest_errors
 from tests.unit.test_manifests import checkov, kubernetes_validate
 
 ROOT = code_root()
@@ -123,7 +123,7 @@ def test_mlflow_server_postgres_s3_allowed_hosts_and_the_url_its_clients_use():
     url = f"http://mlflow.mlops.svc.cluster.local:{port}"
     assert f"mlflow.mlops.svc.cluster.local:{port}" in args["allowed-hosts"].split(",")
     # what the in-cluster clients are configured with is that Service
-    experiment = yaml.safe_load((ROOT / "katib" / "experiment.yaml").read_text())
+    experiment = yaml.safe_load(DEFAULTS.katib_experiment.read_text())
     trial = experiment["spec"]["trialTemplate"]["trialSpec"]["spec"]["template"]["spec"]
     trial_env = {e["name"]: e.get("value") for e in trial["containers"][0]["env"]}
     assert trial_env["MLFLOW_TRACKING_URI"] == url
@@ -277,14 +277,14 @@ def test_e2e_workflow_trains_promotes_syncs_and_asserts_a_prediction():
 
 
 def test_the_dvc_secret_gives_every_key_the_pipeline_and_the_trials_read():
-    from mlstack.compile import read_ir
+    from mlstack.pipeline.compile import read_ir
     from pipelines.common import DVC_SECRET_KEYS
 
     secret = load_settings().dvc_secret
     _, platform = read_ir(load_settings().ir_path)
     [ingest] = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"].values()
     pipeline_keys = {k["secretKey"] for s in ingest["secretAsEnv"] for k in s["keyToEnv"]}
-    experiment = yaml.safe_load((ROOT / "katib" / "experiment.yaml").read_text())
+    experiment = yaml.safe_load(DEFAULTS.katib_experiment.read_text())
     trial = experiment["spec"]["trialTemplate"]["trialSpec"]["spec"]["template"]["spec"]
     trial_keys = {
         e["valueFrom"]["secretKeyRef"]["key"]

@@ -10,11 +10,12 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from mlstack import promote, registry
+from mlstack.deploy import promote
 from mlstack.errors import StackError
-from mlstack.evaluation import evaluate
 from mlstack.settings import Gates, code_root
-from mlstack.training import HyperParams, Lineage, train_and_log
+from mlstack.train import registry
+from mlstack.train.evaluation import evaluate
+from mlstack.train.training import HyperParams, TrainingLineage, train_and_log
 from tests.conftest import git
 
 MODEL = "churn-promote"
@@ -23,7 +24,9 @@ DIGEST = "ghcr.io/mlstack/churn-predictor@sha256:" + "a" * 64
 
 @pytest.fixture
 def registered(dataset_csv: Path, tracking_uri: str) -> str:
-    lineage = Lineage("md5-xyz", "data/churn.csv", "b" * 40, "kfp-run-9", "churn-training-x")
+    lineage = TrainingLineage(
+        "md5-xyz", "data/churn.csv", "b" * 40, "kfp-run-9", "churn-training-x"
+    )
     trained = train_and_log(
         dataset_csv, HyperParams(max_iter=40), lineage, tracking_uri, "p", 0.25, 42
     )
@@ -53,7 +56,7 @@ def render(manifests: Path, env: str) -> dict:
 
 
 def test_promote_writes_only_the_promotion_fields_and_keeps_comments(registered, manifests):
-    release = promote.resolve(MODEL, "champion", registered)
+    release = promote.resolve_release(MODEL, "champion", registered)
     assert release.version == "1" and release.lineage["data_md5"] == "md5-xyz"
     path = manifests / "overlays/staging/promotion.yaml"
     before = path.read_text()
@@ -81,7 +84,7 @@ def test_promote_writes_only_the_promotion_fields_and_keeps_comments(registered,
 
 
 def test_second_identical_promotion_changes_nothing(registered, manifests):
-    release = promote.resolve(MODEL, "1", registered)
+    release = promote.resolve_release(MODEL, "1", registered)
     assert promote.promote(manifests, "production", release, canary=10)
     path = manifests / "overlays/production/promotion.yaml"
     text, mtime = path.read_text(), path.stat().st_mtime_ns
@@ -95,10 +98,10 @@ def test_refusals(registered, manifests, dataset_csv):
     run = client.search_runs([client.get_experiment_by_name("p").experiment_id])[0]
     ungated = client.create_model_version(MODEL, f"runs:/{run.info.run_id}/model", run.info.run_id)
     with pytest.raises(StackError, match="not marked as having passed the quality gates"):
-        promote.resolve(MODEL, str(ungated.version), registered)
+        promote.resolve_release(MODEL, str(ungated.version), registered)
     with pytest.raises(StackError, match="no version 'nope'"):
-        promote.resolve(MODEL, "nope", registered)
-    release = promote.resolve(MODEL, "1", registered)
+        promote.resolve_release(MODEL, "nope", registered)
+    release = promote.resolve_release(MODEL, "1", registered)
     with pytest.raises(StackError, match="pinned by digest"):
         promote.promote(
             manifests, "staging", release, image="ghcr.io/mlstack/churn-predictor:latest"
@@ -121,7 +124,7 @@ def test_a_failed_write_leaves_the_old_file(registered, manifests, monkeypatch):
 
     monkeypatch.setattr(os, "replace", broken_replace)
     with pytest.raises(OSError, match="disk full"):
-        promote.promote(manifests, "staging", promote.resolve(MODEL, "1", registered))
+        promote.promote(manifests, "staging", promote.resolve_release(MODEL, "1", registered))
     assert path.read_bytes() == before
     assert [p.name for p in path.parent.iterdir() if p.name.startswith(".")] == []
 
@@ -130,7 +133,9 @@ def test_rollback_is_git_revert(registered, manifests):
     repo = manifests.parent
     path = manifests / "overlays/production/promotion.yaml"
     before = path.read_bytes()
-    promote.promote(manifests, "production", promote.resolve(MODEL, "1", registered), canary=25)
+    promote.promote(
+        manifests, "production", promote.resolve_release(MODEL, "1", registered), canary=25
+    )
     git(repo, "commit", "-qam", "promote churn-promote v1 to production")
     assert (
         render(manifests, "production")["metadata"]["annotations"]["mlstack.io/model-version"]
@@ -205,7 +210,7 @@ def test_command_line_image_only_and_model_card(registered, manifests, tmp_path)
 
 
 def test_proxied_artifact_uris_map_onto_the_servers_destination():
-    from mlstack.promote import storage_location
+    from mlstack.deploy.promote import storage_location
 
     dest = "s3://mlflow-artifacts"
     assert storage_location("mlflow-artifacts:/1/models/m-1/artifacts", dest) == (

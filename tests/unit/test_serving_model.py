@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from mlstack import datagen
-from mlstack import profile as profiles
+from mlstack.data import generate
+from mlstack.data import profile as profiles
 from mlstack.schema import TARGET
-from mlstack.training import HyperParams, build_model, features
+from mlstack.train.training import HyperParams, build_model, features
 from serving.codec import Batch
 from serving.compiled import compile_model, verify
 from serving.monitoring import DriftWindow
@@ -14,7 +14,7 @@ from serving.monitoring import DriftWindow
 
 @pytest.fixture(scope="module")
 def fitted():
-    df = datagen.generate(1500, 7)
+    df = generate.generate(1500, 7)
     model = build_model(HyperParams(max_iter=60, max_depth=5))
     model.fit(features(df), df[TARGET])
     return df, model
@@ -24,7 +24,7 @@ def test_fast_path_matches_sklearn_with_missing_and_unknown_values(fitted):
     _, model = fitted
     compiled = compile_model(model)
     assert compiled is not None
-    probe = Batch.from_frame(datagen.generate(800, 3, drift=True))
+    probe = Batch.from_frame(generate.generate(800, 3, drift=True))
     probe.categorical[0, 0] = "never-seen"
     probe.categorical[1, 1] = None
     probe.numeric[2, :] = np.nan
@@ -52,9 +52,9 @@ def test_profile_round_trip_and_psi(fitted):
     for p in ref.values():
         assert sum(p.expected) == pytest.approx(1.0)
     same = DriftWindow(ref, 1000)
-    same.update(Batch.from_frame(datagen.generate(1000, 99)))
+    same.update(Batch.from_frame(generate.generate(1000, 99)))
     drifted = DriftWindow(ref, 1000)
-    drifted.update(Batch.from_frame(datagen.generate(1000, 99, drift=True)))
+    drifted.update(Batch.from_frame(generate.generate(1000, 99, drift=True)))
     calm, moved = same.psi(), drifted.psi()
     assert max(calm.values()) < 0.1
     assert moved["monthly_charges"] > 0.25 and moved["support_calls"] > 0.25
@@ -64,11 +64,12 @@ def test_profile_round_trip_and_psi(fitted):
 def test_drift_window_slides(fitted):
     df, _ = fitted
     window = DriftWindow(profiles.build(df), 300)
-    window.update(Batch.from_frame(datagen.generate(250, 5, drift=True)))
+    window.update(Batch.from_frame(generate.generate(250, 5, drift=True)))
     assert window.filled == 250
     for seed in range(4):  # 400 calm rows push every drifted row out
-        window.update(Batch.from_frame(datagen.generate(100, 50 + seed)))
+        window.update(Batch.from_frame(generate.generate(100, 50 + seed)))
     assert window.filled == 300
     assert window.psi()["monthly_charges"] < 0.1
-    window.update(Batch.from_frame(datagen.generate(1000, 9, drift=True)))  # bigger than the window
+    # bigger than the window
+    window.update(Batch.from_frame(generate.generate(1000, 9, drift=True)))
     assert window.filled == 300 and window.psi()["monthly_charges"] > 0.25

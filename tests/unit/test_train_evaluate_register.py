@@ -6,14 +6,14 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
-from mlstack import registry
 from mlstack.errors import StackError
-from mlstack.evaluation import evaluate
 from mlstack.settings import Gates
-from mlstack.training import HyperParams, Lineage, train_and_log
+from mlstack.train import registry
+from mlstack.train.evaluation import evaluate
+from mlstack.train.training import HyperParams, TrainingLineage, train_and_log
 
 EXP, MODEL = "test-exp", "test-model"
-LINEAGE = Lineage("abc123", "data/churn.csv", "f" * 40, "kfp-id-1", "churn-training-x")
+LINEAGE = TrainingLineage("abc123", "data/churn.csv", "f" * 40, "kfp-id-1", "churn-training-x")
 
 
 def train(dataset: Path, uri: str, **hp) -> str:
@@ -145,11 +145,13 @@ def test_failed_alias_move_keeps_the_previous_challenger(
 def test_held_out_rows_stay_held_out_in_later_data_versions():
     import pandas as pd
 
-    from mlstack import datagen
-    from mlstack.training import split
+    from mlstack.data import generate
+    from mlstack.train.training import split
 
-    v1 = datagen.generate(1000, 7)
-    v2 = pd.concat([v1, datagen.generate(600, 8)], ignore_index=True).sample(frac=1, random_state=3)
+    v1 = generate.generate(1000, 7)
+    v2 = pd.concat([v1, generate.generate(600, 8)], ignore_index=True).sample(
+        frac=1, random_state=3
+    )
     train_v1, _ = split(v1, 0.25, 42)
     _, held_v2 = split(v2, 0.25, 42)
     both = train_v1.merge(held_v2, how="inner")

@@ -4,13 +4,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mlstack import datagen
-from mlstack.validation import DataValidationError, find_violations, validate_file
+from mlstack.data import generate
+from mlstack.data.validate import DataValidationError, find_violations, validate_file
 
 
 @pytest.fixture(scope="module")
 def good() -> pd.DataFrame:
-    return datagen.generate(600, 3)
+    return generate.generate(600, 3)
 
 
 def rules(df: pd.DataFrame) -> set[tuple[str, str]]:
@@ -94,9 +94,9 @@ def test_validate_file_rejects_unreadable_csv(tmp_path: Path):
         validate_file(path)
 
 
-def test_validate_file_returns_profile(good, tmp_path: Path):
+def test_validate_file_returns_a_summary(good, tmp_path: Path):
     path = tmp_path / "d.csv"
-    datagen.write_csv(good, path)
-    profile = validate_file(path)
-    assert profile["rows"] == 600
-    assert 0.1 < profile["positive_share"] < 0.5
+    generate.write_csv(good, path)
+    summary = validate_file(path)
+    assert summary["rows"] == 600
+    assert 0.1 < summary["positive_share"] < 0.5

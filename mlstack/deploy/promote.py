@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from mlstack import tracking
 from mlstack.errors import StackError
+from mlstack.train import tracking
 
 ENVIRONMENTS = ("staging", "production")
 STORAGE_URI = "/spec/predictor/containers/0/env/0/value"
@@ -56,7 +56,7 @@ def storage_location(uri: str, artifacts_destination: str) -> str:
     return f"{artifacts_destination.rstrip('/')}/{urlparse(uri).path.lstrip('/')}"
 
 
-def resolve(
+def resolve_release(
     model_name: str, ref: str, tracking_uri: str, artifacts_destination: str = ""
 ) -> Release:
     """The registry version behind ``ref`` (a number or an alias), if it passed the gates."""

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mlstack import tracking
 from mlstack.errors import StackError
-from mlstack.evaluation import CHALLENGER, CHAMPION, Decision, champion_version
+from mlstack.train import tracking
+from mlstack.train.evaluation import CHALLENGER, CHAMPION, Decision, champion_version
 
 
 @dataclass(frozen=True)

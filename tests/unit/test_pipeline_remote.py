@@ -18,8 +18,8 @@ from kfp_server_api.models import (
     V2beta1Run,
 )
 
-from mlstack import kfp_remote
 from mlstack.errors import StackError
+from mlstack.pipeline import remote
 from mlstack.settings import code_root, load_settings
 from tests.conftest import free_port, git
 
@@ -124,17 +124,17 @@ class KfpStandIn:
         return [name for name, _ in self.calls]
 
 
-def schedule(**changes) -> kfp_remote.Schedule:
+def schedule(**changes) -> remote.Schedule:
     base = dict(name="weekly", pipeline="training.yaml", cron="0 17 3 * * 1", git_sha=SHA,
                 parameters={"repo": "https://git.example/x.git", "data_rev": "main"})  # fmt: skip
-    return kfp_remote.Schedule(**{**base, **changes})
+    return remote.Schedule(**{**base, **changes})
 
 
-def managed(s: kfp_remote.Schedule, run_id: str, description=None) -> V2beta1RecurringRun:
+def managed(s: remote.Schedule, run_id: str, description=None) -> V2beta1RecurringRun:
     return V2beta1RecurringRun(
         recurring_run_id=run_id,
         display_name=s.name,
-        description=description or kfp_remote.MANAGED + s.fingerprint,
+        description=description or remote.MANAGED + s.fingerprint,
     )
 
 
@@ -142,7 +142,7 @@ def test_no_endpoint_is_one_clear_line():
     with pytest.raises(
         StackError, match=r"no KFP endpoint reachable at http://127.0.0.1:\d+"
     ) as err:
-        kfp_remote.connect(f"http://127.0.0.1:{free_port()}")
+        remote.connect(f"http://127.0.0.1:{free_port()}")
     assert "\n" not in str(err.value)
     done = subprocess.run(
         [sys.executable, "-m", "mlstack.cli", "run", "submit", "--endpoint", f"http://127.0.0.1:{free_port()}"],
@@ -155,7 +155,7 @@ def test_no_endpoint_is_one_clear_line():
 def test_submit_names_the_run_by_sha_and_reports_a_failed_wait():
     client = KfpStandIn()
     ir = load_settings().ir_path
-    done = kfp_remote.submit(
+    done = remote.submit(
         client, "http://kfp.example", ir, {"repo": "r"}, "churn", SHA, service_account="runner"
     )
     assert done.url == "http://kfp.example/#/runs/details/run-42"
@@ -164,7 +164,7 @@ def test_submit_names_the_run_by_sha_and_reports_a_failed_wait():
     assert call["service_account"] == "runner"
     assert call["run_name"].startswith(f"training-{SHA[:12]}-")
     with pytest.raises(StackError, match="run run-42 ended FAILED"):
-        kfp_remote.submit(client, "http://kfp.example", ir, {}, "churn", SHA, wait_seconds=60)
+        remote.submit(client, "http://kfp.example", ir, {}, "churn", SHA, wait_seconds=60)
 
 
 def test_plan_creates_replaces_deletes_and_leaves_unmanaged_runs_alone():
@@ -178,13 +178,13 @@ def test_plan_creates_replaces_deletes_and_leaves_unmanaged_runs_alone():
         ),
     ]
     desired = [keep, schedule(name="change", cron="0 0 4 * * 2"), schedule(name="new")]
-    plan = kfp_remote.plan(desired, actual)
+    plan = remote.plan(desired, actual)
     assert [s.name for s in plan.create] == ["new"]
     assert [(s.name, i) for s, i in plan.replace] == [("change", "r-change")]
     assert plan.delete == [("gone", "r-gone")]
     assert plan.keep == ["keep"]
     assert "+ create  new" in plan.render() and "- delete  gone" in plan.render()
-    assert kfp_remote.plan([keep], [managed(keep, "r-keep")]).empty
+    assert remote.plan([keep], [managed(keep, "r-keep")]).empty
 
 
 def test_sync_applies_the_plan_with_the_version_pinned_to_the_sha(data_repo: Path):
@@ -195,34 +195,34 @@ def test_sync_applies_the_plan_with_the_version_pinned_to_the_sha(data_repo: Pat
     sha = git(data_repo, "rev-parse", "HEAD")
     desired = [schedule(git_sha=sha)]
     client = KfpStandIn(recurring=[managed(schedule(name="old"), "r-old")])
-    dry = kfp_remote.sync(client, data_repo, "churn", desired, dry_run=True)
+    dry = remote.sync(client, data_repo, "churn", desired, dry_run=True)
     assert [s.name for s in dry.create] == [
         "weekly"
     ] and "create_recurring_run" not in client.names()
-    kfp_remote.sync(client, data_repo, "churn", desired, dry_run=False, service_account="runner")
+    remote.sync(client, data_repo, "churn", desired, dry_run=False, service_account="runner")
     assert ("delete_recurring_run", {"recurring_run_id": "r-old"}) in client.calls
     [created] = [c for n, c in client.calls if n == "create_recurring_run"]
     assert created["job_name"] == "weekly" and created["version_id"] == "v-1"
     assert created["cron_expression"] == "0 17 3 * * 1" and created["enable_caching"] is False
-    assert created["description"] == kfp_remote.MANAGED + desired[0].fingerprint
+    assert created["description"] == remote.MANAGED + desired[0].fingerprint
     assert created["service_account"] == "runner"
     [uploaded] = [c for n, c in client.calls if n == "upload_pipeline_version"]
     assert uploaded["pipeline_version_name"] == f"training-{sha[:12]}"
     # applied again against what now exists: nothing to do
     again = KfpStandIn(recurring=[managed(desired[0], "r-new")])
-    assert kfp_remote.sync(again, data_repo, "churn", desired, dry_run=False).empty
+    assert remote.sync(again, data_repo, "churn", desired, dry_run=False).empty
     assert "create_recurring_run" not in again.names()
 
 
 def test_schedules_file_is_valid_and_errors_name_the_entry(tmp_path: Path):
-    experiment, schedules = kfp_remote.load_schedules(code_root() / "pipelines" / "schedules.yaml")
+    experiment, schedules = remote.load_schedules(code_root() / "pipelines" / "schedules.yaml")
     assert experiment and schedules and all(len(s.git_sha) == 40 for s in schedules)
     bad = tmp_path / "s.yaml"
     bad.write_text(
         "experiment: e\nschedules:\n  - {name: a, pipeline: training.yaml, cron: '0 3 * * 1', git_sha: x}\n"
     )
     with pytest.raises(StackError, match=r"schedules\[0\]: cron '0 3 \* \* 1' needs six fields"):
-        kfp_remote.load_schedules(bad)
+        remote.load_schedules(bad)
     bad.write_text("experiment: e\nschedules:\n  - {name: a, pipelin: training.yaml}\n")
     with pytest.raises(StackError, match=r"unknown key\(s\) \['pipelin'\]"):
-        kfp_remote.load_schedules(bad)
+        remote.load_schedules(bad)

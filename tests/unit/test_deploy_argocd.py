@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from mlstack.cluster import THIS_REPOSITORY, root_application
+from mlstack.deploy.argocd import THIS_REPOSITORY, root_application
 from mlstack.settings import code_root
 from tests.kube import render
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from mlstack import datagen, dvcdata
+from mlstack.data import generate, versions
 from mlstack.errors import StackError
 from tests.conftest import git
 
@@ -15,11 +15,11 @@ def test_add_version_pushes_then_commits_and_reads_back_from_a_fresh_clone(
     data_repo: Path, tmp_path: Path
 ):
     first_sha = git(data_repo, "rev-parse", "HEAD")
-    first_md5 = dvcdata.pointer_md5(data_repo / "data/churn.csv.dvc")
+    first_md5 = versions.pointer_md5(data_repo / "data/churn.csv.dvc")
     new = tmp_path / "drifted.csv"
-    datagen.write_csv(datagen.generate(900, 8, drift=True), new)
+    generate.write_csv(generate.generate(900, 8, drift=True), new)
 
-    version = dvcdata.add_version(data_repo, new, "data/churn.csv", "data: drifted batch")
+    version = versions.add_version(data_repo, new, "data/churn.csv", "data: drifted batch")
 
     assert version.git_sha == git(data_repo, "rev-parse", "HEAD") != first_sha
     assert version.md5 != first_md5
@@ -28,8 +28,8 @@ def test_add_version_pushes_then_commits_and_reads_back_from_a_fresh_clone(
     # a clone has no DVC cache: both versions must come from the remote
     clone = tmp_path / "clone"
     git(tmp_path, "clone", "-q", str(data_repo), str(clone))
-    old = dvcdata.read_version(str(clone), "data/churn.csv", first_sha, tmp_path / "old.csv")
-    cur = dvcdata.read_version(str(clone), "data/churn.csv", "HEAD", tmp_path / "cur.csv")
+    old = versions.read_version(str(clone), "data/churn.csv", first_sha, tmp_path / "old.csv")
+    cur = versions.read_version(str(clone), "data/churn.csv", "HEAD", tmp_path / "cur.csv")
     assert (old.md5, cur.md5) == (first_md5, version.md5)
     assert old.git_sha == first_sha
     assert (tmp_path / "cur.csv").read_bytes() == new.read_bytes()
@@ -47,10 +47,10 @@ def test_failed_push_restores_pointer_and_data_and_commits_nothing(data_repo: Pa
         check=True,
     )
     new = tmp_path / "new.csv"
-    datagen.write_csv(datagen.generate(700, 9), new)
+    generate.write_csv(generate.generate(700, 9), new)
 
     with pytest.raises(StackError, match="dvc push to remote 'broken' failed"):
-        dvcdata.add_version(data_repo, new, "data/churn.csv", "never", remote="broken")
+        versions.add_version(data_repo, new, "data/churn.csv", "never", remote="broken")
 
     assert git(data_repo, "rev-parse", "HEAD") == head
     assert (data_repo / "data/churn.csv.dvc").read_text() == pointer
@@ -59,9 +59,9 @@ def test_failed_push_restores_pointer_and_data_and_commits_nothing(data_repo: Pa
 
 def test_read_of_untracked_path_or_bad_rev_is_one_line_error(data_repo: Path, tmp_path: Path):
     with pytest.raises(StackError, match="cannot read data/nope.csv"):
-        dvcdata.read_version(str(data_repo), "data/nope.csv", "HEAD", tmp_path / "x.csv")
+        versions.read_version(str(data_repo), "data/nope.csv", "HEAD", tmp_path / "x.csv")
     with pytest.raises(StackError, match="rev-parse"):
-        dvcdata.read_version(str(data_repo), "data/churn.csv", "no-such-rev", tmp_path / "x.csv")
+        versions.read_version(str(data_repo), "data/churn.csv", "no-such-rev", tmp_path / "x.csv")
 
 
 def test_missing_remote_data_is_a_clear_error(data_repo: Path, tmp_path: Path):
@@ -71,7 +71,7 @@ def test_missing_remote_data_is_a_clear_error(data_repo: Path, tmp_path: Path):
         if obj.is_file():
             obj.unlink()
     with pytest.raises(StackError, match="cannot read data/churn.csv"):
-        dvcdata.read_version(str(clone), "data/churn.csv", "HEAD", tmp_path / "x.csv")
+        versions.read_version(str(clone), "data/churn.csv", "HEAD", tmp_path / "x.csv")
 
 
 def test_bootstrap_rebuilds_the_seeded_version_on_a_fresh_clone(tmp_path: Path):
@@ -91,13 +91,13 @@ def test_bootstrap_rebuilds_the_seeded_version_on_a_fresh_clone(tmp_path: Path):
         return clone
 
     clone = fresh_clone("a")
-    md5 = dvcdata.bootstrap(clone, "data/churn.csv", rows=500, seed=5)
-    assert md5 == dvcdata.pointer_md5(clone / "data/churn.csv.dvc")
+    md5 = versions.bootstrap(clone, "data/churn.csv", rows=500, seed=5)
+    assert md5 == versions.pointer_md5(clone / "data/churn.csv.dvc")
     assert any(p.is_file() for p in (tmp_path / "a-r").rglob("*"))  # pushed to the new remote
 
     other = fresh_clone("b")
     with pytest.raises(StackError, match="seeded generator gives md5"):
-        dvcdata.bootstrap(other, "data/churn.csv", rows=500, seed=6)
+        versions.bootstrap(other, "data/churn.csv", rows=500, seed=6)
     assert not (other / "data/churn.csv").exists()
 
 
@@ -123,16 +123,16 @@ def test_failed_first_add_on_a_fresh_clone_leaves_nothing(data_repo: Path, tmp_p
     git(clone, "commit", "-qam", "broken remote")
     status = git(clone, "status", "--porcelain")
     new = tmp_path / "new.csv"
-    datagen.write_csv(datagen.generate(500, 3), new)
+    generate.write_csv(generate.generate(500, 3), new)
     with pytest.raises(StackError, match="dvc push"):
-        dvcdata.add_version(clone, new, "data/churn.csv", "never")
+        versions.add_version(clone, new, "data/churn.csv", "never")
     assert not (clone / "data/churn.csv").exists()  # it was not there before
     assert git(clone, "status", "--porcelain") == status
 
 
 def test_adding_the_same_data_again_changes_nothing(data_repo: Path):
     head = git(data_repo, "rev-parse", "HEAD")
-    same = dvcdata.add_version(data_repo, data_repo / "data/churn.csv", "data/churn.csv", "again")
+    same = versions.add_version(data_repo, data_repo / "data/churn.csv", "data/churn.csv", "again")
     assert same.git_sha == head == git(data_repo, "rev-parse", "HEAD")
 
 
@@ -141,7 +141,7 @@ def test_bootstrap_leaves_a_modified_data_file_alone(data_repo: Path):
     target.write_text(target.read_text() + "1,2,3,4,5,one-year,card,dsl,0\n")
     edited = target.read_bytes()
     with pytest.raises(StackError, match="differs from the committed version"):
-        dvcdata.bootstrap(data_repo, "data/churn.csv", rows=1200, seed=7)
+        versions.bootstrap(data_repo, "data/churn.csv", rows=1200, seed=7)
     assert target.read_bytes() == edited
 
 
@@ -152,8 +152,8 @@ def test_resolve_rev_over_a_url_matches_names_exactly(data_repo: Path, tmp_path:
     feature = git(data_repo, "rev-parse", "HEAD")
     git(data_repo, "tag", "-a", "v1", "-m", "release", main)
     url = data_repo.as_uri()
-    assert dvcdata.resolve_rev(url, "main") == main
-    assert dvcdata.resolve_rev(url, "feature/main") == feature
-    assert dvcdata.resolve_rev(url, "v1") == main  # the commit, not the tag object
+    assert versions.resolve_rev(url, "main") == main
+    assert versions.resolve_rev(url, "feature/main") == feature
+    assert versions.resolve_rev(url, "v1") == main  # the commit, not the tag object
     with pytest.raises(StackError, match="no branch or tag named 'nope'"):
-        dvcdata.resolve_rev(url, "nope")
+        versions.resolve_rev(url, "nope")

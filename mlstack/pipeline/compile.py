@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import Any
 
+from mlstack.errors import StackError
 from mlstack.settings import code_root
+
+_TYPES = {"NUMBER_DOUBLE": float, "NUMBER_INTEGER": int, "STRING": str, "BOOLEAN": bool}
 
 
 def pipelines() -> dict[str, object]:
@@ -53,4 +57,25 @@ def stale(directory: Path | None = None) -> list[str]:
             checked_in = directory / name
             if not checked_in.exists() or fresh.read_bytes() != checked_in.read_bytes():
                 out.append(name)
+    return out
+
+
+def parse_params(pairs: list[str], ir_path: Path) -> dict[str, Any]:
+    """``key=value`` pairs typed by the pipeline's own input definitions in ``ir_path``.
+
+    Raises ``StackError`` naming the pair that is malformed, unknown or of the wrong type."""
+    spec, _ = read_ir(ir_path)
+    defs = spec["root"]["inputDefinitions"]["parameters"]
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep:
+            raise StackError(f"--param {pair!r}: expected key=value")
+        if key not in defs:
+            raise StackError(f"--param {key}: not a pipeline parameter (known: {', '.join(defs)})")
+        kind = _TYPES[defs[key]["parameterType"]]
+        try:
+            out[key] = raw.lower() in ("1", "true", "yes") if kind is bool else kind(raw)
+        except ValueError:
+            raise StackError(f"--param {key}: {raw!r} is not a {kind.__name__}") from None
     return out

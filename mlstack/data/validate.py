@@ -102,7 +102,7 @@ def find_violations(df: pd.DataFrame) -> list[Violation]:
     return out
 
 
-def profile(df: pd.DataFrame) -> dict[str, float]:
+def summarize(df: pd.DataFrame) -> dict[str, float]:
     """A few figures about a valid dataset, for the step's metrics."""
     return {
         "rows": float(len(df)),
@@ -114,7 +114,8 @@ def profile(df: pd.DataFrame) -> dict[str, float]:
 def validate_file(dataset_path: str | Path, report_path: str | Path | None = None) -> dict:
     """Validate a dataset CSV; raise ``DataValidationError`` on any violation.
 
-    Writes a JSON report (also on failure) when ``report_path`` is given, and returns the profile.
+    Writes a JSON report (also on failure) when ``report_path`` is given, and returns the summary
+    (``summarize``).
     """
     try:
         df = pd.read_csv(dataset_path)
@@ -124,10 +125,10 @@ def validate_file(dataset_path: str | Path, report_path: str | Path | None = Non
     report = {
         "valid": not violations,
         "violations": [asdict(v) for v in violations],
-        "profile": profile(df) if not violations else {},
+        "summary": summarize(df) if not violations else {},
     }
     if report_path is not None:
         Path(report_path).write_text(json.dumps(report, indent=2))
     if violations:
         raise DataValidationError(violations)
-    return report["profile"]
+    return report["summary"]

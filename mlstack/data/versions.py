@@ -175,7 +175,7 @@ def bootstrap(
     generator, so it is rebuilt (into a temporary file), checked against the pointer's md5, and
     pushed. A workspace file that differs from the pointer is the user's: it is left alone.
     """
-    from mlstack import datagen
+    from mlstack.data import generate
 
     pointer = repo_root / pointer_path(data_path)
     if not pointer.exists():
@@ -194,7 +194,7 @@ def bootstrap(
                 repo.pull(targets=[str(pointer)], remote=remote)
     if not target.exists():
         tmp = target.with_name(f".{target.name}.generated")
-        datagen.write_csv(datagen.generate(rows, seed), tmp)
+        generate.write_csv(generate.generate(rows, seed), tmp)
         got = _md5(tmp)
         if got != want:
             tmp.unlink()
@@ -241,11 +241,11 @@ def init_repo(path: Path, remote: Path) -> None:
 def seeded_repo(path: Path, remote: Path, data_path: str, rows: int, seed: int) -> Path:
     """A new repository (``init_repo``) whose first commit after ``dvc init`` is one seeded data
     version at ``data_path``: what tests and benchmarks run the pipeline on."""
-    from mlstack import datagen
+    from mlstack.data import generate
 
     init_repo(path, remote)
     source = path.parent / f".{path.name}-v1.csv"
-    datagen.write_csv(datagen.generate(rows, seed), source)
+    generate.write_csv(generate.generate(rows, seed), source)
     add_version(path, source, data_path, "data: v1")
     source.unlink()
     return path

@@ -1,7 +1,7 @@
 """A seeded generator of churn data, and of a drifted "new production batch".
 
 The same seed, row count and drift flag always give the same bytes, so the dataset behind the
-committed DVC pointer can be rebuilt on a fresh clone (see ``dvcdata.bootstrap``).
+committed DVC pointer can be rebuilt on a fresh clone (see ``mlstack.data.versions.bootstrap``).
 """
 
 from __future__ import annotations

@@ -17,10 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from mlstack import dvcdata, tracking
+from mlstack.data import versions
 from mlstack.errors import StackError
-from mlstack.evaluation import Decision
 from mlstack.settings import Settings
+from mlstack.train import tracking
+from mlstack.train.evaluation import Decision
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _EXECUTING = re.compile(r"Executing task '([^']+)'")
@@ -124,7 +125,7 @@ class RunSummary:
 
 
 def _step_names(ir_path: Path) -> list[str]:
-    from mlstack.compile import read_ir
+    from mlstack.pipeline.compile import read_ir
 
     spec, _ = read_ir(ir_path)
     names: list[str] = []
@@ -155,7 +156,7 @@ def _capture_run_name() -> Iterator[list[str]]:
         executor_input_utils.get_local_pipeline_resource_name = original
 
 
-def run_local(
+def run_pipeline(
     settings: Settings,
     rev: str = "HEAD",
     arguments: dict[str, Any] | None = None,
@@ -168,7 +169,7 @@ def run_local(
 
     out = out or sys.stdout
     repo = str(settings.repo_root)
-    sha = dvcdata.resolve_rev(repo, rev)
+    sha = versions.resolve_rev(repo, rev)
     tracking_uri = settings.mlflow_tracking_uri
     tracking.check_reachable(tracking_uri)
     ir_path = ir_path or settings.ir_path

@@ -10,12 +10,12 @@ import optuna
 import pytest
 import yaml
 
-from mlstack import katib
 from mlstack.errors import StackError
-from mlstack.k8s_schema import experiment_errors
-from mlstack.settings import DEFAULTS, code_root
+from mlstack.settings import DEFAULTS
+from mlstack.tune import cluster, local, run, spec
+from tests.support.k8s_schema import experiment_errors
 
-MANIFEST = yaml.safe_load((code_root() / "katib" / "experiment.yaml").read_text())
+MANIFEST = yaml.safe_load(DEFAULTS.katib_experiment.read_text())
 
 
 def manifest(**spec_changes) -> dict:
@@ -29,13 +29,13 @@ def manifest(**spec_changes) -> dict:
 
 def test_experiment_yaml_is_strictly_valid_and_matches_the_project():
     assert experiment_errors(MANIFEST) == []
-    exp = katib.parse(MANIFEST)
+    exp = spec.parse(MANIFEST)
     assert (exp.objective, exp.maximize, exp.algorithm) == ("roc_auc", True, "tpe")
     assert exp.early_stopping == {"min_trials_required": "3", "start_step": "2"}
     assert exp.container["image"] == DEFAULTS.training_image
     # the trial runs the pipeline's training entrypoint with every parameter
     command = " ".join(exp.container["command"])
-    assert "-m mlstack.trial" in command
+    assert "-m mlstack.tune.trial" in command
     for name in exp.trial_parameters:
         assert f"${{trialParameters.{name}}}" in command
 
@@ -84,10 +84,8 @@ def test_strict_walk_rejects_unknown_fields_and_wrong_types():
     ],
 )
 def test_unsupported_fields_fail_naming_the_field(change, message):
-    with pytest.raises(
-        katib.ExperimentError, match=message.replace("(", r"\(").replace(")", r"\)")
-    ):
-        katib.parse(manifest(**change))
+    with pytest.raises(spec.ExperimentError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        spec.parse(manifest(**change))
 
 
 def test_unknown_placeholder_fails_at_parse_time():
@@ -95,8 +93,8 @@ def test_unknown_placeholder_fails_at_parse_time():
     doc["spec"]["trialTemplate"]["trialSpec"]["spec"]["template"]["spec"]["containers"][0][
         "command"
     ].append("--x=${trialSpec.Name}")
-    with pytest.raises(katib.ExperimentError, match=r"\$\{trialSpec.Name\}: not supported"):
-        katib.parse(doc)
+    with pytest.raises(spec.ExperimentError, match=r"\$\{trialSpec.Name\}: not supported"):
+        spec.parse(doc)
 
 
 # --- parameters, substitution, metrics ---------------------------------------------------------
@@ -105,7 +103,7 @@ def test_unknown_placeholder_fails_at_parse_time():
 def test_parameters_become_optuna_distributions():
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-    params = {p.name: p for p in katib.parse(MANIFEST).parameters}
+    params = {p.name: p for p in spec.parse(MANIFEST).parameters}
     assert params["max_iter"].distribution() == IntDistribution(50, 300, step=50)
     assert params["learning_rate"].distribution() == FloatDistribution(0.02, 0.3)
     assert params["l2_regularization"].distribution() == FloatDistribution(0.0, 1.0, step=0.25)
@@ -113,9 +111,9 @@ def test_parameters_become_optuna_distributions():
     assert params["class_weight"].distribution() == CategoricalDistribution(["balanced", "none"])
     assert params["max_iter"].grid() == [50, 100, 150, 200, 250, 300]
     assert params["l2_regularization"].grid() == [0.0, 0.25, 0.5, 0.75, 1.0]
-    with pytest.raises(katib.ExperimentError, match="grid needs feasibleSpace.step"):
+    with pytest.raises(spec.ExperimentError, match="grid needs feasibleSpace.step"):
         params["learning_rate"].grid()
-    log = katib._parameter(
+    log = spec._parameter(
         0,
         {
             "name": "lr",
@@ -127,8 +125,8 @@ def test_parameters_become_optuna_distributions():
 
 
 def test_trial_command_substitutes_every_parameter():
-    exp = katib.parse(MANIFEST)
-    argv = katib.trial_command(
+    exp = spec.parse(MANIFEST)
+    argv = spec.trial_command(
         exp,
         {
             "learning_rate": "0.05",
@@ -139,15 +137,15 @@ def test_trial_command_substitutes_every_parameter():
         },
     )
     assert argv[0] == sys.executable
-    assert argv[1:3] == ["-m", "mlstack.trial"]
+    assert argv[1:3] == ["-m", "mlstack.tune.trial"]
     assert "--learning-rate=0.05" in argv and "--class-weight=none" in argv
     assert not any("${" in a for a in argv)
-    assert katib.substitute({"a": ["x=${trialParameters.p}"]}, {"p": "1"}) == {"a": ["x=1"]}
-    with pytest.raises(katib.ExperimentError, match="no such trial parameter"):
-        katib.substitute("${trialParameters.q}", {"p": "1"})
+    assert spec.substitute({"a": ["x=${trialParameters.p}"]}, {"p": "1"}) == {"a": ["x=1"]}
+    with pytest.raises(spec.ExperimentError, match="no such trial parameter"):
+        spec.substitute("${trialParameters.q}", {"p": "1"})
 
 
-FMT = (katib.DEFAULT_METRICS_FORMAT,)
+FMT = (spec.DEFAULT_METRICS_FORMAT,)
 NAMES = ("roc_auc", "f1")
 
 
@@ -169,19 +167,19 @@ NAMES = ("roc_auc", "f1")
     ],
 )
 def test_stdout_collector_parsing(line, expected):
-    assert katib.parse_metrics(line, FMT, NAMES) == expected
+    assert spec.parse_metrics(line, FMT, NAMES) == expected
 
 
 def test_custom_metrics_format():
-    assert katib.parse_metrics("roc_auc: 0.7", [r"([\w|-]+)\s*:\s*([+-]?\d*(\.\d+)?)"], NAMES) == [
+    assert spec.parse_metrics("roc_auc: 0.7", [r"([\w|-]+)\s*:\s*([+-]?\d*(\.\d+)?)"], NAMES) == [
         ("roc_auc", 0.7)
     ]
 
 
 def test_metric_strategies():
-    assert katib.observe([0.5, 0.9, 0.7], "max") == 0.9
-    assert katib.observe([0.5, 0.9, 0.7], "min") == 0.5
-    assert katib.observe([0.5, 0.9, 0.7], "latest") == 0.7
+    assert local.observe([0.5, 0.9, 0.7], "max") == 0.9
+    assert local.observe([0.5, 0.9, 0.7], "min") == 0.5
+    assert local.observe([0.5, 0.9, 0.7], "latest") == 0.7
 
 
 # --- algorithms --------------------------------------------------------------------------------
@@ -211,7 +209,7 @@ def test_algorithm_mapping(name, cls, settings):
         ]
         c = doc["spec"]["trialTemplate"]["trialSpec"]["spec"]["template"]["spec"]["containers"][0]
         c["command"] = [a for a in c["command"] if "learningRate" not in a]
-    sampler = katib.sampler(katib.parse(doc))
+    sampler = spec.sampler(spec.parse(doc))
     assert isinstance(sampler, cls)
     if name == "multivariate-tpe":
         assert sampler._multivariate is True
@@ -226,8 +224,8 @@ def test_bad_algorithm_setting_value():
             "algorithmSettings": [{"name": "n_startup_trials", "value": "many"}],
         }
     )
-    with pytest.raises(katib.ExperimentError, match="'many' is not a int"):
-        katib.sampler(katib.parse(doc))
+    with pytest.raises(spec.ExperimentError, match="'many' is not a int"):
+        spec.sampler(spec.parse(doc))
 
 
 # --- median stop, failed-trial budget, early stopping: with small scripted trials ----------------
@@ -236,14 +234,14 @@ def test_bad_algorithm_setting_value():
 def test_median_stop_rule():
     done = [[0.7, 0.8, 0.9], [0.6, 0.7, 0.8], [0.5, 0.6, 0.7]]
     # running averages up to step 2: 0.75, 0.65, 0.55 -> median 0.65
-    assert katib.median_stop([0.5, 0.6], done, True, 3, 2)
-    assert not katib.median_stop([0.5, 0.66], done, True, 3, 2)
-    assert not katib.median_stop([0.1], done, True, 3, 2)  # before start_step
-    assert not katib.median_stop([0.1, 0.1], done[:2], True, 3, 2)  # too few completed trials
-    assert katib.median_stop([0.9, 0.9], [[0.5, 0.5]] * 3, False, 3, 2)  # minimize
+    assert local.median_stop([0.5, 0.6], done, True, 3, 2)
+    assert not local.median_stop([0.5, 0.66], done, True, 3, 2)
+    assert not local.median_stop([0.1], done, True, 3, 2)  # before start_step
+    assert not local.median_stop([0.1, 0.1], done[:2], True, 3, 2)  # too few completed trials
+    assert local.median_stop([0.9, 0.9], [[0.5, 0.5]] * 3, False, 3, 2)  # minimize
 
 
-def scripted(tmp_path: Path, body: str, parameters: list[dict], **spec) -> katib.Experiment:
+def scripted(tmp_path: Path, body: str, parameters: list[dict], **fields) -> spec.Experiment:
     """An Experiment whose trial is a small Python script (the runner's logic, not the model)."""
     script = tmp_path / "trial.py"
     script.write_text(textwrap.dedent(body))
@@ -272,10 +270,10 @@ def scripted(tmp_path: Path, body: str, parameters: list[dict], **spec) -> katib
                     }]}}},
                 },
             },
-            **spec,
+            **fields,
         },
     }  # fmt: skip
-    return katib.parse(doc)
+    return spec.parse(doc)
 
 
 def test_failed_trial_budget_fails_the_experiment(tmp_path):
@@ -291,9 +289,9 @@ def test_failed_trial_budget_fails_the_experiment(tmp_path):
     )
     seen = []
     with pytest.raises(
-        katib.ExperimentError, match="2 failed trials reached maxFailedTrialCount 2"
+        spec.ExperimentError, match="2 failed trials reached maxFailedTrialCount 2"
     ) as err:
-        katib.run_local(exp, progress=False, on_trial=seen.append)
+        local.LocalTuner(exp, progress=False, on_trial=seen.append).run()
     assert "exit code 3: starting" in str(err.value)
     assert [t.status for t in seen] == ["Failed", "Failed"]  # Katib's rule: fail at the budget
 
@@ -315,14 +313,14 @@ def test_trial_env_substitutes_placeholders_and_the_runner_wins(tmp_path):
         {"name": "FROM_RUNNER", "value": "template"},
         {"name": "SECRET", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}},
     ]
-    result = katib.run_local(exp, env={"FROM_RUNNER": "runner!"}, progress=False)
+    result = local.LocalTuner(exp, env={"FROM_RUNNER": "runner!"}, progress=False).run()
     assert result.best.observation["score"] == pytest.approx(0.25)
     doc = copy.deepcopy(exp.raw)
     doc["spec"]["trialTemplate"]["trialSpec"]["spec"]["template"]["spec"]["containers"][0][
         "env"
     ] = [{"name": "POD", "value": "${trialSpec.Name}"}]
-    with pytest.raises(katib.ExperimentError, match="trialSpec.Name"):
-        katib.parse(doc)
+    with pytest.raises(spec.ExperimentError, match="trialSpec.Name"):
+        spec.parse(doc)
 
 
 def test_an_interrupted_runner_leaves_no_trial_running(tmp_path):
@@ -355,7 +353,7 @@ def test_an_interrupted_runner_leaves_no_trial_running(tmp_path):
     threading.Thread(target=stop_soon, daemon=True).start()
     started = time.monotonic()
     with pytest.raises(KeyboardInterrupt):
-        katib.run_local(exp, progress=False)
+        local.LocalTuner(exp, progress=False).run()
     assert time.monotonic() - started < 15  # not waiting for the 30 s trials
     pids = [int(p) for p in marker.read_text().split()]
     assert len(pids) == 2
@@ -378,10 +376,10 @@ def test_missing_objective_metric_is_a_failed_trial(tmp_path):
         [{"name": "q", "parameterType": "discrete", "feasibleSpace": {"list": ["1"]}}],
         maxTrialCount=1,
     )
-    result = katib.run_local(exp, progress=False)
+    result = local.LocalTuner(exp, progress=False).run()
     assert result.trials[0].status == "Failed"
     assert result.trials[0].detail == "no 'score' metric reported"
-    with pytest.raises(katib.ExperimentError, match="no trial succeeded"):
+    with pytest.raises(spec.ExperimentError, match="no trial succeeded"):
         result.best_parameters()
 
 
@@ -419,7 +417,7 @@ def test_early_stopping_stops_the_worse_trial_and_the_best_wins(tmp_path):
             ],
         },
     )
-    result = katib.run_local(exp, progress=False)
+    result = local.LocalTuner(exp, progress=False).run()
     assert [t.assignments["q"] for t in result.trials] == ["0.9", "0.8", "0.7", "0.1"]
     assert [t.status for t in result.trials] == [
         "Succeeded",
@@ -445,7 +443,7 @@ def test_goal_reached_stops_launching(tmp_path):
         ],
         objective={"type": "maximize", "objectiveMetricName": "score", "goal": 0.1},
     )
-    result = katib.run_local(exp, progress=False)
+    result = local.LocalTuner(exp, progress=False).run()
     assert result.status == "GoalReached" and len(result.trials) == 1
 
 
@@ -461,7 +459,7 @@ def test_parallel_trials_run_at_once(tmp_path):
         maxTrialCount=2,
         parallelTrialCount=2,
     )
-    result = katib.run_local(exp, progress=False)
+    result = local.LocalTuner(exp, progress=False).run()
     assert [t.status for t in result.trials] == ["Succeeded", "Succeeded"]
     assert result.seconds < 1.9  # two 1 s trials side by side, not one after the other
 
@@ -503,11 +501,11 @@ SUCCEEDED = {
 
 
 def test_for_cluster_fills_the_trial_env_and_names_uniquely():
-    exp = katib.parse(MANIFEST)
+    exp = spec.parse(MANIFEST)
     env = {"MLSTACK_DATA_REPO": "https://git.example/churn.git", "MLSTACK_DATA_REV": "a" * 40,
            "MLSTACK_PARENT_RUN_ID": "r1", "EXTRA": "1"}  # fmt: skip
-    a, b = katib.for_cluster(exp, "team-ml", env), katib.for_cluster(exp, "team-ml", env)
-    assert katib.for_cluster(exp, "", env)["metadata"]["namespace"] == "ml-training"  # the YAML's
+    a, b = cluster.for_cluster(exp, "team-ml", env), cluster.for_cluster(exp, "team-ml", env)
+    assert cluster.for_cluster(exp, "", env)["metadata"]["namespace"] == "ml-training"  # the YAML's
     assert a["metadata"]["namespace"] == "team-ml"
     assert a["metadata"]["name"] != b["metadata"]["name"]
     assert a["metadata"]["name"].startswith("churn-tuning-")
@@ -521,9 +519,9 @@ def test_for_cluster_fills_the_trial_env_and_names_uniquely():
 
 def test_run_in_cluster_polls_until_succeeded():
     api = FakeCustomObjects([RUNNING, RUNNING, SUCCEEDED])
-    body = katib.for_cluster(katib.parse(MANIFEST), "ns", {})
+    body = cluster.for_cluster(spec.parse(MANIFEST), "ns", {})
     slept = []
-    best = katib.run_in_cluster(
+    best = cluster.run_in_cluster(
         body, timeout_seconds=100, api=api, poll_seconds=5, sleep=slept.append
     )
     assert best == {"learning_rate": "0.05", "max_iter": "250"}
@@ -532,14 +530,14 @@ def test_run_in_cluster_polls_until_succeeded():
 
 
 def test_run_in_cluster_failure_and_timeout_are_clear():
-    body = katib.for_cluster(katib.parse(MANIFEST), "ns", {})
+    body = cluster.for_cluster(spec.parse(MANIFEST), "ns", {})
     failed = {
         "conditions": [{"type": "Failed", "status": "True", "message": "too many failed trials"}]
     }
     with pytest.raises(StackError, match="failed: too many failed trials"):
-        katib.run_in_cluster(body, 100, api=FakeCustomObjects([failed]), sleep=lambda s: None)
+        cluster.run_in_cluster(body, 100, api=FakeCustomObjects([failed]), sleep=lambda s: None)
     with pytest.raises(StackError, match="did not finish in 30s"):
-        katib.run_in_cluster(
+        cluster.run_in_cluster(
             body, 30, api=FakeCustomObjects([RUNNING]), poll_seconds=10, sleep=lambda s: None
         )
 
@@ -548,9 +546,9 @@ def test_no_cluster_is_one_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing-kubeconfig"))
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     with pytest.raises(StackError, match="no Kubernetes cluster configured"):
-        katib.custom_objects_api()
+        cluster.custom_objects_api()
 
 
 def test_tune_refuses_an_unknown_backend():
     with pytest.raises(StackError, match="backend must be 'cluster' or 'local'"):
-        katib.tune(yaml.safe_dump(MANIFEST), "laptop", "ns", "", "e", ".", "HEAD", 1)
+        run.tune(yaml.safe_dump(MANIFEST), "laptop", "ns", "", "e", ".", "HEAD", 1)

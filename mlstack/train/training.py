@@ -26,7 +26,7 @@ from sklearn.metrics import (
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder
 
-from mlstack import profile, tracking
+from mlstack.data import profile
 from mlstack.errors import StackError
 from mlstack.schema import (
     CLASS_NAMES,
@@ -36,6 +36,7 @@ from mlstack.schema import (
     categorical_features,
     numeric_features,
 )
+from mlstack.train import tracking
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,7 @@ class HyperParams:
 
 
 @dataclass(frozen=True)
-class Lineage:
+class TrainingLineage:
     data_md5: str = ""
     data_path: str = ""
     git_sha: str = ""
@@ -180,7 +181,7 @@ class TrainResult:
 def train_and_log(
     dataset_path: str | Path,
     params: HyperParams,
-    lineage: Lineage,
+    lineage: TrainingLineage,
     tracking_uri: str,
     experiment_name: str,
     test_size: float,
@@ -259,7 +260,7 @@ def held_out(dataset_path: str | Path, test_size: float, split_seed: int) -> pd.
 
 __all__ = [
     "HyperParams",
-    "Lineage",
+    "TrainingLineage",
     "TrainResult",
     "build_model",
     "compute_metrics",

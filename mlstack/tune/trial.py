@@ -1,4 +1,4 @@
-"""The training entrypoint of a Katib trial: ``python -m mlstack.trial --learning-rate … ``.
+"""The training entrypoint of a Katib trial: ``python -m mlstack.tune.trial --learning-rate … ``.
 
 It runs the pipeline's own ``train_and_log`` on the training part of the data version (the
 pipeline's held-out split stays unseen: the trial scores a validation split of the rest), logs an
@@ -30,10 +30,10 @@ def metric_line(iterations: int, metrics: dict[str, float]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from mlstack.training import HyperParams
+    from mlstack.train.training import HyperParams
 
     d = HyperParams()
-    p = argparse.ArgumentParser(prog="python -m mlstack.trial", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m mlstack.tune.trial", description=__doc__)
     p.add_argument("--learning-rate", type=float, default=d.learning_rate)
     p.add_argument("--max-iter", type=int, default=d.max_iter)
     p.add_argument("--max-depth", type=int, default=d.max_depth)
@@ -47,25 +47,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> dict[str, float]:
-    from mlstack import dvcdata
-    from mlstack.training import HyperParams, Lineage, split, train_and_log
+    from mlstack.data import versions
+    from mlstack.train.training import HyperParams, TrainingLineage, split, train_and_log
 
     settings = load_settings()
     params = HyperParams(
         args.learning_rate, args.max_iter, args.max_depth, args.l2_regularization, args.class_weight
     )
     with tempfile.TemporaryDirectory(prefix="trial-") as tmp:
-        lineage = Lineage(kfp_run_id=os.environ.get("MLSTACK_KFP_RUN_ID", ""))
+        lineage = TrainingLineage(kfp_run_id=os.environ.get("MLSTACK_KFP_RUN_ID", ""))
         dataset = Path(args.dataset) if args.dataset else Path(tmp) / "data.csv"
         if not args.dataset:
-            version = dvcdata.read_version(
+            version = versions.read_version(
                 args.repo or str(settings.repo_root),
                 settings.data_path,
                 args.data_rev,
                 dataset,
                 settings.dvc_remote or None,
             )
-            lineage = Lineage(version.md5, settings.data_path, version.git_sha, lineage.kfp_run_id)
+            lineage = TrainingLineage(
+                version.md5, settings.data_path, version.git_sha, lineage.kfp_run_id
+            )
         import pandas as pd
 
         train, _held_out = split(pd.read_csv(dataset), settings.test_size, settings.split_seed)

@@ -7,7 +7,7 @@ Alertmanager posts its webhook JSON to ``POST /alertmanager``; every firing aler
 the file named by ``GITHUB_TOKEN_FILE`` (a mounted Secret) or from ``GITHUB_TOKEN``, never from a
 flag.
 
-    python -m mlstack.relay --repo owner/name [--host 0.0.0.0] [--port 8080]
+    python -m mlstack.monitor.relay --repo owner/name [--host 0.0.0.0] [--port 8080]
 """
 
 from __future__ import annotations
@@ -152,7 +152,7 @@ def make_server(relay: Relay, host: str, port: int) -> ThreadingHTTPServer:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m mlstack.relay", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m mlstack.monitor.relay", description=__doc__)
     parser.add_argument("--repo", default=os.environ.get("GITHUB_REPOSITORY", ""))
     parser.add_argument("--host", default="0.0.0.0")
     parser.add_argument("--port", type=int, default=8080)

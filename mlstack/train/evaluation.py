@@ -6,10 +6,10 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from mlstack import tracking
 from mlstack.errors import StackError
 from mlstack.settings import Gates
-from mlstack.training import compute_metrics, held_out
+from mlstack.train import tracking
+from mlstack.train.training import compute_metrics, held_out
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"

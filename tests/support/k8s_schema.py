@@ -111,7 +111,7 @@ def experiment_errors(doc: dict[str, Any]) -> list[str]:
 # `make setup` installs them, pinned by tools/crd-models/package-lock.json. This reads the small
 # part of TypeScript those declarations use and walks a manifest over it as strictly as above.
 
-CRD_MODELS = Path(__file__).resolve().parents[1] / "tools" / "crd-models" / "node_modules"
+CRD_MODELS = Path(__file__).resolve().parents[2] / "tools" / "crd-models" / "node_modules"
 _MODEL_PACKAGES = ("@kubernetes-models", "kubernetes-models")
 _TOKEN = re.compile(r'\s*(?:("(?:[^"\\]|\\.)*")|([A-Za-z_$][\w$]*)|(-?\d+(?:\.\d+)?)|(.))', re.S)
 _COMMENT = re.compile(r"/\*.*?\*/|//[^\n]*", re.S)

@@ -1,0 +1,59 @@
+"""``mlstack promote`` and ``mlstack root-app``: an environment's overlay, Argo CD's root app."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from mlstack.settings import Settings
+
+
+def _promote(args: argparse.Namespace, settings: Settings) -> None:
+    from mlstack.deploy import promote
+    from mlstack.settings import code_root
+
+    manifests = Path(args.manifests) if args.manifests else code_root() / "manifests"
+    ref = args.version or args.alias
+    uri = settings.mlflow_tracking_uri
+    release = (
+        promote.resolve_release(settings.model_name, ref, uri, settings.artifacts_destination)
+        if ref
+        else None
+    )
+    changed = promote.promote(manifests, args.env, release, image=args.image, canary=args.canary)
+    where = promote.overlay_file(manifests, args.env)
+    what = (
+        f"{release.model_name} v{release.version} ({release.storage_uri})"
+        if release
+        else args.image
+    )
+    print(f"{'wrote' if changed else 'unchanged:'} {where} -> {what}")
+    if args.model_card and release is not None:
+        card = promote.model_card(release.model_name, release.version, uri)
+        Path(args.model_card).write_text(card)
+
+
+def _root_app(args: argparse.Namespace, settings: Settings) -> None:
+    import yaml
+
+    from mlstack.deploy.argocd import root_application
+
+    print(yaml.safe_dump(root_application(args.repo_url, args.revision), sort_keys=False), end="")
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    prom = sub.add_parser("promote", help="write a model version into an environment's overlay")
+    prom.add_argument("--env", required=True, help="staging or production")
+    ref = prom.add_mutually_exclusive_group()
+    ref.add_argument("--version", help="registry version number")
+    ref.add_argument("--alias", help="registry alias, e.g. challenger")
+    prom.add_argument("--image", help="predictor image pinned by digest (name@sha256:…)")
+    prom.add_argument("--canary", type=int, help="production: traffic share for the new revision")
+    prom.add_argument("--manifests", help="the manifests directory (default: this checkout's)")
+    prom.add_argument("--model-card", help="also write the version's model card (markdown) here")
+    prom.set_defaults(func=_promote)
+
+    root = sub.add_parser("root-app", help="print argocd/root.yaml retargeted to a repo/revision")
+    root.add_argument("--repo-url", required=True, help="the git URL Argo CD should read")
+    root.add_argument("--revision", required=True, help="branch, tag or commit")
+    root.set_defaults(func=_root_app)

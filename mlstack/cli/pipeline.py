@@ -1,0 +1,55 @@
+"""``mlstack pipeline``: compile the pipelines, run the compiled IR locally (kfp.local)."""
+
+from __future__ import annotations
+
+import argparse
+
+from mlstack.errors import StackError
+from mlstack.settings import Settings
+
+
+def _compile(args: argparse.Namespace, settings: Settings) -> None:
+    from mlstack.pipeline.compile import compile_all, stale
+
+    if args.check:
+        if names := stale():
+            raise StackError(f"stale IR: {', '.join(names)}: run 'mlstack pipeline compile'")
+        print("pipelines/*.yaml are up to date")
+        return
+    for path in compile_all():
+        print(f"compiled {path}")
+
+
+def _run(args: argparse.Namespace, settings: Settings) -> None:
+    from mlstack.pipeline.compile import parse_params
+    from mlstack.pipeline.local import run_pipeline
+
+    ir_path = settings.tuning_ir_path if args.tuning else settings.ir_path
+    params = parse_params(args.param, ir_path)
+    if args.tuning:
+        params.setdefault("tune_backend", "local")
+    summary = run_pipeline(settings, args.rev, params, args.verbose, ir_path=ir_path)
+    print()
+    print(summary.render())
+    print()
+    print(
+        f"Look at it: mlflow ui --backend-store-uri {summary.tracking_uri}  "
+        f"(model '{settings.model_name}'); step outputs in {summary.run_dir}"
+    )
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    pipe = sub.add_parser("pipeline", help="the training pipeline").add_subparsers(
+        dest="cmd", required=True
+    )
+    comp = pipe.add_parser("compile", help="compile to pipelines/training.yaml")
+    comp.add_argument("--check", action="store_true", help="fail when the checked-in IR is stale")
+    comp.set_defaults(func=_compile)
+    run = pipe.add_parser("run", help="run the compiled pipeline locally (kfp.local)")
+    run.add_argument("--rev", default="HEAD", help="git rev of the data version (default HEAD)")
+    run.add_argument("--param", action="append", default=[], metavar="KEY=VALUE")
+    run.add_argument("-v", "--verbose", action="store_true", help="show every step's full log")
+    run.add_argument(
+        "--tuning", action="store_true", help="the tuning pipeline (Katib tune step run locally)"
+    )
+    run.set_defaults(func=_run)

@@ -1,0 +1,75 @@
+"""``mlstack run submit`` and ``mlstack schedules sync``: the compiled pipeline on a KFP endpoint."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from mlstack.settings import Settings
+
+
+def _submit(args: argparse.Namespace, settings: Settings) -> None:
+    from mlstack.data.versions import resolve_rev
+    from mlstack.pipeline import remote
+    from mlstack.pipeline.compile import parse_params
+
+    ir_path = settings.tuning_ir_path if args.tuning else settings.ir_path
+    params = parse_params(args.param, ir_path)
+    params.setdefault("repo", args.repo)
+    sha = resolve_rev(str(settings.repo_root), args.rev)
+    client = remote.connect(args.endpoint)
+    done = remote.submit(
+        client,
+        args.endpoint,
+        ir_path,
+        params,
+        args.experiment or settings.experiment_name,
+        sha,
+        wait_seconds=args.wait,
+        service_account=settings.kfp_service_account,
+    )
+    print(f"run {done.run_id}: {done.url}")
+
+
+def _schedules(args: argparse.Namespace, settings: Settings) -> None:
+    from mlstack.pipeline import remote
+    from mlstack.settings import code_root
+
+    path = Path(args.file) if args.file else code_root() / "pipelines" / "schedules.yaml"
+    experiment, desired = remote.load_schedules(path)
+    client = remote.connect(args.endpoint)
+    result = remote.sync(
+        client,
+        settings.repo_root,
+        experiment,
+        desired,
+        args.dry_run,
+        service_account=settings.kfp_service_account,
+    )
+    print(result.render())
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    runs = sub.add_parser("run", help="the compiled pipeline on a KFP endpoint").add_subparsers(
+        dest="cmd", required=True
+    )
+    submit = runs.add_parser("submit", help="create a run (kfp.Client) and print its URL")
+    submit.add_argument("--endpoint", required=True, help="KFP API, e.g. http://localhost:8080")
+    submit.add_argument(
+        "--experiment", help="KFP experiment (default: MLSTACK_EXPERIMENT_NAME, churn-training)"
+    )
+    submit.add_argument("--repo", default="", help="git URL of this repository (pipeline 'repo')")
+    submit.add_argument("--rev", default="HEAD", help="data version: resolved to a commit SHA")
+    submit.add_argument("--param", action="append", default=[], metavar="KEY=VALUE")
+    submit.add_argument("--wait", type=int, metavar="SECONDS", help="follow the run to its end")
+    submit.add_argument("--tuning", action="store_true", help="the tuning pipeline")
+    submit.set_defaults(func=_submit)
+
+    sched = sub.add_parser("schedules", help="recurring runs declared in git").add_subparsers(
+        dest="cmd", required=True
+    )
+    sync = sched.add_parser("sync", help="make KFP's recurring runs match pipelines/schedules.yaml")
+    sync.add_argument("--endpoint", required=True)
+    sync.add_argument("--file", help="schedules file (default pipelines/schedules.yaml)")
+    sync.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    sync.set_defaults(func=_schedules)

@@ -1,0 +1,36 @@
+"""``mlstack tune``: run the Katib Experiment locally (optuna)."""
+
+from __future__ import annotations
+
+import argparse
+
+from mlstack.settings import Settings
+
+
+def _tune(args: argparse.Namespace, settings: Settings) -> None:
+    from mlstack.data.versions import resolve_rev
+    from mlstack.tune.run import tune_local
+    from mlstack.tune.spec import load
+
+    exp = load(args.experiment or settings.katib_experiment)
+    repo = str(settings.repo_root)
+    sha = resolve_rev(repo, args.rev)
+    result = tune_local(
+        exp,
+        settings.mlflow_tracking_uri,
+        settings.experiment_name,
+        repo,
+        sha,
+        parallel=args.parallel,
+        max_trials=args.max_trials,
+    )
+    print(result.render())
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    tune = sub.add_parser("tune", help="run the Katib Experiment locally (optuna)")
+    tune.add_argument("--experiment", help="Experiment YAML (default katib/experiment.yaml)")
+    tune.add_argument("--rev", default="HEAD", help="git rev of the data version")
+    tune.add_argument("--parallel", type=int, help="override parallelTrialCount")
+    tune.add_argument("--max-trials", type=int, help="lower maxTrialCount")
+    tune.set_defaults(func=_tune)

@@ -1,0 +1,434 @@
+"""A Katib Experiment as this project reads it: the manifest parsed and checked, its parameters as
+optuna distributions, its algorithm as an optuna sampler, its trial command and env with
+``${trialParameters.X}`` substituted, and metrics read from a trial's output with the StdOut
+collector's regular expression.
+
+The local runner (``mlstack.tune.local``) follows Katib's own semantics where this file names
+them: algorithms map to optuna samplers as Katib's optuna suggestion service does; parameters (int,
+double with or without step, categorical, discrete) become optuna distributions. A field the local
+runner does not support is an error naming the field, never ignored.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mlstack.errors import StackError
+
+# Katib's StdOut collector default (metricsCollectorSpec.source.filter.metricsFormat)
+DEFAULT_METRICS_FORMAT = r"([\w|-]+)\s*=\s*([+-]?\d*(\.\d+)?([Ee][+-]?\d+)?)"
+GROUP, VERSION, PLURAL = "kubeflow.org", "v1beta1", "experiments"
+
+# algorithm name -> (optuna sampler, Katib setting name -> (sampler argument, type))
+_TPE_SETTINGS = {
+    "n_startup_trials": ("n_startup_trials", int),
+    "n_ei_candidates": ("n_ei_candidates", int),
+    "random_state": ("seed", int),
+}
+_ALGORITHMS: dict[str, dict[str, tuple[str, type]]] = {
+    "random": {"random_state": ("seed", int)},
+    "grid": {"random_state": ("seed", int)},
+    "tpe": _TPE_SETTINGS,
+    "multivariate-tpe": _TPE_SETTINGS,
+    "cmaes": {
+        "random_state": ("seed", int),
+        "sigma": ("sigma0", float),
+        "restart_strategy": ("restart_strategy", str),
+    },
+    # Katib runs scikit-optimize's Gaussian process here; optuna's GPSampler needs torch, which
+    # the training image does not carry, so the closest sampler at hand is TPE (also model-based).
+    "bayesianoptimization": _TPE_SETTINGS,
+}
+BAYES_NOTE = (
+    "note: bayesianoptimization runs as optuna's TPE sampler locally "
+    "(Katib uses a Gaussian process; optuna's GPSampler needs torch)"
+)
+
+
+class ExperimentError(StackError):
+    pass
+
+
+@dataclass(frozen=True)
+class Parameter:
+    name: str
+    type: str  # int | double | categorical | discrete
+    min: float | None = None
+    max: float | None = None
+    step: float | None = None
+    values: tuple[str, ...] = ()
+    log: bool = False
+
+    def distribution(self):  # type: ignore[no-untyped-def]
+        from optuna.distributions import (
+            CategoricalDistribution,
+            FloatDistribution,
+            IntDistribution,
+        )
+
+        if self.type == "int":
+            return IntDistribution(
+                int(self.min), int(self.max), log=self.log, step=int(self.step or 1)
+            )
+        if self.type == "double":
+            return FloatDistribution(self.min, self.max, log=self.log, step=self.step)
+        return CategoricalDistribution(list(self.values))
+
+    def grid(self) -> list[Any]:
+        if self.type in ("categorical", "discrete"):
+            return list(self.values)
+        if self.step is None:
+            raise ExperimentError(f"parameter '{self.name}': grid needs feasibleSpace.step")
+        count = int(round((self.max - self.min) / self.step)) + 1
+        values = [self.min + i * self.step for i in range(count)]
+        return [int(v) for v in values] if self.type == "int" else [round(v, 12) for v in values]
+
+    def format(self, value: Any) -> str:
+        if self.type == "int":
+            return str(int(value))
+        if self.type == "double":
+            return repr(float(value))
+        return str(value)
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    maximize: bool
+    objective: str
+    additional: tuple[str, ...]
+    goal: float | None
+    strategies: dict[str, str]
+    algorithm: str
+    algorithm_settings: dict[str, str]
+    early_stopping: dict[str, str] | None
+    parallel: int
+    max_trials: int
+    max_failed: int
+    metrics_format: tuple[str, ...]
+    parameters: tuple[Parameter, ...]
+    trial_parameters: dict[str, str]  # trialParameters name -> parameter (reference)
+    container: dict[str, Any]
+    raw: dict[str, Any] = field(repr=False, compare=False, default_factory=dict)
+
+    @property
+    def metric_names(self) -> tuple[str, ...]:
+        return (self.objective, *self.additional)
+
+
+def _only(where: str, mapping: Any, allowed: Iterable[str]) -> dict:
+    if not isinstance(mapping, dict):
+        raise ExperimentError(f"{where}: expected a mapping")
+    unknown = sorted(set(mapping) - set(allowed))
+    if unknown:
+        raise ExperimentError(f"{where}.{unknown[0]}: not supported by the local runner")
+    return mapping
+
+
+def _settings(where: str, items: list | None) -> dict[str, str]:
+    out = {}
+    for i, item in enumerate(items or []):
+        _only(f"{where}[{i}]", item, ("name", "value"))
+        out[str(item["name"])] = str(item["value"])
+    return out
+
+
+def _parameter(i: int, raw: dict) -> Parameter:
+    where = f"spec.parameters[{i}]"
+    _only(where, raw, ("name", "parameterType", "feasibleSpace"))
+    kind = raw.get("parameterType")
+    space = _only(
+        f"{where}.feasibleSpace",
+        raw.get("feasibleSpace", {}),
+        ("min", "max", "step", "list", "distribution"),
+    )
+    distribution = space.get("distribution", "uniform")
+    if distribution not in ("uniform", "logUniform"):
+        raise ExperimentError(f"{where}.feasibleSpace.distribution: '{distribution}' not supported")
+    log = distribution == "logUniform"
+    name = str(raw.get("name", ""))
+    if not name:
+        raise ExperimentError(f"{where}.name: missing")
+    if kind in ("int", "double"):
+        try:
+            low, high = float(space["min"]), float(space["max"])
+            step = float(space["step"]) if "step" in space else None
+        except (KeyError, ValueError) as exc:
+            raise ExperimentError(
+                f"{where}.feasibleSpace: needs numeric min and max ({exc})"
+            ) from None
+        if low > high:
+            raise ExperimentError(f"{where}.feasibleSpace: min {low} > max {high}")
+        return Parameter(name, kind, low, high, step, log=log)
+    if kind in ("categorical", "discrete"):
+        values = tuple(str(v) for v in space.get("list", []))
+        if not values:
+            raise ExperimentError(f"{where}.feasibleSpace.list: empty")
+        return Parameter(name, kind, values=values)
+    raise ExperimentError(
+        f"{where}.parameterType: '{kind}' is not int, double, categorical or discrete"
+    )
+
+
+def parse(doc: dict[str, Any]) -> Experiment:
+    """An Experiment manifest as the local runner understands it; unsupported fields are errors."""
+    if doc.get("apiVersion") != f"{GROUP}/{VERSION}" or doc.get("kind") != "Experiment":
+        raise ExperimentError(f"not a {GROUP}/{VERSION} Experiment")
+    spec = _only(
+        "spec",
+        doc.get("spec", {}),
+        (
+            "objective",
+            "algorithm",
+            "earlyStopping",
+            "parallelTrialCount",
+            "maxTrialCount",
+            "maxFailedTrialCount",
+            "metricsCollectorSpec",
+            "parameters",
+            "trialTemplate",
+        ),
+    )
+    obj = _only(
+        "spec.objective",
+        spec.get("objective", {}),
+        ("type", "goal", "objectiveMetricName", "additionalMetricNames", "metricStrategies"),
+    )
+    if obj.get("type") not in ("maximize", "minimize"):
+        raise ExperimentError("spec.objective.type: must be maximize or minimize")
+    if not obj.get("objectiveMetricName"):
+        raise ExperimentError("spec.objective.objectiveMetricName: missing")
+    maximize = obj["type"] == "maximize"
+    strategies = {}
+    for i, s in enumerate(obj.get("metricStrategies", []) or []):
+        _only(f"spec.objective.metricStrategies[{i}]", s, ("name", "value"))
+        if s["value"] not in ("min", "max", "latest"):
+            raise ExperimentError(f"spec.objective.metricStrategies[{i}].value: min, max or latest")
+        strategies[s["name"]] = s["value"]
+    algo = _only(
+        "spec.algorithm", spec.get("algorithm", {}), ("algorithmName", "algorithmSettings")
+    )
+    algorithm = algo.get("algorithmName")
+    if algorithm not in _ALGORITHMS:
+        raise ExperimentError(
+            f"spec.algorithm.algorithmName: '{algorithm}' not supported locally "
+            f"(supported: {', '.join(sorted(_ALGORITHMS))})"
+        )
+    settings = _settings("spec.algorithm.algorithmSettings", algo.get("algorithmSettings"))
+    for name in settings:
+        if name not in _ALGORITHMS[algorithm]:
+            raise ExperimentError(
+                f"spec.algorithm.algorithmSettings: '{name}' not supported for {algorithm}"
+            )
+    early = None
+    if "earlyStopping" in spec:
+        es = _only(
+            "spec.earlyStopping", spec["earlyStopping"], ("algorithmName", "algorithmSettings")
+        )
+        if es.get("algorithmName") != "medianstop":
+            raise ExperimentError("spec.earlyStopping.algorithmName: only medianstop is supported")
+        early = {"min_trials_required": "3", "start_step": "4"}
+        given = _settings("spec.earlyStopping.algorithmSettings", es.get("algorithmSettings"))
+        for name in given:
+            if name not in early:
+                raise ExperimentError(
+                    f"spec.earlyStopping.algorithmSettings: '{name}' not supported"
+                )
+        early.update(given)
+    collector = _only(
+        "spec.metricsCollectorSpec", spec.get("metricsCollectorSpec", {}), ("collector", "source")
+    )
+    kind = _only(
+        "spec.metricsCollectorSpec.collector",
+        collector.get("collector", {"kind": "StdOut"}),
+        ("kind",),
+    )
+    if kind.get("kind", "StdOut") != "StdOut":
+        raise ExperimentError(
+            f"spec.metricsCollectorSpec.collector.kind: '{kind['kind']}' not supported (StdOut only)"
+        )
+    formats: tuple[str, ...] = (DEFAULT_METRICS_FORMAT,)
+    if "source" in collector:
+        source = _only("spec.metricsCollectorSpec.source", collector["source"], ("filter",))
+        filt = _only(
+            "spec.metricsCollectorSpec.source.filter", source.get("filter", {}), ("metricsFormat",)
+        )
+        formats = tuple(filt.get("metricsFormat") or formats)
+    template = _only(
+        "spec.trialTemplate",
+        spec.get("trialTemplate", {}),
+        (
+            "primaryContainerName",
+            "trialParameters",
+            "trialSpec",
+            "successCondition",
+            "failureCondition",
+            "retain",
+        ),
+    )
+    trial_parameters = {}
+    for i, tp in enumerate(template.get("trialParameters", [])):
+        _only(f"spec.trialTemplate.trialParameters[{i}]", tp, ("name", "reference", "description"))
+        trial_parameters[tp["name"]] = tp.get("reference", tp["name"])
+    parameters = tuple(_parameter(i, p) for i, p in enumerate(spec.get("parameters", [])))
+    known = {p.name for p in parameters}
+    for tp_name, ref in trial_parameters.items():
+        if ref not in known:
+            raise ExperimentError(
+                f"spec.trialTemplate.trialParameters '{tp_name}': no parameter '{ref}'"
+            )
+    containers = (
+        template.get("trialSpec", {})
+        .get("spec", {})
+        .get("template", {})
+        .get("spec", {})
+        .get("containers", [])
+    )
+    primary = [c for c in containers if c.get("name") == template.get("primaryContainerName")]
+    if not primary:
+        raise ExperimentError("spec.trialTemplate: no container named by primaryContainerName")
+    goal = obj.get("goal")
+    experiment = Experiment(
+        name=doc.get("metadata", {}).get("name", "experiment"),
+        maximize=maximize,
+        objective=obj["objectiveMetricName"],
+        additional=tuple(obj.get("additionalMetricNames", []) or []),
+        goal=float(goal) if goal is not None else None,
+        strategies=strategies,
+        algorithm=algorithm,
+        algorithm_settings=settings,
+        early_stopping=early,
+        parallel=int(spec.get("parallelTrialCount", 3)),
+        max_trials=int(spec.get("maxTrialCount", 10)),
+        max_failed=int(spec.get("maxFailedTrialCount", 3)),
+        metrics_format=formats,
+        parameters=parameters,
+        trial_parameters=trial_parameters,
+        container=primary[0],
+        raw=doc,
+    )
+    # every placeholder of the command and env must resolve: fail now, not in each trial
+    trial_command(experiment, {p.name: "0" for p in parameters})
+    trial_env(experiment, {})
+    return experiment
+
+
+def load(path: str | Path) -> Experiment:
+    try:
+        doc = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ExperimentError(f"cannot read {path}: {exc}") from None
+    return parse(doc)
+
+
+def sampler(exp: Experiment):  # type: ignore[no-untyped-def]
+    """The optuna sampler Katib's optuna service would use for this algorithm."""
+    import optuna
+
+    kwargs: dict[str, Any] = {}
+    for name, raw in exp.algorithm_settings.items():
+        arg, kind = _ALGORITHMS[exp.algorithm][name]
+        try:
+            kwargs[arg] = kind(raw)
+        except ValueError:
+            raise ExperimentError(
+                f"algorithmSettings '{name}': {raw!r} is not a {kind.__name__}"
+            ) from None
+    if exp.algorithm == "random":
+        return optuna.samplers.RandomSampler(**kwargs)
+    if exp.algorithm == "grid":
+
+        class AskTellGridSampler(optuna.samplers.GridSampler):
+            """GridSampler stops a study with ``study.stop()``, which only works inside
+            ``optimize``; this runner asks and tells, and ends at the grid's size itself."""
+
+            def after_trial(self, study, trial, state, values):  # type: ignore[no-untyped-def]
+                return None
+
+        return AskTellGridSampler({p.name: p.grid() for p in exp.parameters}, **kwargs)
+    if exp.algorithm == "cmaes":
+        return optuna.samplers.CmaEsSampler(**kwargs)
+    if exp.algorithm == "multivariate-tpe":
+        kwargs["multivariate"] = True
+    return optuna.samplers.TPESampler(**kwargs)
+
+
+_PLACEHOLDER = re.compile(r"\$\{([^}]*)\}")
+
+
+def substitute(value: Any, trial_values: dict[str, str]) -> Any:
+    """Replace ``${trialParameters.X}`` everywhere in ``value`` (strings, lists, mappings)."""
+    if isinstance(value, str):
+
+        def one(match: re.Match) -> str:
+            key = match.group(1)
+            if not key.startswith("trialParameters."):
+                raise ExperimentError(f"placeholder ${{{key}}}: not supported by the local runner")
+            name = key.removeprefix("trialParameters.")
+            if name not in trial_values:
+                raise ExperimentError(f"placeholder ${{{key}}}: no such trial parameter")
+            return trial_values[name]
+
+        return _PLACEHOLDER.sub(one, value)
+    if isinstance(value, list):
+        return [substitute(v, trial_values) for v in value]
+    if isinstance(value, dict):
+        return {k: substitute(v, trial_values) for k, v in value.items()}
+    return value
+
+
+def parse_metrics(
+    line: str, formats: Iterable[str], names: Iterable[str]
+) -> list[tuple[str, float]]:
+    """The (name, value) pairs one output line reports, as Katib's StdOut collector reads them:
+    every match of each format, first group the name, second the value; other names, empty or
+    unparseable values are skipped."""
+    wanted = set(names)
+    out = []
+    for fmt in formats:
+        for match in re.finditer(fmt, line):
+            name, raw = match.group(1), match.group(2)
+            if name not in wanted or not raw:
+                continue
+            try:
+                value = float(raw)
+            except ValueError:
+                continue
+            if math.isfinite(value):
+                out.append((name, value))
+    return out
+
+
+def trial_command(exp: Experiment, assignments: dict[str, str]) -> list[str]:
+    values = {tp: assignments[ref] for tp, ref in exp.trial_parameters.items()}
+    container = substitute({k: exp.container.get(k, []) for k in ("command", "args")}, values)
+    argv = [*container["command"], *container["args"]]
+    if not argv:
+        raise ExperimentError("the primary container has no command")
+    if argv[0] in ("python", "python3"):
+        argv[0] = sys.executable  # the container's interpreter is this environment's locally
+    return argv
+
+
+def trial_env(
+    exp: Experiment, overrides: dict[str, str], assignments: dict[str, str] | None = None
+) -> dict[str, str]:
+    """This process's environment, the container's ``env`` values (placeholders substituted;
+    ``valueFrom`` items are cluster Secrets and ConfigMaps: locally this environment provides
+    them), then the runner's own values."""
+    values = {tp: (assignments or {}).get(ref, "0") for tp, ref in exp.trial_parameters.items()}
+    env = dict(os.environ)
+    for item in exp.container.get("env", []) or []:
+        if "value" in item and item["value"] != "":
+            env[item["name"]] = str(substitute(str(item["value"]), values))
+    env.update(overrides)
+    return env

@@ -1,0 +1,1 @@
+"""Helpers the tests share; nothing here ships in an image."""
