@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 export MLFLOW_DISABLE_TELEMETRY := true
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup tools run serve test test-fast lint compile bench bench-serving cluster-up cluster-down clean
+.PHONY: setup tools images run serve test test-fast lint compile bench bench-serving cluster-up cluster-down clean
 
 setup: $(VENV)/.installed
 
@@ -35,16 +35,23 @@ serve: setup
 	$(BIN)/mlstack serve
 
 ## promtool, prometheus, alertmanager, PostgreSQL and npm (Debian's packages; run as root) for
-## the tests
+## the tests; podman (runc, cgroupfs), debootstrap and containers.conf unless docker answers
 tools:
+	scripts/images.sh tools
 	command -v promtool >/dev/null && command -v prometheus-alertmanager >/dev/null && \
 	command -v npm >/dev/null && ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
 		{ apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
 		  --no-install-recommends prometheus prometheus-alertmanager postgresql \
 		  $$(command -v npm >/dev/null || echo nodejs npm); }
 
-## lint, then every test (the slow end-to-end ones included)
-test: setup tools lint
+## the training, predictor and MLflow images, named as mlstack/settings.py names them (podman, or
+## docker when its daemon answers; a Debian stand-in base when no registry is reachable)
+images:
+	scripts/images.sh tools
+	scripts/images.sh build
+
+## lint, then every test (the slow end-to-end ones and the containers included)
+test: setup tools lint images
 	$(BIN)/pytest -q
 
 ## every test but the slow end-to-end ones
@@ -54,7 +61,8 @@ test-fast: setup tools
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/hadolint components/Dockerfile serving/Dockerfile manifests/platform/mlflow-image/Dockerfile
+	$(BIN)/hadolint components/Dockerfile serving/Dockerfile manifests/platform/mlflow-image/Dockerfile \
+		scripts/base/Dockerfile
 	$(BIN)/shellcheck scripts/*.sh
 
 compile: setup
