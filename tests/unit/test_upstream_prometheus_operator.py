@@ -1,0 +1,358 @@
+"""Our PrometheusRule, PodMonitors and AlertmanagerConfig as the Prometheus Operator that
+kube-prometheus-stack 88.0.0 deploys (v0.93.0) selects and uses them. Each rule is read from the
+upstream files at the pinned tags, vendored in tests/upstream (see its README): the chart's
+templates and default values decide the Prometheus and Alertmanager selectors, the operator's code
+decides what a nil or empty selector selects, which namespace matcher an AlertmanagerConfig's
+route gets, and the `job` label of a PodMonitor's targets. docs/upstream-rules.md lists them."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.kube import render
+
+ROOT = Path(__file__).resolve().parents[2]
+UPSTREAM = ROOT / "tests" / "upstream"
+CHART = UPSTREAM / "helm-charts-kube-prometheus-stack-88.0.0/charts/kube-prometheus-stack"
+OPERATOR = UPSTREAM / "prometheus-operator-v0.93.0/pkg"
+HELPERS = UPSTREAM / "apimachinery-v0.36.3/pkg/apis/meta/v1/helpers.go.L33-L74"
+KNATIVE = UPSTREAM / "knative-serving-knative-v1.21.1"
+APPS = ROOT / "argocd/platform/applications.yaml"
+
+
+def read(path: Path) -> str:
+    return path.read_text()
+
+
+# --- the chart: values merged as Helm merges them, the selector blocks of its templates --------
+
+
+def stack_application() -> dict:
+    [app] = [
+        d
+        for d in yaml.safe_load_all(read(APPS))
+        if d and d["metadata"]["name"] == "kube-prometheus-stack"
+    ]
+    return app
+
+
+def helm_merge(defaults: Any, ours: Any) -> Any:
+    """Helm's coalescing of user values over chart values: maps merge, a null removes a key."""
+    if not isinstance(defaults, dict) or not isinstance(ours, dict):
+        return copy.deepcopy(ours)
+    out = copy.deepcopy(defaults)
+    for key, value in ours.items():
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = helm_merge(out.get(key), value)
+    return out
+
+
+def chart_values(ours: dict | None = None) -> dict:
+    app = stack_application()
+    [source] = [s for s in app["spec"]["sources"] if s.get("chart") == "kube-prometheus-stack"]
+    assert source["targetRevision"] == yaml.safe_load(read(CHART / "Chart.yaml"))["version"]
+    if ours is None:
+        [ref] = source["helm"]["valueFiles"]
+        ours = yaml.safe_load(read(ROOT / ref.removeprefix("$values/")))
+    return helm_merge(yaml.safe_load(read(CHART / "values.yaml")), ours)
+
+
+def release_name() -> str:
+    [source] = [
+        s
+        for s in stack_application()["spec"]["sources"]
+        if s.get("chart") == "kube-prometheus-stack"
+    ]
+    return source["helm"].get("releaseName", stack_application()["metadata"]["name"])
+
+
+def lookup(values: dict, dotted: str) -> Any:
+    node: Any = values
+    for part in dotted.removeprefix(".Values.").split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
+def truthy(value: Any) -> bool:
+    """Go templates: false, 0, nil, and empty strings, maps and lists are false."""
+    return value not in (None, False, 0, "") and value != {} and value != []
+
+
+def condition(cond: str, values: dict) -> bool:
+    cond = cond.strip()
+    if m := re.fullmatch(r"(\.Values[\w.]+)", cond):
+        return truthy(lookup(values, m[1]))
+    if m := re.fullmatch(r'not \(kindIs "invalid" (\.Values[\w.]+)\)', cond):
+        return lookup(values, m[1]) is not None
+    raise AssertionError(f"template condition not understood: {cond}")
+
+
+def body(lines: list[str], values: dict, release: str) -> str:
+    out = []
+    for line in lines:
+        if m := re.fullmatch(r'\{\{ (?:tpl \()?toYaml (\.Values[\w.]+) \| indent 4(?: \| default "null")?(?:\) \.)?\s*\}\}', line):  # fmt: skip
+            value = lookup(values, m[1])
+            out.append("    " + yaml.safe_dump(value, default_flow_style=True).strip())
+        elif "{{" in line:
+            out.append(line.replace("{{ $.Release.Name | quote }}", f'"{release}"'))
+            assert "{{" not in out[-1], f"template body not understood: {line}"
+        else:
+            out.append(line)
+    return "\n".join(out)
+
+
+def rendered_field(template: Path, key: str, values: dict) -> tuple[bool, Any]:
+    """(present, value) of a top-level spec field of the chart's Prometheus or Alertmanager: the
+    if/else-if/else chain of the template around ``key:`` evaluated with ``values``."""
+    lines = read(template).splitlines()
+    starts = [i for i, line in enumerate(lines) if line == f"  {key}:"]
+    assert starts, key
+    first = starts[0]
+    head = lines[first - 1].strip()
+    if not re.match(r"\{\{-? if ", head):  # no condition: the field and its value line
+        return True, yaml.safe_load(body(lines[first : first + 2], values, release_name()))[key]
+    branches: list[tuple[str | None, list[str]]] = []
+    i = first - 1
+    while True:
+        line = lines[i].strip()
+        if m := re.fullmatch(r"\{\{-? (?:else )?if (.+?) \}\}", line):
+            branches.append((m[1], []))
+        elif re.fullmatch(r"\{\{-? else \}\}", line):
+            branches.append((None, []))
+        elif re.fullmatch(r"\{\{-? end \}\}", line):
+            break
+        else:
+            branches[-1][1].append(lines[i])
+        i += 1
+    for cond, text in branches:
+        if cond is None or condition(cond, values):
+            return True, yaml.safe_load(body(text, values, release_name()))[key]
+    return False, None
+
+
+PROMETHEUS = CHART / "templates/prometheus/prometheus.yaml"
+ALERTMANAGER = CHART / "templates/alertmanager/alertmanager.yaml"
+
+
+# --- the operator and apimachinery: what a selector selects ----------------------------------
+
+
+def label_selector_matches(selector: dict | None, labels: dict[str, str]) -> bool:
+    """metav1.LabelSelectorAsSelector (apimachinery v0.36.3, the operator's): nil selects
+    nothing, an empty selector everything, else every requirement must hold."""
+    helpers = read(HELPERS)
+    assert re.search(r"if ps == nil \{\s+return labels\.Nothing\(\), nil", helpers)
+    assert re.search(r"== 0 \{\s+return labels\.Everything\(\), nil", helpers)
+    if selector is None:
+        return False
+    for key, value in (selector.get("matchLabels") or {}).items():
+        if labels.get(key) != value:
+            return False
+    for expr in selector.get("matchExpressions") or []:
+        key, op, vals = expr["key"], expr["operator"], expr.get("values", [])
+        ok = {"In": key in labels and labels[key] in vals,
+              "NotIn": labels.get(key) not in vals,
+              "Exists": key in labels, "DoesNotExist": key not in labels}[op]  # fmt: skip
+        if not ok:
+            return False
+    return True
+
+
+def selected_namespaces(owner_ns: str, selector: dict | None, namespaces: dict[str, dict]) -> set[str]:  # fmt: skip
+    """operator.SelectNamespacesFromCache (and the Alertmanager's own copy of the rule): a nil
+    namespace selector means the owner's namespace only."""
+    for path, text in [
+        (
+            OPERATOR / "operator/operator.go.L591-L599",
+            "if sel == nil {\n\t\treturn []string{obj.GetNamespace()}, nil",
+        ),  # fmt: skip
+        (
+            OPERATOR / "alertmanager/operator.go.L1021-L1050",
+            "if am.Spec.AlertmanagerConfigNamespaceSelector == nil {\n\t\tnamespaces = append(namespaces, am.Namespace)",
+        ),  # fmt: skip
+    ]:
+        assert text in read(path), path
+    if selector is None:
+        return {owner_ns}
+    return {n for n, labels in namespaces.items() if label_selector_matches(selector, labels)}
+
+
+def selects(spec: dict, kind: str, owner_ns: str, obj: dict, namespaces: dict[str, dict]) -> bool:
+    """selectObjects / the rule and AlertmanagerConfig selection: namespace, then labels."""
+    select = read(OPERATOR / "prometheus/resource_selector.go.L98-L121")
+    assert "operator.SelectNamespacesFromCache(rs.p.GetObjectMeta(), nsSelector" in select
+    assert "metav1.LabelSelectorAsSelector(selector)" in select
+    assert "metav1.LabelSelectorAsSelector(labelSelector)" in read(OPERATOR / "operator/rules.go.L101-L110")  # fmt: skip
+    ns = obj["metadata"]["namespace"]
+    return ns in selected_namespaces(
+        owner_ns, spec.get(f"{kind}NamespaceSelector"), namespaces
+    ) and label_selector_matches(spec.get(f"{kind}Selector"), obj["metadata"].get("labels", {}))
+
+
+def namespace_labels(*names: str) -> dict[str, dict]:
+    # the API server labels every namespace with its name
+    return {n: {"kubernetes.io/metadata.name": n} for n in names}
+
+
+MONITORING = render(ROOT / "manifests/monitoring")
+OVERLAYS = {env: render(ROOT / "manifests/overlays" / env) for env in ("staging", "production")}
+
+
+def of_kind(docs: list[dict], kind: str) -> list[dict]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+def stack_namespace() -> str:
+    return stack_application()["spec"]["destination"]["namespace"]
+
+
+def specs(values: dict) -> tuple[dict, dict]:
+    prometheus, alertmanager = {}, {}
+    for key in ("ruleSelector", "ruleNamespaceSelector", "podMonitorSelector", "podMonitorNamespaceSelector"):  # fmt: skip
+        present, value = rendered_field(PROMETHEUS, key, values)
+        if present:
+            prometheus[key] = value
+    for key in ("alertmanagerConfigSelector", "alertmanagerConfigNamespaceSelector", "alertmanagerConfigMatcherStrategy"):  # fmt: skip
+        present, value = rendered_field(ALERTMANAGER, key, values)
+        if present:
+            alertmanager[key] = value
+    return prometheus, alertmanager
+
+
+def our_objects() -> dict[str, list[dict]]:
+    return {
+        "rule": of_kind(MONITORING, "PrometheusRule"),
+        "podMonitor": [d for docs in OVERLAYS.values() for d in of_kind(docs, "PodMonitor")],
+        "alertmanagerConfig": of_kind(MONITORING, "AlertmanagerConfig"),
+    }
+
+
+def test_the_chart_at_its_defaults_selects_only_its_own_release():
+    # the oracle bites: chart defaults select by `release: <release name>`; an object without
+    # it is ignored
+    prometheus, alertmanager = specs(chart_values({}))
+    assert prometheus["ruleSelector"] == {"matchLabels": {"release": release_name()}}
+    assert prometheus["podMonitorSelector"] == {"matchLabels": {"release": release_name()}}
+    ns = namespace_labels(stack_namespace(), "ml-staging", "ml-production")
+    [rule] = our_objects()["rule"]
+    unlabelled = copy.deepcopy(rule)
+    unlabelled["metadata"]["labels"].pop("release", None)
+    assert not selects(prometheus, "rule", stack_namespace(), unlabelled, ns)
+    # and without a strategy the operator adds namespace="<its namespace>" to a route
+    assert "alertmanagerConfigMatcherStrategy" not in alertmanager
+
+
+@pytest.mark.parametrize("kind", ["rule", "podMonitor", "alertmanagerConfig"])
+def test_the_stacks_prometheus_and_alertmanager_select_our_objects(kind):
+    prometheus, alertmanager = specs(chart_values())
+    spec = alertmanager if kind == "alertmanagerConfig" else prometheus
+    objects = our_objects()[kind]
+    assert objects
+    namespaces = {d["metadata"]["namespace"] for d in objects} | {stack_namespace()}
+    ns = namespace_labels(*namespaces)
+    for obj in objects:
+        assert selects(spec, kind, stack_namespace(), obj, ns), (kind, obj["metadata"])
+
+
+def route_matchers(amc: dict, strategy: dict | None, am_namespace: str) -> list[tuple[str, str, str]]:  # fmt: skip
+    """The top-level route of an AlertmanagerConfig as the operator writes it (getEnforcer,
+    amcfg.go): the strategy's enforcer may add namespace="<the object's namespace>"."""
+    types = read(OPERATOR / "apis/monitoring/v1/alertmanager_types.go.L455-L486")
+    names = dict(re.findall(r"^\s+(\w+)ConfigMatcherStrategyType AlertmanagerConfigMatcherStrategyType = \"(\w+)\"", types, re.M))  # fmt: skip
+    get = read(OPERATOR / "alertmanager/amcfg.go.L248-L267")
+    cases = re.findall(r"case monitoringv1\.(\w+)ConfigMatcherStrategyType:\s+e = &(\w+)\{", get)
+    default = re.search(r"default:\s+e = &(\w+)\{", get)[1]
+    enforcer = {names[c]: e for c, e in cases}.get((strategy or {}).get("type", ""), default)
+    body = read(OPERATOR / "alertmanager/amcfg.go.L109-L224")
+    assert re.search(r'Name:\s+"namespace",\s+Value:\s+crKey\.Namespace,\s+MatchType:\s+monitoringv1alpha1\.MatchEqual', body)  # fmt: skip
+    assert "if crKey.Namespace == one.alertmanagerNamespace {\n\t\treturn r" in body
+    ns = amc["metadata"]["namespace"]
+    matchers = [(m["name"], m.get("matchType", "="), m["value"]) for m in amc["spec"]["route"].get("matchers", [])]  # fmt: skip
+    adds = {"noopEnforcer": False, "namespaceEnforcer": True,
+            "otherNamespaceEnforcer": ns != am_namespace}[enforcer]  # fmt: skip
+    return matchers + ([("namespace", "=", ns)] if adds else [])
+
+
+def alert_matches(labels: dict[str, str], matchers: list[tuple[str, str, str]]) -> bool:
+    ops = {"=": lambda a, b: a == b, "!=": lambda a, b: a != b,
+           "=~": lambda a, b: re.fullmatch(b, a) is not None,
+           "!~": lambda a, b: re.fullmatch(b, a) is None}  # fmt: skip
+    return all(ops[op](labels.get(name, ""), value) for name, op, value in matchers)
+
+
+def retrain_alert_labels() -> list[dict[str, str]]:
+    """The labels of the alerts meant for the retrain route, as promtool's tests (run in
+    tests/unit/test_monitoring.py) prove the rules give them."""
+    rules = yaml.safe_load(read(ROOT / "manifests/monitoring/rules.yaml"))
+    retrain = {r["alert"] for g in rules["groups"] for r in g["rules"] if r.get("labels", {}).get("retrain") == "true"}  # fmt: skip
+    tests = yaml.safe_load(read(ROOT / "manifests/monitoring/rules.test.yaml"))["tests"]
+    found = [
+        {k: str(v) for k, v in alert["exp_labels"].items()} | {"alertname": case["alertname"]}
+        for t in tests
+        for case in t.get("alert_rule_test", [])
+        if case["alertname"] in retrain
+        for alert in case.get("exp_alerts", [])
+    ]
+    assert retrain and found
+    return found
+
+
+def test_the_retrain_route_receives_the_drift_alerts_as_the_operator_configures_it():
+    _, alertmanager = specs(chart_values())
+    [amc] = our_objects()["alertmanagerConfig"]
+    matchers = route_matchers(amc, alertmanager.get("alertmanagerConfigMatcherStrategy"), stack_namespace())  # fmt: skip
+    for labels in retrain_alert_labels():
+        assert alert_matches(labels, matchers), (labels, matchers)
+    # the oracle bites: the operator's default strategy (OnNamespace) would add the
+    # AlertmanagerConfig's namespace, which the aggregated drift alert does not carry
+    _, defaults = specs(chart_values({}))
+    strict = route_matchers(amc, defaults.get("alertmanagerConfigMatcherStrategy"), stack_namespace())  # fmt: skip
+    assert ("namespace", "=", amc["metadata"]["namespace"]) in strict
+    assert not any(alert_matches(labels, strict) for labels in retrain_alert_labels())
+
+
+def test_podmonitor_targets_keep_the_port_knative_names_and_the_job_the_down_alert_reads():
+    promcfg = read(OPERATOR / "prometheus/promcfg.go.L1569-L1643")
+    # the endpoint's port keeps only targets whose container port has that name
+    assert re.search(r'"__meta_kubernetes_pod_container_port_name"\}\},\s+\{Key: "regex", Value: \*ep\.Port\}', promcfg)  # fmt: skip
+    # job = <namespace>/<PodMonitor name> unless jobLabel names a pod label
+    assert re.search(r'\{Key: "target_label", Value: "job"\},\s+\{Key: "replacement", Value: fmt\.Sprintf\("%s/%s", m\.GetNamespace\(\), m\.GetName\(\)\)\}', promcfg)  # fmt: skip
+    # Knative names the user container's one port (the first declared) user-port
+    helpers = read(KNATIVE / "pkg/apis/serving/v1/revision_helpers.go")
+    port_name = re.search(r'UserPortName = "([^"]+)"', helpers)[1]
+    assert "Name:          v1.UserPortName," in read(KNATIVE / "pkg/reconciler/revision/resources/deploy.go.L309-L324")  # fmt: skip
+    rules = yaml.safe_load(read(ROOT / "manifests/monitoring/rules.yaml"))
+    [down] = [r for g in rules["groups"] for r in g["rules"] if r["alert"] == "ChurnPredictorDown"]
+    job = re.search(r'up\{job=~"([^"]+)"\}', down["expr"])[1]
+    for env, docs in OVERLAYS.items():
+        [pm] = of_kind(docs, "PodMonitor")
+        [isvc] = of_kind(docs, "InferenceService")
+        assert "jobLabel" not in pm["spec"]
+        assert re.fullmatch(job, f"{pm['metadata']['namespace']}/{pm['metadata']['name']}"), env
+        for endpoint in pm["spec"]["podMetricsEndpoints"]:
+            assert endpoint["port"] == port_name, env
+        # the predictor declares one port, the one Knative renames and the metrics are served on
+        [container] = isvc["spec"]["predictor"]["containers"]
+        assert len(container["ports"]) == 1
+
+
+def test_vendored_operator_is_the_one_the_chart_deploys():
+    chart = yaml.safe_load(read(CHART / "Chart.yaml"))
+    assert OPERATOR.parent.name == f"prometheus-operator-{chart['appVersion']}"
+    readme = read(UPSTREAM / "README.md")
+    files = [p for p in (OPERATOR.parent, CHART, HELPERS) for p in ([p] if p.is_file() else p.rglob("*")) if p.is_file()]  # fmt: skip
+    files += [KNATIVE / "pkg/apis/serving/v1/revision_helpers.go",
+              KNATIVE / "pkg/reconciler/revision/resources/deploy.go.L309-L324"]  # fmt: skip
+    for path in files:
+        sha = hashlib.sha256(path.read_bytes()).hexdigest()
+        rel = re.escape(str(path.relative_to(UPSTREAM)))
+        assert re.search(rf"^\| `{rel}` \|.*`{sha}` \|$", readme, re.M), path
