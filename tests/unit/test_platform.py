@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from mlstack.settings import DEFAULTS, code_root, load_settings
-from tests.kube import render
 from tests.support.k8s_schema import manifest_errors
+from tests.support.kube import render
 from tests.unit.test_manifests import checkov, kubernetes_validate
 
 ROOT = code_root()
@@ -236,10 +236,11 @@ def test_kube_prometheus_stack_values_select_the_stacks_monitors_rules_and_dashb
     state = values["kube-state-metrics"]["customResourceState"]
     [resource] = state["config"]["spec"]["resources"]
     [metric] = resource["metrics"]
-    exported = f"{resource['metricNamePrefix']}_{metric['name']}_info"
+    # <prefix>_<name>, as kube-state-metrics names it (tests/unit/test_upstream_kube_state_metrics.py)
+    exported = f"{resource['metricNamePrefix']}_{metric['name']}"
     assert state["enabled"] and exported in (ROOT / "manifests/monitoring/rules.yaml").read_text()
     assert values["alertmanager"]["alertmanagerSpec"]["alertmanagerConfigMatcherStrategy"] == {
-        "type": "None"
+        "type": "OnNamespaceExceptForAlertmanagerNamespace"
     }
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.kube import render
+from tests.support.kube import render
 
 ROOT = Path(__file__).resolve().parents[2]
 UPSTREAM = ROOT / "tests" / "upstream"
@@ -312,6 +312,14 @@ def test_the_retrain_route_receives_the_drift_alerts_as_the_operator_configures_
     matchers = route_matchers(amc, alertmanager.get("alertmanagerConfigMatcherStrategy"), stack_namespace())  # fmt: skip
     for labels in retrain_alert_labels():
         assert alert_matches(labels, matchers), (labels, matchers)
+    # an AlertmanagerConfig of any other namespace only sees that namespace's alerts
+    elsewhere = copy.deepcopy(amc)
+    elsewhere["metadata"]["namespace"] = "ml-staging"
+    strategy = alertmanager.get("alertmanagerConfigMatcherStrategy")
+    types = read(OPERATOR / "apis/monitoring/v1/alertmanager_types.go.L455-L486")
+    enum = re.search(r"\+kubebuilder:validation:Enum=(.+)", types)[1]
+    assert strategy["type"] in {v.strip('"') for v in enum.split(";")}  # the CRD admits it
+    assert ("namespace", "=", "ml-staging") in route_matchers(elsewhere, strategy, stack_namespace())  # fmt: skip
     # the oracle bites: the operator's default strategy (OnNamespace) would add the
     # AlertmanagerConfig's namespace, which the aggregated drift alert does not carry
     _, defaults = specs(chart_values({}))
