@@ -116,6 +116,7 @@ tools() {
 }
 
 exists() { "$ENGINE" image inspect "$1" >/dev/null 2>&1; }
+image_id() { "$ENGINE" image inspect --format '{{.Id}}' "$1" 2>/dev/null || true; }
 
 # podman: host networking and the machine's CA bundle, so pip in a build trusts what pip here does
 build_args() {
@@ -191,7 +192,7 @@ build() {
     exec 9>"$STATE/images.lock"
     flock 9
   fi
-  local args key dockerfile image start
+  local args key dockerfile image start before after
   mapfile -t args < <(build_args)
   for key in "${keys[@]}"; do
     dockerfile="${DOCKERFILE[$key]:-}"
@@ -199,9 +200,15 @@ build() {
     image="$(image_of "$key")"
     base_for "$dockerfile"
     start=$SECONDS
+    before="$(image_id "$image")"
     say "building $image from $dockerfile on $BASE with $ENGINE"
     "$ENGINE" build "${args[@]}" --build-arg "BASE_IMAGE=$BASE" -f "$dockerfile" -t "$image" .
     say "$image built in $((SECONDS - start)) s"
+    after="$(image_id "$image")"
+    # the image this build replaced, unless a container still uses it (rmi then refuses)
+    if [ -n "$before" ] && [ "$before" != "$after" ]; then
+      "$ENGINE" rmi "$before" >/dev/null 2>&1 || true
+    fi
   done
 }
 
