@@ -21,8 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from mlstack.tune.algorithms import BAYES_NOTE
 from mlstack.tune.spec import (
-    BAYES_NOTE,
     Experiment,
     ExperimentError,
     parse_metrics,

@@ -4,7 +4,9 @@ optuna distributions, its algorithm as an optuna sampler, its trial command and 
 collector's regular expression.
 
 The local runner (``mlstack.tune.local``) follows Katib's own semantics where this file names
-them: algorithms map to optuna samplers as Katib's optuna suggestion service does; parameters (int,
+them: each algorithm's settings are checked as the Katib suggestion service that runs it checks
+them, and it runs as the optuna sampler that behaves as that service (``mlstack.tune.algorithms``,
+one table); parameters (int,
 double with or without step, categorical, discrete) become optuna distributions. A field the local
 runner does not support is an error naming the field, never ignored.
 """
@@ -23,35 +25,11 @@ from typing import Any
 import yaml
 
 from mlstack.errors import StackError
+from mlstack.tune.algorithms import SettingError, check, sampler_arguments
 
 # Katib's StdOut collector default (metricsCollectorSpec.source.filter.metricsFormat)
 DEFAULT_METRICS_FORMAT = r"([\w|-]+)\s*=\s*([+-]?\d*(\.\d+)?([Ee][+-]?\d+)?)"
 GROUP, VERSION, PLURAL = "kubeflow.org", "v1beta1", "experiments"
-
-# algorithm name -> (optuna sampler, Katib setting name -> (sampler argument, type))
-_TPE_SETTINGS = {
-    "n_startup_trials": ("n_startup_trials", int),
-    "n_ei_candidates": ("n_ei_candidates", int),
-    "random_state": ("seed", int),
-}
-_ALGORITHMS: dict[str, dict[str, tuple[str, type]]] = {
-    "random": {"random_state": ("seed", int)},
-    "grid": {"random_state": ("seed", int)},
-    "tpe": _TPE_SETTINGS,
-    "multivariate-tpe": _TPE_SETTINGS,
-    "cmaes": {
-        "random_state": ("seed", int),
-        "sigma": ("sigma0", float),
-        "restart_strategy": ("restart_strategy", str),
-    },
-    # Katib runs scikit-optimize's Gaussian process here; optuna's GPSampler needs torch, which
-    # the training image does not carry, so the closest sampler at hand is TPE (also model-based).
-    "bayesianoptimization": _TPE_SETTINGS,
-}
-BAYES_NOTE = (
-    "note: bayesianoptimization runs as optuna's TPE sampler locally "
-    "(Katib uses a Gaussian process; optuna's GPSampler needs torch)"
-)
 
 
 class ExperimentError(StackError):
@@ -218,17 +196,11 @@ def parse(doc: dict[str, Any]) -> Experiment:
         "spec.algorithm", spec.get("algorithm", {}), ("algorithmName", "algorithmSettings")
     )
     algorithm = algo.get("algorithmName")
-    if algorithm not in _ALGORITHMS:
-        raise ExperimentError(
-            f"spec.algorithm.algorithmName: '{algorithm}' not supported locally "
-            f"(supported: {', '.join(sorted(_ALGORITHMS))})"
-        )
     settings = _settings("spec.algorithm.algorithmSettings", algo.get("algorithmSettings"))
-    for name in settings:
-        if name not in _ALGORITHMS[algorithm]:
-            raise ExperimentError(
-                f"spec.algorithm.algorithmSettings: '{name}' not supported for {algorithm}"
-            )
+    try:  # as Katib's suggestion service for the algorithm validates them
+        check(str(algorithm), settings)
+    except SettingError as exc:
+        raise ExperimentError(str(exc)) from None
     early = None
     if "earlyStopping" in spec:
         es = _only(
@@ -331,18 +303,13 @@ def load(path: str | Path) -> Experiment:
 
 
 def sampler(exp: Experiment):  # type: ignore[no-untyped-def]
-    """The optuna sampler Katib's optuna service would use for this algorithm."""
+    """The optuna sampler that runs the algorithm as Katib's suggestion service for it does
+    (mlstack.tune.algorithms)."""
     import optuna
 
-    kwargs: dict[str, Any] = {}
-    for name, raw in exp.algorithm_settings.items():
-        arg, kind = _ALGORITHMS[exp.algorithm][name]
-        try:
-            kwargs[arg] = kind(raw)
-        except ValueError:
-            raise ExperimentError(
-                f"algorithmSettings '{name}': {raw!r} is not a {kind.__name__}"
-            ) from None
+    kwargs = sampler_arguments(
+        exp.algorithm, check(exp.algorithm, exp.algorithm_settings), exp.parallel
+    )
     if exp.algorithm == "random":
         return optuna.samplers.RandomSampler(**kwargs)
     if exp.algorithm == "grid":
@@ -357,8 +324,6 @@ def sampler(exp: Experiment):  # type: ignore[no-untyped-def]
         return AskTellGridSampler({p.name: p.grid() for p in exp.parameters}, **kwargs)
     if exp.algorithm == "cmaes":
         return optuna.samplers.CmaEsSampler(**kwargs)
-    if exp.algorithm == "multivariate-tpe":
-        kwargs["multivariate"] = True
     return optuna.samplers.TPESampler(**kwargs)
 
 

@@ -30,7 +30,7 @@ def manifest(**spec_changes) -> dict:
 def test_experiment_yaml_is_strictly_valid_and_matches_the_project():
     assert experiment_errors(MANIFEST) == []
     exp = spec.parse(MANIFEST)
-    assert (exp.objective, exp.maximize, exp.algorithm) == ("roc_auc", True, "tpe")
+    assert (exp.objective, exp.maximize, exp.algorithm) == ("roc_auc", True, "multivariate-tpe")
     assert exp.early_stopping == {"min_trials_required": "3", "start_step": "2"}
     assert exp.container["image"] == DEFAULTS.training_image
     # the trial runs the pipeline's training entrypoint with every parameter
@@ -61,10 +61,10 @@ def test_strict_walk_rejects_unknown_fields_and_wrong_types():
             {
                 "algorithm": {
                     "algorithmName": "tpe",
-                    "algorithmSettings": [{"name": "gamma", "value": "1"}],
+                    "algorithmSettings": [{"name": "n_startup_trials", "value": "5"}],
                 }
             },
-            "'gamma' not supported for tpe",
+            "'n_startup_trials' is not a setting of tpe",
         ),
         ({"metricsCollectorSpec": {"collector": {"kind": "File"}}}, "'File' not supported"),
         ({"earlyStopping": {"algorithmName": "hyperband"}}, "only medianstop"),
@@ -190,8 +190,16 @@ def test_metric_strategies():
     [
         ("random", optuna.samplers.RandomSampler, [{"name": "random_state", "value": "3"}]),
         ("grid", optuna.samplers.GridSampler, []),
-        ("tpe", optuna.samplers.TPESampler, [{"name": "n_startup_trials", "value": "4"}]),
-        ("multivariate-tpe", optuna.samplers.TPESampler, []),
+        (
+            "tpe",
+            optuna.samplers.TPESampler,
+            [{"name": "gamma", "value": "0.3"}, {"name": "n_EI_candidates", "value": "12"}],
+        ),
+        (
+            "multivariate-tpe",
+            optuna.samplers.TPESampler,
+            [{"name": "n_startup_trials", "value": "4"}],
+        ),
         ("cmaes", optuna.samplers.CmaEsSampler, [{"name": "sigma", "value": "0.5"}]),
         ("bayesianoptimization", optuna.samplers.TPESampler, []),
     ],
@@ -211,20 +219,23 @@ def test_algorithm_mapping(name, cls, settings):
         c["command"] = [a for a in c["command"] if "learningRate" not in a]
     sampler = spec.sampler(spec.parse(doc))
     assert isinstance(sampler, cls)
-    if name == "multivariate-tpe":
-        assert sampler._multivariate is True
-    if name == "tpe":
+    if name == "multivariate-tpe":  # Katib's optuna service
+        assert (sampler._multivariate, sampler._constant_liar) == (True, True)
         assert sampler._n_startup_trials == 4
+    if name == "tpe":  # Katib's hyperopt service: its first request is random
+        assert sampler._n_startup_trials == doc["spec"]["parallelTrialCount"]
+        assert sampler._n_ei_candidates == 12
+        assert sampler._gamma(100) == 3  # ceil(0.3 * sqrt(100)), as hyperopt's tpe
 
 
 def test_bad_algorithm_setting_value():
     doc = manifest(
         algorithm={
-            "algorithmName": "tpe",
+            "algorithmName": "multivariate-tpe",
             "algorithmSettings": [{"name": "n_startup_trials", "value": "many"}],
         }
     )
-    with pytest.raises(spec.ExperimentError, match="'many' is not a int"):
+    with pytest.raises(spec.ExperimentError, match="'n_startup_trials' must be an integer >= 0"):
         spec.sampler(spec.parse(doc))
 
 
