@@ -38,6 +38,7 @@ PYTHON_SERVICES = {
     "skopt": "pkg/suggestion/v1beta1/skopt/service.py",
 }
 GOPTUNA = "pkg/suggestion/v1beta1/goptuna/converter.go"
+EARLY_STOPPING = {"medianstop": "pkg/earlystopping/v1beta1/medianstop/service.py"}
 
 
 class Katib:
@@ -53,11 +54,12 @@ class Katib:
         return data.decode()
 
 
-def routing(katib: Katib) -> dict[str, str]:
-    """algorithm name -> service, from the suggestion image katib-config names for it."""
+def routing(katib: Katib, kind: str = "suggestions") -> dict[str, str]:
+    """algorithm name -> service, from the image katib-config names for it (runtime.suggestions
+    or runtime.earlyStoppings)."""
     config = yaml.safe_load(katib.show(CONFIG))
     out = {}
-    for entry in config["runtime"]["suggestions"]:
+    for entry in config["runtime"][kind]:
         image = entry["image"].rsplit("/", 1)[-1].split(":")[0]  # suggestion-hyperopt
         out[entry["algorithmName"]] = image.removeprefix("suggestion-")
     return out
@@ -98,6 +100,10 @@ def _acceptance(body: list[ast.stmt]) -> str:
 
 
 def _validator(method: ast.FunctionDef) -> dict[str, Any]:
+    """The settings a validator names, each with its acceptance test, and the name its loop
+    gives a setting (the tests read ``<item>.value``)."""
+    loop = next(n for n in ast.walk(method) if isinstance(n, ast.For))
+    item = loop.target.id if isinstance(loop.target, ast.Name) else "s"
     settings: dict[str, str] = {}
     for node in ast.walk(method):
         if not isinstance(node, ast.If):
@@ -112,20 +118,25 @@ def _validator(method: ast.FunctionDef) -> dict[str, Any]:
             chain = chain.orelse[0] if len(chain.orelse) == 1 else None
         if settings:
             break
-    return {"settings": {k: {"accept_if": v} for k, v in settings.items()}, "unknown": "rejected"}
+    return {
+        "item": item,
+        "settings": {k: {"accept_if": v} for k, v in settings.items()},
+        "unknown": "rejected",
+    }
 
 
-def python_service(katib: Katib, path: str) -> dict[str, dict[str, Any]]:
-    """algorithm -> validator, from OptimizerConfiguration.validate_algorithm_spec's dispatch."""
+def python_service(
+    katib: Katib,
+    path: str,
+    cls_name: str = "OptimizerConfiguration",
+    dispatch: str = "validate_algorithm_spec",
+) -> dict[str, dict[str, Any]]:
+    """algorithm -> validator, from the service's dispatch on the algorithm name."""
     tree = ast.parse(katib.show(path))
-    cls = next(
-        n
-        for n in ast.walk(tree)
-        if isinstance(n, ast.ClassDef) and n.name == "OptimizerConfiguration"
-    )
+    cls = next(n for n in ast.walk(tree) if isinstance(n, ast.ClassDef) and n.name == cls_name)
     methods = {n.name: n for n in cls.body if isinstance(n, ast.FunctionDef)}
     out: dict[str, dict[str, Any]] = {}
-    for node in ast.walk(methods["validate_algorithm_spec"]):
+    for node in ast.walk(methods[dispatch]):
         if not isinstance(node, ast.If):
             continue
         tests = node.test.values if isinstance(node.test, ast.BoolOp) else [node.test]
@@ -199,6 +210,12 @@ def main() -> None:
                 raise SystemExit(f"{service} does not validate {algo}")
             entry.update(services[service][algo])
         algorithms[algo] = entry
+    early = {}
+    for algo, service in routing(katib, "earlyStoppings").items():
+        validators = python_service(
+            katib, EARLY_STOPPING[algo], "MedianStopService", "validate_early_stopping_spec"
+        )
+        early[algo] = {"service": service, **validators[algo]}
     json.dump(
         {
             "about": "Katib's suggestion services and the algorithm settings each accepts, "
@@ -208,6 +225,7 @@ def main() -> None:
             "licence": "Apache-2.0",
             "files": dict(sorted(katib.files.items())),
             "algorithms": algorithms,
+            "early_stopping": early,
         },
         sys.stdout,
         indent=1,

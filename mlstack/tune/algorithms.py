@@ -141,16 +141,39 @@ BAYES_NOTE = (
 )
 
 
+# Katib's early-stopping services validate their settings the same way
+EARLY_STOPPING: dict[str, Algorithm] = {
+    "medianstop": Algorithm(
+        "earlystopping-medianstop",
+        {
+            "min_trials_required": Setting(_python_int, lambda v: v > 0, "an integer > 0", None),
+            "start_step": Setting(_python_int, lambda v: v >= 1, "an integer >= 1", None),
+        },
+    ),
+}
+
+
 def check(algorithm: str, settings: dict[str, str]) -> dict[str, Any]:
     """Each setting parsed and tested as Katib's suggestion service for ``algorithm`` does;
     the first one it would reject raises, naming the setting."""
-    where = "spec.algorithm.algorithmSettings"
-    if algorithm not in ALGORITHMS:
+    return _check(ALGORITHMS, "spec.algorithm", algorithm, settings)
+
+
+def check_early_stopping(algorithm: str, settings: dict[str, str]) -> dict[str, Any]:
+    """The same, as Katib's early-stopping service for ``algorithm`` checks its settings."""
+    return _check(EARLY_STOPPING, "spec.earlyStopping", algorithm, settings)
+
+
+def _check(
+    tables: dict[str, Algorithm], field: str, algorithm: str, settings: dict[str, str]
+) -> dict[str, Any]:
+    where = f"{field}.algorithmSettings"
+    if algorithm not in tables:
         raise SettingError(
-            f"spec.algorithm.algorithmName: '{algorithm}' not supported locally "
-            f"(supported: {', '.join(sorted(ALGORITHMS))})"
+            f"{field}.algorithmName: '{algorithm}' not supported locally "
+            f"(supported: {', '.join(sorted(tables))})"
         )
-    table = ALGORITHMS[algorithm]
+    table = tables[algorithm]
     values: dict[str, Any] = {}
     for name, raw in settings.items():
         if name not in table.settings:

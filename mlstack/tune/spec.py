@@ -25,7 +25,7 @@ from typing import Any
 import yaml
 
 from mlstack.errors import StackError
-from mlstack.tune.algorithms import SettingError, check, sampler_arguments
+from mlstack.tune.algorithms import SettingError, check, check_early_stopping, sampler_arguments
 
 # Katib's StdOut collector default (metricsCollectorSpec.source.filter.metricsFormat)
 DEFAULT_METRICS_FORMAT = r"([\w|-]+)\s*=\s*([+-]?\d*(\.\d+)?([Ee][+-]?\d+)?)"
@@ -210,11 +210,10 @@ def parse(doc: dict[str, Any]) -> Experiment:
             raise ExperimentError("spec.earlyStopping.algorithmName: only medianstop is supported")
         early = {"min_trials_required": "3", "start_step": "4"}
         given = _settings("spec.earlyStopping.algorithmSettings", es.get("algorithmSettings"))
-        for name in given:
-            if name not in early:
-                raise ExperimentError(
-                    f"spec.earlyStopping.algorithmSettings: '{name}' not supported"
-                )
+        try:  # as Katib's early-stopping service validates them
+            check_early_stopping("medianstop", given)
+        except SettingError as exc:
+            raise ExperimentError(str(exc)) from None
         early.update(given)
     collector = _only(
         "spec.metricsCollectorSpec", spec.get("metricsCollectorSpec", {}), ("collector", "source")

@@ -17,7 +17,13 @@ from typing import Any
 import pytest
 import yaml
 
-from mlstack.tune.algorithms import ALGORITHMS, SettingError, check
+from mlstack.tune.algorithms import (
+    ALGORITHMS,
+    EARLY_STOPPING,
+    SettingError,
+    check,
+    check_early_stopping,
+)
 from tests.conftest import ROOT
 
 KATIB = json.loads((ROOT / "tests/upstream/katib-suggestion-settings.json").read_text())
@@ -27,9 +33,9 @@ SAMPLES = [
 ]  # fmt: skip
 
 
-def katib_accepts(algorithm: str, name: str, value: str) -> bool:
+def katib_accepts(algorithm: str, name: str, value: str, kind: str = "algorithms") -> bool:
     """What Katib's service for ``algorithm`` says of one setting."""
-    entry = KATIB["algorithms"][algorithm]
+    entry = KATIB[kind][algorithm]
     rule = entry["settings"].get(name)
     if rule is None:
         return entry["unknown"] == "ignored"
@@ -39,7 +45,7 @@ def katib_accepts(algorithm: str, name: str, value: str) -> bool:
                 eval(  # noqa: S307 - a few characters of Katib's source, extracted
                     rule["accept_if"],
                     {"__builtins__": {}, "int": int, "float": float},
-                    {"s": SimpleNamespace(name=name, value=value)},
+                    {entry["item"]: SimpleNamespace(name=name, value=value)},
                 )
             )
         except Exception:
@@ -117,3 +123,22 @@ def test_tpe_with_optunas_setting_names_is_rejected_as_katib_rejects_it() -> Non
     assert not katib_accepts("tpe", "n_startup_trials", "5")
     with pytest.raises(SettingError, match="'n_startup_trials'.*hyperopt"):
         check("tpe", {"n_startup_trials": "5", "random_state": "7"})
+
+
+@pytest.mark.parametrize("algorithm", sorted(EARLY_STOPPING))
+def test_early_stopping_settings_are_accepted_exactly_when_katib_accepts_them(
+    algorithm: str,
+) -> None:
+    upstream = KATIB["early_stopping"][algorithm]
+    table = EARLY_STOPPING[algorithm]
+    assert table.service == upstream["service"]
+    assert set(table.settings) == set(upstream["settings"])
+    for name in [*upstream["settings"], "n_startup_jobs"]:
+        for value in SAMPLES:
+            try:
+                check_early_stopping(algorithm, {name: value})
+                runner = True
+            except SettingError as exc:
+                assert f"'{name}'" in str(exc)
+                runner = False
+            assert runner == katib_accepts(algorithm, name, value, "early_stopping"), (name, value)
