@@ -1,23 +1,5 @@
-"""Rendering manifests the way a cluster gets them: `kubectl kustomize`, parsed."""
+"""Moved to ``tests.support.kube``; this name stays only until in-flight work imports that."""
 
-from __future__ import annotations
+from tests.support.kube import KustomizeLoader, render
 
-import subprocess
-from pathlib import Path
-
-import yaml
-
-
-class KustomizeLoader(yaml.SafeLoader):
-    """kustomize writes AlertmanagerConfig's `matchType: =` unquoted: YAML 1.1's value tag."""
-
-
-KustomizeLoader.add_constructor(
-    "tag:yaml.org,2002:value", lambda loader, node: loader.construct_scalar(node)
-)
-
-
-def render(path: Path) -> list[dict]:
-    out = subprocess.run(["kubectl", "kustomize", str(path)], capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    return [d for d in yaml.load_all(out.stdout, Loader=KustomizeLoader) if d]
+__all__ = ["KustomizeLoader", "render"]

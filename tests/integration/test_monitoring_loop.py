@@ -21,7 +21,7 @@ from mlstack.settings import code_root
 from mlstack.train.training import TrainingLineage
 from serving.codec import NAMES
 from tests.conftest import free_port
-from tests.servers import call, registered_model, start, stop
+from tests.support.servers import call, registered_model, start, stop
 
 pytestmark = pytest.mark.slow
 MODEL = "churn-classifier"  # the rules select this model name

@@ -19,8 +19,8 @@ from mlstack.deploy import promote
 from mlstack.settings import code_root
 from mlstack.train import tracking
 from tests.conftest import free_port
-from tests.kube import render
-from tests.servers import start
+from tests.support.kube import render
+from tests.support.servers import start, stop
 
 pytestmark = pytest.mark.slow
 
@@ -131,5 +131,4 @@ def test_mlflow_server_as_deployed_postgres_s3_proxy_and_allowed_hosts(tmp_path,
         bucket, _, key = release.storage_uri.removeprefix("s3://").partition("/")
         store.head_object(Bucket=bucket, Key=f"{key}/MLmodel")
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        stop(proc)

@@ -16,7 +16,8 @@ from mlstack.data import generate
 from mlstack.train.training import TrainingLineage
 from serving.codec import NAMES, Batch
 from tests.conftest import free_port
-from tests.servers import call, registered_model, start, stop
+from tests.support.cli import cli_argv
+from tests.support.servers import call, registered_model, running, stop
 
 MODEL = "churn-test"
 MAX_BATCH = 64
@@ -31,7 +32,7 @@ def server(tmp_path_factory):
     )
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    proc = start(
+    with running(
         [sys.executable, "-m", "serving", "--model_uri", f"models:/{MODEL}@champion",
          "--model_name", MODEL, "--host", "127.0.0.1", "--http_port", str(port),
          "--enable_grpc", "false", "--max_batch_size", str(MAX_BATCH),
@@ -39,11 +40,10 @@ def server(tmp_path_factory):
         tmp / "server.log",
         f"{base}/v2/health/ready",
         env={**os.environ, "MLFLOW_TRACKING_URI": uri},
-    )  # fmt: skip
-    mlflow.set_tracking_uri(uri)
-    model = mlflow.sklearn.load_model(f"models:/{MODEL}@champion")
-    yield base, model, port, uri
-    stop(proc)
+    ):  # fmt: skip
+        mlflow.set_tracking_uri(uri)
+        model = mlflow.sklearn.load_model(f"models:/{MODEL}@champion")
+        yield base, model, port, uri
 
 
 def _up(base: str) -> bool:
@@ -263,14 +263,14 @@ def test_mlstack_serve_binds_loopback_only(server):
     *_, uri = server
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mlstack.cli", "serve", "--port", str(port)],
+        cli_argv("serve", "--port", str(port)),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         env={**os.environ, "MLFLOW_TRACKING_URI": uri, "MLSTACK_MODEL_NAME": MODEL},
     )
     try:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + 120
         while not _up(base):
             assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read().decode()
             time.sleep(0.3)
@@ -279,5 +279,4 @@ def test_mlstack_serve_binds_loopback_only(server):
         with pytest.raises(OSError), socket.create_connection(("127.0.0.2", port), timeout=2):
             pass
     finally:
-        proc.terminate()
-        proc.wait(timeout=15)
+        stop(proc)

@@ -1,6 +1,3 @@
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -9,18 +6,9 @@ from mlstack.cli import main
 from mlstack.errors import StackError
 from mlstack.pipeline.compile import parse_params
 from mlstack.settings import load_settings
+from tests.support.cli import run_cli
 
 IR = load_settings().ir_path
-
-
-def run_cli(*args: str, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "mlstack.cli", *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **env},
-        timeout=120,
-    )
 
 
 def test_params_are_typed_by_the_pipeline_definition():
@@ -42,7 +30,9 @@ def test_bad_params_are_named(pair, message):
 
 
 def test_bad_param_on_the_command_line_is_one_line(tmp_path: Path):
-    done = run_cli("pipeline", "run", "--param", "bogus=1", MLSTACK_STATE_DIR=str(tmp_path))
+    done = run_cli(
+        "pipeline", "run", "--param", "bogus=1", env={"MLSTACK_STATE_DIR": str(tmp_path)}
+    )
     assert done.returncode == 1
     assert done.stderr.strip() == done.stderr.strip().splitlines()[0]
     assert "--param bogus: not a pipeline parameter" in done.stderr
@@ -64,6 +54,6 @@ def test_compile_check_passes_on_the_checked_in_ir():
 
 
 def test_data_add_refuses_a_missing_file(data_repo: Path):
-    done = run_cli("data", "add", "/nonexistent.csv", MLSTACK_REPO_ROOT=str(data_repo))
+    done = run_cli("data", "add", "/nonexistent.csv", env={"MLSTACK_REPO_ROOT": str(data_repo)})
     assert done.returncode == 1
     assert done.stderr.strip() == "error: no such file: /nonexistent.csv"

@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from tests.conftest import ROOT
-from tests.kube import render
+from tests.support.kube import render
 
 UPSTREAM = json.loads((ROOT / "tests/upstream/cpu-requests.json").read_text())
 # a kind node's allocatable CPU is the host's: GitHub's ubuntu-latest runner has 4 vCPUs

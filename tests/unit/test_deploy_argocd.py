@@ -2,15 +2,14 @@
 Argo CD applies them (kubectl kustomize), point every Application of this repository there."""
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import yaml
 
 from mlstack.deploy.argocd import THIS_REPOSITORY, root_application
 from mlstack.settings import code_root
-from tests.kube import render
+from tests.support.cli import run_cli
+from tests.support.kube import render
 
 ROOT = code_root()
 FORK, BRANCH = "https://git.example/fork/mlstack.git", "e2e/42"
@@ -63,8 +62,6 @@ def test_main_of_this_repository_is_the_root_as_committed():
 
 
 def test_cli_prints_the_retargeted_root():
-    done = subprocess.run(
-        [sys.executable, "-m", "mlstack.cli", "root-app", "--repo-url", FORK, "--revision", BRANCH],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
+    done = run_cli("root-app", "--repo-url", FORK, "--revision", BRANCH)
+    assert done.returncode == 0, done.stderr
     assert yaml.safe_load(done.stdout) == root_application(FORK, BRANCH)

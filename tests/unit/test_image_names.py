@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from mlstack.settings import DEFAULTS, code_root
-from tests.kube import render
+from tests.support.kube import render
 
 ROOT = code_root()
 IMAGES = DEFAULTS.images

@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from mlstack.settings import code_root
-from tests.kube import render
 from tests.support.k8s_schema import Walker, manifest_errors
+from tests.support.kube import render
 
 ROOT = code_root()
 OVERLAYS = ["staging", "production"]

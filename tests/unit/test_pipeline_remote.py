@@ -2,8 +2,6 @@
 call is bound to the real client's method signature, and answers are kfp_server_api models)."""
 
 import inspect
-import subprocess
-import sys
 from pathlib import Path
 
 import kfp
@@ -22,6 +20,7 @@ from mlstack.errors import StackError
 from mlstack.pipeline import remote
 from mlstack.settings import code_root, load_settings
 from tests.conftest import free_port, git
+from tests.support.cli import run_cli
 
 SHA = "a" * 40
 
@@ -144,10 +143,7 @@ def test_no_endpoint_is_one_clear_line():
     ) as err:
         remote.connect(f"http://127.0.0.1:{free_port()}")
     assert "\n" not in str(err.value)
-    done = subprocess.run(
-        [sys.executable, "-m", "mlstack.cli", "run", "submit", "--endpoint", f"http://127.0.0.1:{free_port()}"],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    done = run_cli("run", "submit", "--endpoint", f"http://127.0.0.1:{free_port()}")
     assert done.returncode == 1 and done.stderr.startswith("error: no KFP endpoint reachable")
     assert done.stderr.count("\n") == 1
 

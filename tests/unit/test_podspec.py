@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from mlstack.settings import code_root
-from tests.kube import render
 from tests.support import admission
+from tests.support.kube import render
 from tests.support.podspec import (
     Image,
     PodContext,

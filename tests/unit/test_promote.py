@@ -3,7 +3,6 @@
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,7 @@ from mlstack.train import registry
 from mlstack.train.evaluation import evaluate
 from mlstack.train.training import HyperParams, TrainingLineage, train_and_log
 from tests.conftest import git
+from tests.support.cli import run_cli
 
 MODEL = "churn-promote"
 DIGEST = "ghcr.io/mlstack/churn-predictor@sha256:" + "a" * 64
@@ -150,20 +150,15 @@ def test_rollback_is_git_revert(registered, manifests):
 
 
 def test_promote_command_line(registered, manifests):
-    done = subprocess.run(
-        [sys.executable, "-m", "mlstack.cli", "promote", "--env", "staging", "--alias", "champion",
-         "--manifests", str(manifests)],
-        capture_output=True, text=True, env={**os.environ, "MLFLOW_TRACKING_URI": registered,
-                                             "MLSTACK_MODEL_NAME": MODEL},
-    )  # fmt: skip
+    env = {"MLFLOW_TRACKING_URI": registered, "MLSTACK_MODEL_NAME": MODEL}
+    done = run_cli(
+        "promote", "--env", "staging", "--alias", "champion", "--manifests", str(manifests), env=env
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("wrote ") and "churn-promote v1" in done.stdout
-    again = subprocess.run(
-        [sys.executable, "-m", "mlstack.cli", "promote", "--env", "staging", "--version", "1",
-         "--manifests", str(manifests)],
-        capture_output=True, text=True, env={**os.environ, "MLFLOW_TRACKING_URI": registered,
-                                             "MLSTACK_MODEL_NAME": MODEL},
-    )  # fmt: skip
+    again = run_cli(
+        "promote", "--env", "staging", "--version", "1", "--manifests", str(manifests), env=env
+    )
     assert again.returncode == 0 and again.stdout.startswith("unchanged:")
 
 
@@ -181,30 +176,16 @@ def test_image_only_bump_and_model_card(registered, manifests, tmp_path):
 
 
 def test_command_line_image_only_and_model_card(registered, manifests, tmp_path):
-    env = {**os.environ, "MLFLOW_TRACKING_URI": registered, "MLSTACK_MODEL_NAME": MODEL}
-    base = [sys.executable, "-m", "mlstack.cli", "promote", "--manifests", str(manifests)]
-    done = subprocess.run(
-        [*base, "--env", "staging", "--image", DIGEST], capture_output=True, text=True, env=env
-    )
+    env = {"MLFLOW_TRACKING_URI": registered, "MLSTACK_MODEL_NAME": MODEL}
+    base = ("promote", "--manifests", str(manifests))
+    done = run_cli(*base, "--env", "staging", "--image", DIGEST, env=env)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().endswith(DIGEST)
     card = tmp_path / "card.md"
-    done = subprocess.run(
-        [
-            *base,
-            "--env",
-            "production",
-            "--version",
-            "1",
-            "--canary",
-            "10",
-            "--model-card",
-            str(card),
-        ],
-        capture_output=True,
-        text=True,
+    done = run_cli(
+        *base, "--env", "production", "--version", "1", "--canary", "10", "--model-card", str(card),
         env=env,
-    )
+    )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert card.read_text().startswith(f"## {MODEL} v1")
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from tests.kube import render
+from tests.support.kube import render
 
 ROOT = Path(__file__).resolve().parents[2]
 UPSTREAM = ROOT / "tests" / "upstream"

@@ -18,7 +18,7 @@ import pytest
 import yaml
 from kubernetes import client as k8s
 
-from tests.kube import render
+from tests.support.kube import render
 
 ROOT = Path(__file__).resolve().parents[2]
 UPSTREAM = ROOT / "tests" / "upstream"

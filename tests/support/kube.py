@@ -1,0 +1,23 @@
+"""Rendering manifests the way a cluster gets them: `kubectl kustomize`, parsed."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import yaml
+
+
+class KustomizeLoader(yaml.SafeLoader):
+    """kustomize writes AlertmanagerConfig's `matchType: =` unquoted: YAML 1.1's value tag."""
+
+
+KustomizeLoader.add_constructor(
+    "tag:yaml.org,2002:value", lambda loader, node: loader.construct_scalar(node)
+)
+
+
+def render(path: Path) -> list[dict]:
+    out = subprocess.run(["kubectl", "kustomize", str(path)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    return [d for d in yaml.load_all(out.stdout, Loader=KustomizeLoader) if d]

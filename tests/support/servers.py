@@ -1,0 +1,112 @@
+"""Helpers for tests that run real local servers: a registered model, processes that must come
+up on 127.0.0.1 and be stopped, and JSON over HTTP."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mlstack.data import generate
+from mlstack.settings import Gates
+from mlstack.train import registry
+from mlstack.train.evaluation import evaluate
+from mlstack.train.tracking import sqlite_store
+from mlstack.train.training import HyperParams, TrainingLineage, train_and_log
+
+
+def call(url: str, body: bytes | dict | None = None, content_type: str = "application/json"):
+    """(status, headers, body bytes) of a GET, or of a POST when there is a body."""
+    data = json.dumps(body).encode() if isinstance(body, dict | list) else body
+    req = urllib.request.Request(url, data=data, method="POST" if data is not None else "GET")
+    if data is not None:
+        req.add_header("content-type", content_type)
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, dict(resp.headers), resp.read()
+    except urllib.error.HTTPError as err:
+        return err.code, dict(err.headers), err.read()
+    except OSError:
+        return 0, {}, b""
+
+
+def registered_model(tmp: Path, model: str, lineage: TrainingLineage, max_iter: int = 80) -> str:
+    """Train on 1500 seeded rows and register the model as @champion in a sqlite store; its URI."""
+    uri = sqlite_store(tmp / "mlflow")
+    data = tmp / "train.csv"
+    generate.write_csv(generate.generate(1500, 7), data)
+    trained = train_and_log(data, HyperParams(max_iter=max_iter), lineage, uri, "tests", 0.25, 42)
+    gates = Gates(min_roc_auc=0.5, min_f1=0.1)
+    decision = evaluate(data, trained.run_id, model, uri, "tests", gates, 0.25, 42)
+    registry.register(trained.run_id, trained.model_uri, model, decision, uri, "tests")
+    return uri
+
+
+def start(cmd: list[str], log: Path, ready_url: str, env: dict | None = None, timeout: float = 120):
+    """Start ``cmd`` and wait until ``ready_url`` answers 200; fail the test with its log if not
+    (the process is killed then)."""
+    handle = log.open("w")
+    proc = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, env=env)
+    deadline = time.monotonic() + timeout
+    while call(ready_url)[0] != 200:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            stop(proc)
+            pytest.fail(f"{cmd[0]} did not come up:\n" + log.read_text()[-3000:])
+        time.sleep(0.3)
+    return proc
+
+
+def stop(proc: subprocess.Popen, grace: float = 30) -> None:
+    """Stop ``proc``: SIGTERM, then SIGKILL if it has not exited within ``grace`` seconds; never
+    raises on a slow exit (a loaded machine), and always reaps the process."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    proc.wait()
+
+
+@contextlib.contextmanager
+def running(
+    cmd: list[str], log: Path, ready_url: str, env: dict | None = None, timeout: float = 120
+) -> Iterator[subprocess.Popen]:
+    """``start`` as a context: the process is stopped on exit, whatever happened inside."""
+    proc = start(cmd, log, ready_url, env=env, timeout=timeout)
+    try:
+        yield proc
+    finally:
+        stop(proc)
+
+
+def mlflow_server_argv(port: int, root: Path) -> list[str]:
+    """A tracking server on 127.0.0.1:``port`` with its sqlite store and artifact destination
+    under ``root`` (artifacts proxied: clients need no storage of their own)."""
+    return [
+        sys.executable, "-m", "mlflow", "server",
+        "--host", "127.0.0.1",
+        "--port", str(port),
+        "--workers", "1",
+        "--backend-store-uri", f"sqlite:///{root / 'server.db'}",
+        "--artifacts-destination", str(root / "server-artifacts"),
+        "--allowed-hosts", f"127.0.0.1:{port},localhost:{port}",
+    ]  # fmt: skip
+
+
+@contextlib.contextmanager
+def mlflow_server(root: Path, port: int) -> Iterator[str]:
+    """A local MLflow tracking server for the duration of the context; yields its URI."""
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    uri = f"http://127.0.0.1:{port}"
+    with running(mlflow_server_argv(port, root), root / "mlflow.log", f"{uri}/health", env=env):
+        yield uri
