@@ -5,6 +5,7 @@ image workflow. A reference that disagrees fails here."""
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import tomllib
 
@@ -194,3 +195,19 @@ def test_workflow_publishes_the_referenced_tag_and_the_sha_of_every_image():
     # the bump job pins the predictor's digest in the same repository
     bump = workflow["jobs"]["bump-staging"]["env"]["IMAGE"]
     assert "needs.build.outputs.predictor_repository" in bump
+
+
+def test_images_script_without_an_engine_says_what_to_do(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("bash", "dirname", "python3"):
+        (bin_dir / tool).symlink_to(shutil.which(tool))
+    done = subprocess.run(
+        [str(bin_dir / "bash"), "scripts/images.sh", "engine"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={"PATH": str(bin_dir)},
+    )
+    assert done.returncode != 0
+    assert "no container engine" in done.stderr and "make tools" in done.stderr
