@@ -9,6 +9,7 @@ and ``--host 127.0.0.1``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import tempfile
@@ -92,7 +93,14 @@ def main() -> None:
         raise SystemExit("error: --workers must be 1 (run more replicas instead)")
     # sklearn's OpenMP pool sees every core of the node, not the pod's limit
     threadpool_limits(int(os.environ.get("OMP_NUM_THREADS", cpu_limit() or 1)))
-    with tempfile.TemporaryDirectory(prefix="mlstack-model-") as tmp:
+    # only a registry download needs a scratch directory: in a pod the root filesystem is
+    # read-only and the model is already in --model_dir (KServe's storage initializer)
+    scratch = (
+        tempfile.TemporaryDirectory(prefix="mlstack-model-")
+        if args.model_uri
+        else contextlib.nullcontext("")
+    )
+    with scratch as tmp:
         model_dir, version = Path(args.model_dir), args.model_version
         if args.model_uri:
             model_dir, version = download_model(args.model_uri, Path(tmp))
