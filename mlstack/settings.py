@@ -103,6 +103,11 @@ class Settings:
         return self.state / "kfp"
 
     @property
+    def containers_pipeline_root(self) -> Path:
+        """The pipeline root when the steps run in containers (written by the image's user)."""
+        return self.state / "kfp-containers"
+
+    @property
     def ir_path(self) -> Path:
         """The compiled IR that ships with this code (not with the data repo)."""
         return code_root() / "pipelines" / "training.yaml"

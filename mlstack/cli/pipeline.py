@@ -28,14 +28,16 @@ def _run(args: argparse.Namespace, settings: Settings) -> None:
     params = parse_params(args.param, ir_path)
     if args.tuning:
         params.setdefault("tune_backend", "local")
-    summary = run_pipeline(settings, args.rev, params, args.verbose, ir_path=ir_path)
+    summary = run_pipeline(
+        settings, args.rev, params, args.verbose, ir_path=ir_path, runner=args.runner
+    )
     print()
     print(summary.render())
     print()
-    print(
-        f"Look at it: mlflow ui --backend-store-uri {summary.tracking_uri}  "
-        f"(model '{settings.model_name}'); step outputs in {summary.run_dir}"
-    )
+    ui = summary.tracking_uri
+    if not ui.startswith(("http://", "https://")):
+        ui = f"mlflow ui --backend-store-uri {ui}"
+    print(f"Look at it: {ui}  (model '{settings.model_name}'); step outputs in {summary.run_dir}")
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -51,5 +53,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     run.add_argument("-v", "--verbose", action="store_true", help="show every step's full log")
     run.add_argument(
         "--tuning", action="store_true", help="the tuning pipeline (Katib tune step run locally)"
+    )
+    run.add_argument(
+        "--runner",
+        default="subprocess",
+        help="subprocess: the steps in this environment (default); docker: each step in its "
+        "image (DOCKER_HOST; an MLflow server in MLFLOW_TRACKING_URI), docs/pipeline-containers.md",
     )
     run.set_defaults(func=_run)

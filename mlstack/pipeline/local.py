@@ -1,7 +1,9 @@
 """Run the checked-in pipeline IR on this machine with ``kfp.local`` and summarise the run.
 
-The IR (``pipelines/training.yaml``) is the same file a cluster runs; only the runner differs
-(``SubprocessRunner(use_venv=False)``, caching on, outputs under ``.mlstack/kfp``).
+The IR (``pipelines/training.yaml``) is the same file a cluster runs; only the runner differs:
+``SubprocessRunner(use_venv=False)`` (this environment, outputs under ``.mlstack/kfp``) or, with
+``runner="docker"``, ``DockerRunner`` (each step in its image, ``mlstack.pipeline.containers``,
+outputs under ``.mlstack/kfp-containers``); caching on.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _EXECUTING = re.compile(r"Executing task '([^']+)'")
 _FINISHED = re.compile(r"Task '([^']+)' finished with status (\w+)")
 _PIPELINE_DONE = re.compile(r"Pipeline '([^']+)' finished with status (\w+)")
+RUNNERS = ("subprocess", "docker")
 
 
 class _Progress(io.TextIOBase):
@@ -163,11 +166,15 @@ def run_pipeline(
     verbose: bool = False,
     out: TextIO | None = None,
     ir_path: Path | None = None,
+    runner: str = "subprocess",
 ) -> RunSummary:
-    """Run a compiled pipeline (the training one by default) locally on the data at ``rev``."""
+    """Run a compiled pipeline (the training one by default) locally on the data at ``rev``, its
+    steps in this environment or (``runner="docker"``) each in its image."""
     from kfp import components, local
 
     out = out or sys.stdout
+    if runner not in RUNNERS:
+        raise StackError(f"runner '{runner}': one of {', '.join(RUNNERS)}")
     repo = str(settings.repo_root)
     sha = versions.resolve_rev(repo, rev)
     tracking_uri = settings.mlflow_tracking_uri
@@ -175,13 +182,23 @@ def run_pipeline(
     ir_path = ir_path or settings.ir_path
     if not ir_path.exists():
         raise StackError(f"no compiled pipeline at {ir_path}: run 'mlstack pipeline compile'")
-    root = settings.pipeline_root
-    root.mkdir(parents=True, exist_ok=True)
+    if runner == "docker":
+        from mlstack.pipeline import containers
+
+        root = settings.containers_pipeline_root
+        kfp_runner, cache_root = containers.setup(root, Path(repo), ir_path, tracking_uri)
+        running: contextlib.AbstractContextManager = containers.exit_status_kept()
+    else:
+        root = settings.pipeline_root
+        root.mkdir(parents=True, exist_ok=True)
+        kfp_runner, cache_root = local.SubprocessRunner(use_venv=False), None
+        running = contextlib.nullcontext()
     local.init(
-        runner=local.SubprocessRunner(use_venv=False),
+        runner=kfp_runner,
         pipeline_root=str(root),
         raise_on_error=True,
         enable_caching=True,
+        cache_root=str(cache_root) if cache_root else None,
     )
     pipeline = components.load_component_from_file(str(ir_path))
     args = {
@@ -194,13 +211,15 @@ def run_pipeline(
         **(arguments or {}),
     }
     progress = _Progress(out, verbose)
-    out.write(f"Running {ir_path.name} locally on {settings.data_path}@{sha[:12]}\n")
+    where = "in containers" if runner == "docker" else "locally"
+    out.write(f"Running {ir_path.name} {where} on {settings.data_path}@{sha[:12]}\n")
     started = time.monotonic()
     try:
         with (
             contextlib.redirect_stdout(progress),
             warnings.catch_warnings(),
             _capture_run_name() as run_name,
+            running,
         ):
             # the local runner uses this environment, not the training image: that is the point
             warnings.filterwarnings(
