@@ -81,14 +81,18 @@ def external_secret_data(doc: Mapping, store: Mapping[tuple[str, str], str]) -> 
 def secrets_in(
     docs: list[dict], namespace: str, store: Mapping[tuple[str, str], str]
 ) -> dict[str, dict[str, str]]:
-    """Every Secret the rendered ExternalSecrets make in ``namespace``."""
-    return {
-        (d["spec"].get("target") or {}).get("name", d["metadata"]["name"]): external_secret_data(
-            d, store
-        )
-        for d in docs
-        if d.get("kind") == "ExternalSecret" and d["metadata"].get("namespace") == namespace
-    }
+    """Every Secret the rendered ExternalSecrets make in ``namespace`` (one whose remote keys
+    the store lacks makes none, as the operator's sync fails)."""
+    out = {}
+    for doc in docs:
+        if doc.get("kind") != "ExternalSecret" or doc["metadata"].get("namespace") != namespace:
+            continue
+        target = (doc["spec"].get("target") or {}).get("name", doc["metadata"]["name"])
+        try:
+            out[target] = external_secret_data(doc, store)
+        except LookupError:
+            continue
+    return out
 
 
 def workload_pod(doc: Mapping) -> dict:

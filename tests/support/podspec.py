@@ -270,16 +270,22 @@ def run_argv(
     *,
     name: str,
     network: str | None = None,
+    extra_env: Mapping[str, str] | None = None,
     podman: str = "podman",
 ) -> list[str]:
     """The ``podman run`` command line that starts ``container_name`` of ``pod`` as the kubelet
-    would (detached; the caller removes the container)."""
+    would (detached; the caller removes the container). ``extra_env`` is for what no manifest
+    can say here (a stand-in's address); it comes after the declared env and cannot replace it."""
     [container] = [c for c in pod.get("containers") or [] if c["name"] == container_name] or [None]
     if container is None:
         raise SpecError(f"no container {container_name!r} in the pod")
     security = effective_security(pod, container)
     verify_run_as_non_root(security, image, container_name)
     env = container_env(container, ctx)
+    clash = set(extra_env or {}) & set(env)
+    if clash:
+        raise SpecError(f"extra env {sorted(clash)} would replace the manifest's")
+    env.update(extra_env or {})
     argv = [podman, "run", "--detach", "--pull", "never", "--name", name]
     if network:
         argv += ["--network", network]

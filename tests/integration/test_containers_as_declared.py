@@ -1,0 +1,424 @@
+"""Every workload container of ours, started from its built image exactly as the rendered
+manifests declare it (command, args, env, user, security context, volumes, ports: taken from
+`kubectl kustomize`'s output through tests/support/podspec.py and admission.py, never retyped),
+then probed on its declared readiness and liveness endpoints and called for real.
+
+Each runs in a pod of its own (tests/support/pods.py): its ports published on 127.0.0.1 only, the
+cluster's Service names resolving to the pod's loopback, where local stand-ins (moto for
+MinIO/S3, PostgreSQL, a GitHub API stand-in) listen at the ports the manifests name. Third-party
+images (MinIO, Postgres) cannot be pulled here and are not run."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+from datetime import datetime
+from pathlib import Path
+
+import boto3
+import numpy as np
+import pytest
+
+from mlstack.settings import code_root
+from tests.support import admission
+from tests.support.images import ensure_images
+from tests.support.kube import render
+from tests.support.pods import Pod
+from tests.support.podspec import Image, PodContext, field_values, materialize, probe_target
+from tests.support.podspec import run_argv as podman_argv
+from tests.support.servers import call, stop
+from tests.support.servers import start as start_process
+
+pytestmark = pytest.mark.slow
+
+ROOT = code_root()
+# the secret store's remote keys (what ExternalSecrets read): test values only
+STORE = {
+    ("mlstack-s3", "access-key-id"): "test-access-key",
+    ("mlstack-s3", "secret-access-key"): "test-secret-key",
+    ("mlstack-github", "dispatch-token"): "test-dispatch-token",
+}
+
+
+@pytest.fixture(scope="module")
+def built():
+    """The image a manifest names, as the kubelet reads it; it must be one this repository
+    builds (`make images`: tests/support/images.py builds them or reuses its cache)."""
+    images = ensure_images()
+
+    def inspect(ref: str) -> Image:
+        assert ref in (images.training, images.predictor, images.mlflow), f"{ref} is not built here"
+        return Image.inspect(ref, images.engine)
+
+    return inspect
+
+
+def service_hosts(docs: list[dict]) -> list[str]:
+    """The in-cluster DNS names of the rendered Services."""
+    return [
+        f"{d['metadata']['name']}.{d['metadata'].get('namespace', 'default')}.svc.cluster.local"
+        for d in docs
+        if d["kind"] == "Service"
+    ]
+
+
+def service_port(docs: list[dict], name: str, namespace: str) -> int:
+    [service] = [
+        d
+        for d in docs
+        if d["kind"] == "Service"
+        and d["metadata"]["name"] == name
+        and d["metadata"].get("namespace") == namespace
+    ]
+    return int(service["spec"]["ports"][0]["port"])
+
+
+def start(pod: Pod, spec: dict, container: str, img: Image, ctx: PodContext, **kw) -> str:
+    argv = podman_argv(
+        spec, container, img, ctx, name=f"{pod.name}-{container}", network=pod.network, **kw
+    )
+    return pod.run(argv)
+
+
+def probe_both(pod: Pod, name: str, container: dict, timeout: float = 240) -> None:
+    """Ready on the declared readiness endpoint, then the liveness endpoint answers 200."""
+    ready, live = (
+        probe_target(container, "readinessProbe"),
+        probe_target(container, "livenessProbe"),
+    )
+    assert ready and live, "both probes are declared"
+    pod.wait_ready(name, ready[1], ready[0], timeout=timeout)
+    assert call(pod.url(live[1], live[0]))[0] == 200
+
+
+@pytest.fixture
+def pods():
+    started: list[Pod] = []
+    yield started
+    for pod in started:
+        for name in pod.containers:  # shown when the test fails
+            state = pod.state(name)
+            print(
+                f"--- {name}: {state.get('Status')} exit {state.get('ExitCode')} oom {state.get('OOMKilled')}\n{pod.logs(name)}"
+            )
+        pod.close()
+
+
+# ---------------------------------------------------------------- the predictor (InferenceService)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    """A registered MLflow model's directory, as KServe's storage initializer leaves it in the
+    emptyDir it shares with the predictor (world-readable, as the kubelet makes emptyDirs)."""
+    import mlflow
+
+    from mlstack.train.training import TrainingLineage
+    from tests.support.servers import registered_model
+
+    tmp = tmp_path_factory.mktemp("model")
+    uri = registered_model(tmp, "churn-classifier", TrainingLineage("md5", "data/churn.csv", "a" * 40, "kfp"))  # fmt: skip
+    mlflow.set_tracking_uri(uri)
+    out = tmp / "provision-location"
+    out.mkdir(mode=0o777)
+    out.chmod(0o777)
+    mlflow.artifacts.download_artifacts("models:/churn-classifier@champion", dst_path=str(out))
+    for path in out.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return out
+
+
+@pytest.mark.parametrize("overlay", ["staging", "production"])
+def test_predictor_as_kserve_starts_it_answers_v1_and_v2(overlay, model_dir, built, pods, tmp_path):
+    import mlflow
+
+    from mlstack.data.generate import generate
+    from serving.codec import NAMES, Batch
+
+    docs = render(ROOT / "manifests" / "overlays" / overlay)
+    isvc = admission.find(docs, "InferenceService", "churn-classifier", f"ml-{overlay}")
+    spec, labels = admission.predictor_pod(isvc)
+    [container] = [c for c in spec["containers"] if c["name"] == "kserve-container"]
+    img = built(container["image"])
+    volumes = materialize(spec, tmp_path, given={admission.STORAGE_VOLUME: model_dir})
+    fields = field_values("predictor-0", f"ml-{overlay}", labels, spec)
+    pod = Pod(img.ref, ports=[p["containerPort"] for p in container["ports"]])
+    pods.append(pod)
+    name = start(pod, spec, "kserve-container", img, PodContext(fields=fields, volumes=volumes))
+    probe_both(pod, name, container)
+
+    model = isvc["spec"]["predictor"]["containers"][0]["args"]
+    model_name = next(a.split("=", 1)[1] for a in model if a.startswith("--model_name="))
+    version = next(e["value"] for e in container["env"] if e["name"] == "MODEL_VERSION")
+    frame = generate(12, 31)[NAMES]
+    rows = json.loads(frame.to_json(orient="records"))
+    want = mlflow.sklearn.load_model(str(model_dir)).predict_proba(
+        Batch.from_frame(frame).to_frame()
+    )
+    status, headers, body = call(
+        pod.url(8080, f"/v1/models/{model_name}:predict"),
+        {"instances": rows, "parameters": {"probabilities": True}},
+    )
+    assert status == 200, body
+    assert headers["x-model-version"] == version
+    np.testing.assert_allclose(json.loads(body)["probabilities"], want, atol=1e-9)
+    categorical = {"contract", "payment_method", "internet_service"}
+    inputs = [
+        {"name": n, "shape": [len(rows)], "datatype": "BYTES" if n in categorical else "FP64",
+         "data": [r[n] for r in rows]}
+        for n in NAMES
+    ]  # fmt: skip
+    status, _, body = call(pod.url(8080, f"/v2/models/{model_name}/infer"), {"inputs": inputs})
+    assert status == 200, body
+    out = {o["name"]: o for o in json.loads(body)["outputs"]}
+    np.testing.assert_allclose(np.reshape(out["probabilities"]["data"], (-1, 2)), want, atol=1e-9)
+    assert pod.state(name)["Running"]
+
+
+# ----------------------------------------------------------------------------- the drift relay
+
+
+def test_relay_as_deployed_dispatches_a_firing_alert_to_github(built, pods, tmp_path):
+    from tests.integration.test_monitoring_loop import FakeGitHub
+
+    docs = render(ROOT / "manifests" / "monitoring")
+    deployment = admission.find(docs, "Deployment", "retrain-relay", "monitoring")
+    spec = admission.workload_pod(deployment)
+    [container] = spec["containers"]
+    img = built(container["image"])
+    secrets = admission.secrets_in(render(ROOT / "manifests" / "platform" / "base"), "monitoring", STORE)  # fmt: skip
+    volumes = materialize(spec, tmp_path, secrets)
+    pod = Pod(img.ref, ports=[p["containerPort"] for p in container["ports"]])
+    pods.append(pod)
+    with pod.inside():
+        github = FakeGitHub()  # GitHub's API, on the pod's loopback
+    try:
+        # the one value no manifest gives: where GitHub's API is (the relay's GITHUB_API_URL)
+        name = start(pod, spec, "relay", img, PodContext(secrets=secrets, volumes=volumes),
+                     extra_env={"GITHUB_API_URL": github.url})  # fmt: skip
+        probe_both(pod, name, container)
+        alert = {"status": "firing", "fingerprint": "f1", "startsAt": "2026-01-01T00:00:00Z",
+                 "labels": {"alertname": "ChurnFeatureDrift", "retrain": "true",
+                            "model_name": "churn-classifier", "feature": "tenure_months"},
+                 "annotations": {"summary": "drift"}}  # fmt: skip
+        status, _, body = call(pod.url(8080, "/alertmanager"), {"alerts": [alert]})
+        assert (status, json.loads(body)) == (200, {"dispatched": 1}), body
+        [(path, headers, sent)] = github.requests
+        repo = next(e["value"] for e in container["env"] if e["name"] == "GITHUB_REPOSITORY")
+        assert path == f"/repos/{repo}/dispatches"
+        assert headers["Authorization"] == "Bearer test-dispatch-token"  # the mounted Secret
+        assert sent["event_type"] == "drift-detected"
+    finally:
+        github.close()
+
+
+# ------------------------------------------------------------------------ the MinIO bucket Job
+
+
+def test_minio_bucket_job_runs_to_completion_against_s3(built, pods):
+    from tests.support.stand_ins import s3
+
+    docs = render(ROOT / "manifests" / "platform" / "dev")
+    job = admission.find(docs, "Job", "minio-buckets", "mlops")
+    spec = admission.workload_pod(job)
+    [container] = spec["containers"]
+    img = built(container["image"])
+    secrets = admission.secrets_in(docs, "mlops", STORE)
+    pod = Pod(img.ref, hosts=service_hosts(docs))
+    pods.append(pod)
+    with contextlib.ExitStack() as stack:
+        with pod.inside():  # MinIO's Service name and port, on the pod's loopback
+            endpoint = stack.enter_context(s3(service_port(docs, "minio", "mlops")))
+        name = start(pod, spec, "buckets", img, PodContext(secrets=secrets))
+        code = pod.wait_exit(name)
+        assert code == 0, pod.logs(name)
+        printed = [line for line in pod.logs(name).splitlines() if line.startswith("bucket ")]
+        assert printed == ["bucket mlflow-artifacts", "bucket mlstack-data"]
+        with pod.inside():
+            client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                                  aws_access_key_id="k", aws_secret_access_key="s")  # fmt: skip
+            names = {b["Name"] for b in client.list_buckets()["Buckets"]}
+    assert {"mlflow-artifacts", "mlstack-data"} <= names
+
+
+# ---------------------------------------------------------------------------- the MLflow server
+
+
+def test_mlflow_server_as_deployed_on_postgres_and_s3(built, pods, tmp_path):
+    from mlflow import MlflowClient
+
+    from tests.support.stand_ins import postgres, s3
+
+    docs = render(ROOT / "manifests" / "platform" / "dev")
+    deployment = admission.find(docs, "Deployment", "mlflow", "mlops")
+    spec = admission.workload_pod(deployment)
+    [container] = spec["containers"]
+    img = built(container["image"])
+    pod = Pod(img.ref, ports=[p["containerPort"] for p in container["ports"]],
+              hosts=service_hosts(docs))  # fmt: skip
+    pods.append(pod)
+    with contextlib.ExitStack() as stack:
+        with pod.inside():
+            endpoint = stack.enter_context(s3(service_port(docs, "minio", "mlops")))
+            uri = stack.enter_context(postgres(service_port(docs, "mlflow-postgres", "mlops")))
+            keys = {k.lower(): STORE[("mlstack-s3", p)] for k, p in
+                    (("AWS_ACCESS_KEY_ID", "access-key-id"), ("AWS_SECRET_ACCESS_KEY", "secret-access-key"))}  # fmt: skip
+            store = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", **keys)
+            destination = next(e["value"] for e in container["env"] if e["name"] == "MLFLOW_ARTIFACTS_DESTINATION")  # fmt: skip
+            bucket = destination.removeprefix("s3://").split("/")[0]
+            store.create_bucket(Bucket=bucket)
+        secrets = admission.secrets_in(docs, "mlops", {**STORE, ("mlstack-mlflow-postgres", "uri"): uri})  # fmt: skip
+        volumes = materialize(spec, tmp_path, secrets)
+        name = start(pod, spec, "mlflow", img, PodContext(secrets=secrets, volumes=volumes))
+        probe_both(pod, name, container)
+        # a port-forward's Host (localhost:*, allowed by the manifest's --allowed-hosts)
+        client = MlflowClient(tracking_uri=f"http://localhost:{pod.published[5000]}")
+        experiment = client.create_experiment("as-declared")
+        assert [e.name for e in client.search_experiments(filter_string="name = 'as-declared'")] == ["as-declared"]  # fmt: skip
+        run = client.create_run(experiment)
+        client.log_text(run.info.run_id, "model card", "card.md")
+        with pod.inside():
+            keys_stored = [o["Key"] for o in store.list_objects_v2(Bucket=bucket).get("Contents", [])]  # fmt: skip
+        assert any(k.endswith(f"{run.info.run_id}/artifacts/card.md") for k in keys_stored)
+        assert pod.state(name)["Running"]
+
+
+# ------------------------------------------------------------------------- the Katib trial
+
+
+@pytest.fixture
+def git_daemon():
+    """`git daemon` serving a directory read-only on 127.0.0.1:9418 of the calling thread's
+    network namespace; stopped on exit."""
+    procs = []
+
+    def serve(base: Path) -> str:
+        proc = subprocess.Popen(
+            ["git", "daemon", "--listen=127.0.0.1", "--port=9418", "--export-all",
+             "--reuseaddr", f"--base-path={base}", str(base)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        procs.append(proc)
+        return "git://127.0.0.1"
+
+    yield serve
+    for proc in procs:
+        stop(proc)
+
+
+def test_katib_trial_runs_to_completion_and_reports_what_the_collector_parses(
+    built, pods, git_daemon, tmp_path
+):
+    """The trial as Katib v0.19 starts it: katib/experiment.yaml as the tune step submits it,
+    parameters substituted, the StdOut collector's wrapper writing /var/log/katib/metrics.log,
+    DVC reading the data version from S3 (MinIO's Service; the dev ExternalSecret's keys and
+    endpoint) and MLflow at its Service name."""
+    import yaml
+    from mlflow import MlflowClient
+
+    from mlstack.tune.cluster import for_cluster
+    from mlstack.tune.run import trial_env_for
+    from mlstack.tune.spec import parse, parse_metrics
+    from tests.conftest import git, make_data_repo
+    from tests.support.stand_ins import s3
+
+    docs = render(ROOT / "manifests" / "platform" / "dev")
+    raw = yaml.safe_load((ROOT / "katib" / "experiment.yaml").read_text())
+    exp = parse(raw)
+    primary = raw["spec"]["trialTemplate"]["primaryContainerName"]
+    declared = exp.container
+    tracking = next(e["value"] for e in declared["env"] if e["name"] == "MLFLOW_TRACKING_URI")
+    img = built(declared["image"])
+    secrets = admission.secrets_in(docs, "ml-training", STORE)
+    dvc = secrets["dvc-remote-s3"]
+    pod = Pod(img.ref, hosts=service_hosts(docs))
+    pods.append(pod)
+
+    # a data version pushed to the S3 remote the Secret names, served by git on the pod's network
+    repo = make_data_repo(tmp_path / "git" / "data", tmp_path / "local-remote")
+    url = dvc_remote_url(repo, dvc["MLSTACK_DVC_REMOTE"])
+    bucket = url.removeprefix("s3://").split("/")[0]
+    with contextlib.ExitStack() as stack:
+        with pod.inside():
+            endpoint = stack.enter_context(s3(service_port(docs, "minio", "mlops")))
+            boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                         aws_access_key_id=dvc["AWS_ACCESS_KEY_ID"],
+                         aws_secret_access_key=dvc["AWS_SECRET_ACCESS_KEY"]).create_bucket(Bucket=bucket)  # fmt: skip
+            push = {**os.environ, "AWS_ENDPOINT_URL": endpoint,
+                    **{k: dvc[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}}  # fmt: skip
+            done = subprocess.run([sys.executable, "-m", "dvc", "push", "-q", "-r", dvc["MLSTACK_DVC_REMOTE"]],
+                                  cwd=repo, env=push, capture_output=True, text=True, timeout=300)  # fmt: skip
+            assert done.returncode == 0, done.stderr
+            git_url = git_daemon(repo.parent)
+            mlflow_port = service_port(docs, "mlflow", "mlops")
+            server = mlflow_server(tmp_path / "mlflow", mlflow_port, tracking)
+        stack.callback(stop, server)
+        env = trial_env_for(tracking, "as-declared", "", f"{git_url}/{repo.name}", git(repo, "rev-parse", "HEAD"))  # fmt: skip
+        body = for_cluster(exp, "ml-training", env)
+        assignments = {"learning_rate": "0.1", "max_iter": "50", "max_depth": "3",
+                       "l2_regularization": "0.25", "class_weight": "balanced"}  # fmt: skip
+        spec, labels = admission.katib_trial_pod(body, assignments, "churn-tuning-x-1")
+        fields = field_values("churn-tuning-x-1-abcde", "ml-training", labels, spec)
+        volumes = materialize(spec, tmp_path / "volumes", secrets)
+        ctx = PodContext(secrets=secrets, fields=fields, volumes=volumes)
+        name = start(pod, spec, primary, img, ctx)
+        code = pod.wait_exit(name, timeout=900)
+        metrics_dir = volumes["metrics-volume"]
+        log = (
+            (metrics_dir / "metrics.log").read_text()
+            if (metrics_dir / "metrics.log").exists()
+            else ""
+        )
+        assert code == 0, log[-3000:] + pod.logs(name)
+
+        # the collector's reading of the file: lines naming a metric, an RFC 3339 first word
+        names = [exp.objective, *exp.additional]
+        reported = []
+        for line in log.splitlines():
+            pairs = dict(parse_metrics(line, exp.metrics_format, names))
+            if pairs:
+                assert datetime.fromisoformat(line.split(" ", 1)[0]).tzinfo is not None, line
+                reported.append(pairs)
+        assert len(reported) >= 2 and all(set(r) == set(names) for r in reported), log[-3000:]
+        assert 0.5 < reported[-1][exp.objective] <= 1.0
+        # the wrapper's completion mark, as the collector waits for it
+        assert [p.read_text().strip() for p in metrics_dir.glob("*.pid")] == ["completed"]
+        with pod.inside():
+            client = MlflowClient(f"http://127.0.0.1:{mlflow_port}")
+            [run] = client.search_runs([client.get_experiment_by_name("as-declared").experiment_id])
+        assert run.data.params["max_iter"] == "50"
+        assert run.data.metrics[exp.objective] == pytest.approx(
+            reported[-1][exp.objective], abs=1e-6
+        )
+
+
+def dvc_remote_url(repo: Path, remote: str) -> str:
+    """The URL the repository's DVC config gives ``remote``, added from the project's own
+    .dvc/config when the test repository lacks it."""
+    listed = subprocess.run([sys.executable, "-m", "dvc", "remote", "list"], cwd=ROOT,
+                            capture_output=True, text=True, check=True).stdout  # fmt: skip
+    [url] = [line.split()[1] for line in listed.splitlines() if line.split()[:1] == [remote]]
+    done = subprocess.run([sys.executable, "-m", "dvc", "remote", "add", "-f", remote, url],
+                          cwd=repo, capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    subprocess.run(["git", "-C", str(repo), "commit", "-qam", f"dvc remote {remote}"], check=True)
+    return url
+
+
+def mlflow_server(root: Path, port: int, tracking: str) -> subprocess.Popen:
+    """This environment's MLflow server on 127.0.0.1:``port`` (sqlite, proxied artifacts),
+    answering the Host of the in-cluster URL ``tracking``."""
+    root.mkdir(parents=True)
+    host = tracking.split("://", 1)[1].rstrip("/")
+    cmd = [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1",
+           "--port", str(port), "--workers", "1",
+           "--backend-store-uri", f"sqlite:///{root / 'db.sqlite'}",
+           "--serve-artifacts", "--artifacts-destination", str(root / "artifacts"),
+           "--allowed-hosts", f"{host},127.0.0.1:{port}"]  # fmt: skip
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    return start_process(
+        cmd, root / "server.log", f"http://127.0.0.1:{port}/health", env=env, timeout=180
+    )

@@ -1,0 +1,50 @@
+"""Local stand-ins for the cluster's services, each bound to 127.0.0.1 of the network namespace
+it is started in (a test's own, or a pod's: tests/support/pods.py) and stopped on exit."""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+
+@contextlib.contextmanager
+def postgres(port: int, user: str = "mlflow") -> Iterator[str]:
+    """A throwaway PostgreSQL (Debian's, `make tools`) on 127.0.0.1:``port``, run as the
+    `postgres` user when we are root (it refuses root), in a directory outside pytest's root-only
+    temporary tree; yields its SQLAlchemy URI (trust authentication, database `postgres`)."""
+    [bin_dir] = sorted(glob.glob("/usr/lib/postgresql/*/bin"))[-1:] or [None]
+    assert bin_dir, "make tools installs PostgreSQL (Debian's postgresql)"
+    data = Path(tempfile.mkdtemp(prefix="mlstack-pg-"))
+    as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    if as_postgres:
+        shutil.chown(data, "postgres")
+    try:
+        subprocess.run([*as_postgres, f"{bin_dir}/initdb", "-D", str(data), "-U", user,
+                        "-A", "trust", "--no-sync"], check=True, capture_output=True)  # fmt: skip
+        options = f"-c listen_addresses=127.0.0.1 -p {port} -k {data} -c fsync=off"
+        subprocess.run([*as_postgres, f"{bin_dir}/pg_ctl", "-D", str(data), "-o", options,
+                        "-l", str(data / "log"), "-w", "start"], check=True, capture_output=True)  # fmt: skip
+        yield f"postgresql+psycopg2://{user}@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*as_postgres, f"{bin_dir}/pg_ctl", "-D", str(data), "-m", "immediate",
+                        "stop"], capture_output=True)  # fmt: skip
+        shutil.rmtree(data, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def s3(port: int) -> Iterator[str]:
+    """moto's S3 on 127.0.0.1:``port``; yields its endpoint URL."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()  # its socket is made in a thread started here: in this thread's namespace
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
