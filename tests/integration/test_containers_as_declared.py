@@ -409,16 +409,14 @@ def dvc_remote_url(repo: Path, remote: str) -> str:
 
 
 def mlflow_server(root: Path, port: int, tracking: str) -> subprocess.Popen:
-    """This environment's MLflow server on 127.0.0.1:``port`` (sqlite, proxied artifacts),
-    answering the Host of the in-cluster URL ``tracking``."""
+    """This environment's MLflow server on 127.0.0.1:``port`` (tests/support/servers.py's),
+    also answering the Host of the in-cluster URL ``tracking``."""
+    from tests.support.servers import mlflow_server_argv
+
     root.mkdir(parents=True)
-    host = tracking.split("://", 1)[1].rstrip("/")
-    cmd = [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1",
-           "--port", str(port), "--workers", "1",
-           "--backend-store-uri", f"sqlite:///{root / 'db.sqlite'}",
-           "--serve-artifacts", "--artifacts-destination", str(root / "artifacts"),
-           "--allowed-hosts", f"{host},127.0.0.1:{port}"]  # fmt: skip
+    cmd = mlflow_server_argv(port, root)
+    allowed = cmd.index("--allowed-hosts") + 1
+    cmd[allowed] += "," + tracking.split("://", 1)[1].rstrip("/")
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    return start_process(
-        cmd, root / "server.log", f"http://127.0.0.1:{port}/health", env=env, timeout=180
-    )
+    url = f"http://127.0.0.1:{port}/health"
+    return start_process(cmd, root / "server.log", url, env=env, timeout=180)
