@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import subprocess
 from pathlib import Path
 
@@ -21,3 +22,10 @@ def render(path: Path) -> list[dict]:
     out = subprocess.run(["kubectl", "kustomize", str(path)], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     return [d for d in yaml.load_all(out.stdout, Loader=KustomizeLoader) if d]
+
+
+@functools.cache
+def rendered(path: Path) -> list[dict]:
+    """``render``, once per session: what a test module shares, rendered when first used (never
+    at import: collecting the tests runs no kubectl). The documents are shared: copy to change."""
+    return render(path)

@@ -1,6 +1,6 @@
 """Every manifest checked offline: rendered, validated strictly, and its validators proven to bite."""
 
-import shutil
+import functools
 import subprocess
 import sys
 from pathlib import Path
@@ -120,19 +120,25 @@ def test_network_policy_denies_by_default_and_admits_serving_and_monitoring(over
 
 # --- Argo CD ------------------------------------------------------------------------------------
 
-ARGO = render(ROOT / "argocd")
+
+@functools.cache
+def argo() -> list[dict]:
+    """argocd/ rendered once per session (never at import)."""
+    return render(ROOT / "argocd")
+
+
 MONITORING = ROOT / "manifests" / "monitoring"
 
 
 def test_project_is_limited_to_this_repo_ml_namespaces_and_namespaced_kinds():
-    project = by_kind(ARGO, "AppProject")["spec"]
+    project = by_kind(argo(), "AppProject")["spec"]
     assert project["clusterResourceWhitelist"] == []
     assert {d["namespace"] for d in project["destinations"]} == {
         "ml-staging",
         "ml-production",
         "monitoring",
     }
-    apps = [d for d in ARGO if d["kind"] == "Application"]
+    apps = [d for d in argo() if d["kind"] == "Application"]
     assert {a["spec"]["source"]["repoURL"] for a in apps} == set(project["sourceRepos"])
     allowed = {(k["group"], k["kind"]) for k in project["namespaceResourceWhitelist"]}
     sources = [ROOT / "manifests" / "overlays" / env for env in OVERLAYS] + [MONITORING]
@@ -143,7 +149,7 @@ def test_project_is_limited_to_this_repo_ml_namespaces_and_namespaced_kinds():
 
 
 def test_staging_syncs_automatically_and_production_by_hand():
-    apps = {a["metadata"]["name"]: a["spec"] for a in ARGO if a["kind"] == "Application"}
+    apps = {a["metadata"]["name"]: a["spec"] for a in argo() if a["kind"] == "Application"}
     assert apps["churn-staging"]["syncPolicy"]["automated"] == {"prune": True, "selfHeal": True}
     assert "automated" not in apps["churn-production"]["syncPolicy"]
     assert apps.pop("churn-monitoring")["source"]["path"] == "manifests/monitoring"
@@ -151,7 +157,7 @@ def test_staging_syncs_automatically_and_production_by_hand():
         env = name.removeprefix("churn-")
         assert spec["source"]["path"] == f"manifests/overlays/{env}"
         assert spec["destination"]["namespace"] == f"ml-{env}"
-    [window] = by_kind(ARGO, "AppProject")["spec"]["syncWindows"]
+    [window] = by_kind(argo(), "AppProject")["spec"]["syncWindows"]
     assert window["applications"] == ["churn-production"] and window["manualSync"] is True
 
 
@@ -162,7 +168,7 @@ def health(status: dict | None) -> dict:
     from lupa import LuaRuntime
 
     lua = LuaRuntime(unpack_returned_tuples=True)
-    script = by_kind(ARGO, "ConfigMap")["data"][HEALTH_KEY]
+    script = by_kind(argo(), "ConfigMap")["data"][HEALTH_KEY]
     assert script == (ROOT / "argocd" / "inferenceservice-health.lua").read_text()
 
     def table(value):
@@ -344,10 +350,6 @@ def test_a_kind_without_a_model_is_an_error_not_a_pass():
         manifest_errors({"apiVersion": "argoproj.io/v1alpha1", "kind": "SyncPolicy"})
 
 
-def test_kubectl_is_there():
-    assert shutil.which("kubectl"), "the manifest checks need kubectl (kustomize)"
-
-
 # --- checkov --------------------------------------------------------------------------------------
 
 CHECKOV = Path(sys.executable).parents[1] / "checkov" / "bin" / "checkov"
@@ -370,7 +372,7 @@ def test_checkov_passes_on_dockerfiles_workflows_and_rendered_manifests(tmp_path
         (rendered / f"{env}.yaml").write_text(
             yaml.safe_dump_all(render(ROOT / "manifests" / "overlays" / env))
         )
-    (rendered / "argocd.yaml").write_text(yaml.safe_dump_all(ARGO))
+    (rendered / "argocd.yaml").write_text(yaml.safe_dump_all(argo()))
     (rendered / "monitoring.yaml").write_text(yaml.safe_dump_all(render(MONITORING)))
     done = checkov("-d", str(rendered), "--framework", "kubernetes")
     assert done.returncode == 0, done.stdout + done.stderr

@@ -13,6 +13,7 @@ import yaml
 from mlstack.monitor import dashboards
 from mlstack.monitor.relay import Relay, make_server
 from mlstack.settings import code_root
+from tests.support.kube import render
 
 MON = code_root() / "manifests" / "monitoring"
 PROMTOOL = shutil.which("promtool")
@@ -92,20 +93,8 @@ def test_every_panel_query_parses(tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-class _Loader(yaml.SafeLoader):
-    """kustomize writes AlertmanagerConfig's `matchType: =` unquoted: YAML 1.1's value tag."""
-
-
-_Loader.add_constructor(
-    "tag:yaml.org,2002:value", lambda loader, node: loader.construct_scalar(node)
-)
-
-
 def test_dashboards_ship_as_sidecar_configmaps():
-    out = subprocess.run(
-        ["kubectl", "kustomize", str(MON)], capture_output=True, text=True, check=True
-    )
-    docs = list(yaml.load_all(out.stdout, Loader=_Loader))
+    docs = render(MON)
     [maps] = [
         d
         for d in docs

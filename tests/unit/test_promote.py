@@ -2,11 +2,9 @@
 
 import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
-import yaml
 from mlflow import MlflowClient
 
 from mlstack.deploy import promote
@@ -17,6 +15,7 @@ from mlstack.train.evaluation import evaluate
 from mlstack.train.training import HyperParams, TrainingLineage, train_and_log
 from tests.conftest import git
 from tests.support.cli import run_cli
+from tests.support.kube import render
 
 MODEL = "churn-promote"
 DIGEST = "ghcr.io/mlstack/churn-predictor@sha256:" + "a" * 64
@@ -45,14 +44,9 @@ def manifests(tmp_path: Path) -> Path:
     return repo / "manifests"
 
 
-def render(manifests: Path, env: str) -> dict:
-    out = subprocess.run(
-        ["kubectl", "kustomize", str(manifests / "overlays" / env)],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    return next(d for d in yaml.safe_load_all(out) if d["kind"] == "InferenceService")
+def rendered_isvc(manifests: Path, env: str) -> dict:
+    """The InferenceService an environment's overlay renders to."""
+    return next(d for d in render(manifests / "overlays" / env) if d["kind"] == "InferenceService")
 
 
 def test_promote_writes_only_the_promotion_fields_and_keeps_comments(registered, manifests):
@@ -67,7 +61,7 @@ def test_promote_writes_only_the_promotion_fields_and_keeps_comments(registered,
         (a, b) for a, b in zip(before.splitlines(), after.splitlines(), strict=True) if a != b
     ]
     assert {b.split(":")[0].strip() for _, b in changed} == {"value"}
-    isvc = render(manifests, "staging")
+    isvc = rendered_isvc(manifests, "staging")
     container = isvc["spec"]["predictor"]["containers"][0]
     env = {e["name"]: e["value"] for e in container["env"]}
     assert env["STORAGE_URI"] == release.storage_uri and env["MODEL_VERSION"] == "1"
@@ -78,7 +72,9 @@ def test_promote_writes_only_the_promotion_fields_and_keeps_comments(registered,
     assert notes["mlstack.io/kfp-run-id"] == "kfp-run-9"
     # production is another file
     assert (
-        render(manifests, "production")["metadata"]["annotations"]["mlstack.io/model-version"]
+        rendered_isvc(manifests, "production")["metadata"]["annotations"][
+            "mlstack.io/model-version"
+        ]
         == "0"
     )
 
@@ -90,7 +86,7 @@ def test_second_identical_promotion_changes_nothing(registered, manifests):
     text, mtime = path.read_text(), path.stat().st_mtime_ns
     assert not promote.promote(manifests, "production", release, canary=10)
     assert path.read_text() == text and path.stat().st_mtime_ns == mtime
-    assert render(manifests, "production")["spec"]["predictor"]["canaryTrafficPercent"] == 10
+    assert rendered_isvc(manifests, "production")["spec"]["predictor"]["canaryTrafficPercent"] == 10
 
 
 def test_refusals(registered, manifests, dataset_csv):
@@ -138,13 +134,17 @@ def test_rollback_is_git_revert(registered, manifests):
     )
     git(repo, "commit", "-qam", "promote churn-promote v1 to production")
     assert (
-        render(manifests, "production")["metadata"]["annotations"]["mlstack.io/model-version"]
+        rendered_isvc(manifests, "production")["metadata"]["annotations"][
+            "mlstack.io/model-version"
+        ]
         == "1"
     )
     git(repo, "revert", "--no-edit", "HEAD")
     assert path.read_bytes() == before
     assert (
-        render(manifests, "production")["metadata"]["annotations"]["mlstack.io/model-version"]
+        rendered_isvc(manifests, "production")["metadata"]["annotations"][
+            "mlstack.io/model-version"
+        ]
         == "0"
     )
 
@@ -164,7 +164,7 @@ def test_promote_command_line(registered, manifests):
 
 def test_image_only_bump_and_model_card(registered, manifests, tmp_path):
     assert promote.promote(manifests, "staging", None, image=DIGEST)
-    isvc = render(manifests, "staging")
+    isvc = rendered_isvc(manifests, "staging")
     assert isvc["spec"]["predictor"]["containers"][0]["image"] == DIGEST
     assert isvc["metadata"]["annotations"]["mlstack.io/model-version"] == "0"  # model untouched
     with pytest.raises(StackError, match="nothing to promote"):

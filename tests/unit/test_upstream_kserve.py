@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.support.kube import render
+from tests.support.kube import rendered
 
 ROOT = Path(__file__).resolve().parents[2]
 UPSTREAM = ROOT / "tests" / "upstream"
@@ -59,14 +59,19 @@ def go_list(name: str, source: str) -> list[str]:
     return [i.strip('"') if i.startswith('"') else const(i.removeprefix("constants.")) for i in items]  # fmt: skip
 
 
-INFERENCE_SERVICES = {
-    env: [d for d in render(ROOT / "manifests/overlays" / env) if d["kind"] == "InferenceService"]
-    for env in ("staging", "production")
-}
+def inference_services() -> dict[str, list[dict]]:
+    return {
+        env: [
+            d
+            for d in rendered(ROOT / "manifests/overlays" / env)
+            if d["kind"] == "InferenceService"
+        ]
+        for env in ("staging", "production")
+    }
 
 
 def isvc_of(env: str) -> dict:
-    [isvc] = INFERENCE_SERVICES[env]
+    [isvc] = inference_services()[env]
     return isvc
 
 

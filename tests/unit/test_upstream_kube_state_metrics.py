@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from tests.support.kube import render
+from tests.support.kube import rendered
 
 ROOT = Path(__file__).resolve().parents[2]
 UPSTREAM = ROOT / "tests" / "upstream"
@@ -239,17 +239,18 @@ def crs_config() -> dict:
     return state["config"]
 
 
-INFERENCE_SERVICES = [
-    d
-    for env in ("staging", "production")
-    for d in render(ROOT / "manifests/overlays" / env)
-    if d["kind"] == "InferenceService"
-]
+def inference_services() -> list[dict]:
+    return [
+        d
+        for env in ("staging", "production")
+        for d in rendered(ROOT / "manifests/overlays" / env)
+        if d["kind"] == "InferenceService"
+    ]
 
 
 def exported_series() -> dict[str, list[dict[str, str]]]:
     series: dict[str, list[dict[str, str]]] = {}
-    for isvc in INFERENCE_SERVICES:
+    for isvc in inference_services():
         for name, labels in emitted(crs_config(), isvc).items():
             series.setdefault(name, []).extend(labels)
     return series
@@ -323,7 +324,7 @@ def test_the_declared_version_joins_the_predictors_model_info():
     names = {n for e in queried_expressions() for n, _ in selectors(e)}
     assert len(names) == 1
     [name] = names
-    for isvc in INFERENCE_SERVICES:
+    for isvc in inference_services():
         [container] = isvc["spec"]["predictor"]["containers"]
         args = dict(a.removeprefix("--").split("=", 1) for a in container["args"] if "=" in a)
         env = {e["name"]: e.get("value") for e in container["env"]}
@@ -335,7 +336,7 @@ def test_the_declared_version_joins_the_predictors_model_info():
 
 def test_the_oracle_bites_on_the_info_suffix_and_an_unset_path():
     config = crs_config()
-    [isvc] = INFERENCE_SERVICES[:1]
+    [isvc] = inference_services()[:1]
     wrong = json.loads(json.dumps(config))
     [resource] = wrong["spec"]["resources"]
     resource["metrics"][0]["name"] = resource["metrics"][0]["name"].removesuffix("_info")

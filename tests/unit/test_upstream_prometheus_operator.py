@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.support.kube import render
+from tests.support.kube import rendered
 
 ROOT = Path(__file__).resolve().parents[2]
 UPSTREAM = ROOT / "tests" / "upstream"
@@ -203,8 +203,12 @@ def namespace_labels(*names: str) -> dict[str, dict]:
     return {n: {"kubernetes.io/metadata.name": n} for n in names}
 
 
-MONITORING = render(ROOT / "manifests/monitoring")
-OVERLAYS = {env: render(ROOT / "manifests/overlays" / env) for env in ("staging", "production")}
+def monitoring() -> list[dict]:
+    return rendered(ROOT / "manifests/monitoring")
+
+
+def overlays() -> dict[str, list[dict]]:
+    return {env: rendered(ROOT / "manifests/overlays" / env) for env in ("staging", "production")}
 
 
 def of_kind(docs: list[dict], kind: str) -> list[dict]:
@@ -230,9 +234,9 @@ def specs(values: dict) -> tuple[dict, dict]:
 
 def our_objects() -> dict[str, list[dict]]:
     return {
-        "rule": of_kind(MONITORING, "PrometheusRule"),
-        "podMonitor": [d for docs in OVERLAYS.values() for d in of_kind(docs, "PodMonitor")],
-        "alertmanagerConfig": of_kind(MONITORING, "AlertmanagerConfig"),
+        "rule": of_kind(monitoring(), "PrometheusRule"),
+        "podMonitor": [d for docs in overlays().values() for d in of_kind(docs, "PodMonitor")],
+        "alertmanagerConfig": of_kind(monitoring(), "AlertmanagerConfig"),
     }
 
 
@@ -341,7 +345,7 @@ def test_podmonitor_targets_keep_the_port_knative_names_and_the_job_the_down_ale
     rules = yaml.safe_load(read(ROOT / "manifests/monitoring/rules.yaml"))
     [down] = [r for g in rules["groups"] for r in g["rules"] if r["alert"] == "ChurnPredictorDown"]
     job = re.search(r'up\{job=~"([^"]+)"\}', down["expr"])[1]
-    for env, docs in OVERLAYS.items():
+    for env, docs in overlays().items():
         [pm] = of_kind(docs, "PodMonitor")
         [isvc] = of_kind(docs, "InferenceService")
         assert "jobLabel" not in pm["spec"]

@@ -18,7 +18,7 @@ import pytest
 import yaml
 from kubernetes import client as k8s
 
-from tests.support.kube import render
+from tests.support.kube import render, rendered
 
 ROOT = Path(__file__).resolve().parents[2]
 UPSTREAM = ROOT / "tests" / "upstream"
@@ -245,17 +245,22 @@ def rendered_knative_config(tmp_path: Path, patched: bool = True) -> dict[str, d
     }
 
 
-INFERENCE_SERVICES = {
-    env: [d for d in render(ROOT / "manifests/overlays" / env) if d["kind"] == "InferenceService"]
-    for env in ("staging", "production")
-}
+def inference_services() -> dict[str, list[dict]]:
+    return {
+        env: [
+            d
+            for d in rendered(ROOT / "manifests/overlays" / env)
+            if d["kind"] == "InferenceService"
+        ]
+        for env in ("staging", "production")
+    }
 
 
 def test_knative_field_masks_reject_a_pod_security_context_with_upstream_defaults(tmp_path):
     # the oracle bites: Knative's defaults reject what the base InferenceService sets
     features = knative_features(rendered_knative_config(tmp_path, patched=False)["config-features"])
     assert features["PodSpecSecurityContext"] == "Disabled"
-    [isvc] = INFERENCE_SERVICES["staging"]
+    [isvc] = inference_services()["staging"]
     assert disallowed("PodSpecMask", features, predictor_podspec(isvc)) == ["securityContext"]
     # secure-pod-defaults alone lets the seccomp profile through, not runAsNonRoot
     features["SecurePodDefaults"] = "Enabled"
@@ -271,7 +276,7 @@ def test_knative_field_masks_reject_a_pod_security_context_with_upstream_default
 @pytest.mark.parametrize("env", ["staging", "production"])
 def test_knative_admits_our_inference_services_podspec_with_our_config_features(env, tmp_path):
     features = knative_features(rendered_knative_config(tmp_path)["config-features"])
-    [isvc] = INFERENCE_SERVICES[env]
+    [isvc] = inference_services()[env]
     podspec = predictor_podspec(isvc)
     assert "securityContext" in podspec and podspec["containers"]
     assert disallowed("PodSpecMask", features, podspec) == []
@@ -326,7 +331,7 @@ def test_knative_resolves_no_tag_of_an_image_only_the_kind_node_holds(tmp_path):
         rendered_knative_config(tmp_path / "ours")["config-deployment"]
     )
     assert upstream <= skip  # upstream's own skips kept
-    served = [c["image"] for isvcs in INFERENCE_SERVICES.values() for s in isvcs
+    served = [c["image"] for isvcs in inference_services().values() for s in isvcs
               for c in s["spec"]["predictor"]["containers"]]  # fmt: skip
     for image in served + loaded:
         assert not needs_registry_lookup(image, skip), image
@@ -648,7 +653,7 @@ def test_kind_loaded_images_are_never_pulled():
     assert allowed == {"IfNotPresent", "Never"}
     loaded = set(kind_loaded_images())
     docs = render(ROOT / "manifests/monitoring") + render(ROOT / "manifests/platform/dev")
-    docs += [d for isvcs in INFERENCE_SERVICES.values() for d in isvcs]
+    docs += [d for isvcs in inference_services().values() for d in isvcs]
     docs.append(yaml.safe_load(read(ROOT / "katib/experiment.yaml")))
     used = [c for d in docs for c in containers(d) if c["image"] in loaded]
     assert used
