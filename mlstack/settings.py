@@ -58,6 +58,10 @@ class Settings:
     # on a cluster, the Secret that names the DVC remote and holds its S3 credentials (its keys
     # become the ingest step's env: MLSTACK_DVC_REMOTE, AWS_*); made by manifests/platform
     dvc_secret: str = "dvc-remote-s3"
+    # on a cluster, the Secret with a read token for a private repository or fork (its keys become
+    # the ingest step's and the Katib trials' env: MLSTACK_GIT_TOKEN, MLSTACK_GIT_USERNAME; made by
+    # manifests/platform; optional)
+    git_secret: str = "git-credentials"
     # the MLflow server's --artifacts-destination, when it proxies artifacts (manifests/platform:
     # s3://mlflow-artifacts): promotion turns `mlflow-artifacts:` URIs into locations KServe reads
     artifacts_destination: str = ""

@@ -9,6 +9,7 @@ from components.ingest import ingest
 from components.register import register
 from components.train import train
 from components.validate import validate
+from mlstack.data.git_auth import TOKEN_ENV, USERNAME_ENV
 from mlstack.settings import DEFAULTS
 from mlstack.train.training import HyperParams
 
@@ -30,6 +31,9 @@ DVC_SECRET_KEYS = (
     "AWS_ENDPOINT_URL",
 )
 
+# what it reads from the cluster's git Secret: the token (and username) for a private repository
+GIT_SECRET_KEYS = (TOKEN_ENV, USERNAME_ENV)
+
 
 def ingest_and_validate(repo: Any, data_path: Any, data_rev: Any) -> dsl.PipelineTask:
     ingested = ingest(repo=repo, data_path=data_path, data_rev=data_rev)
@@ -39,6 +43,14 @@ def ingest_and_validate(repo: Any, data_path: Any, data_rev: Any) -> dsl.Pipelin
         ingested,
         secret_name=DEFAULTS.dvc_secret,
         secret_key_to_env={key: key for key in DVC_SECRET_KEYS},
+        optional=True,
+    )
+    # a private repository or fork: a read token for REPO_URL (mlstack.data.git_auth), optional
+    # too: a public repository needs none
+    kubernetes.use_secret_as_env(
+        ingested,
+        secret_name=DEFAULTS.git_secret,
+        secret_key_to_env={key: key for key in GIT_SECRET_KEYS},
         optional=True,
     )
     validated = validate(dataset=ingested.outputs["dataset"])

@@ -3,7 +3,8 @@
 # repository (REPO_URL at REVISION: a fork or a branch works, nothing in git is edited).
 # Needs docker and kubectl; kind is the pinned release below (installed into .venv/bin, checksum
 # verified, when KIND is not already that release). A private repository or fork: set GIT_TOKEN
-# (and GIT_USERNAME) to give Argo CD read access to REPO_URL. `make cluster-down` deletes the cluster.
+# (and GIT_USERNAME) to give Argo CD, the pipeline's ingest step and the Katib trials read access
+# to REPO_URL. `make cluster-down` deletes the cluster.
 set -euo pipefail
 
 CLUSTER="${CLUSTER:-mlstack}"
@@ -73,6 +74,12 @@ secret mlstack-s3 "access-key-id=mlstack-$(openssl rand -hex 6)" "secret-access-
 secret mlstack-mlflow-postgres "password=$pg_password" \
   "uri=postgresql+psycopg2://mlflow:${pg_password}@mlflow-postgres.mlops.svc.cluster.local:5432/mlflow"
 secret mlstack-github "dispatch-token=${GITHUB_DISPATCH_TOKEN:-none}"
+# the in-cluster clones of REPO_URL (the pipeline's ingest step, the Katib trials) read it with
+# this token (manifests/platform's git-credentials ExternalSecrets); empty for a public repository.
+# Applied each time: it is the caller's, not generated here.
+kubectl -n mlstack-secrets create secret generic mlstack-git --dry-run=client -o yaml \
+  --from-literal=username="${GIT_USERNAME:-x-access-token}" --from-literal=token="${GIT_TOKEN:-}" |
+  kubectl apply --server-side -f -
 
 # a private repository or fork: Argo CD reads REPO_URL with these credentials (a repository
 # Secret, Argo CD's declarative setup; kept in the cluster only). Created before the first sync,

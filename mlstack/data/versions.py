@@ -18,6 +18,7 @@ from pathlib import Path
 
 import yaml
 
+from mlstack.data.git_auth import git_credentials, redact
 from mlstack.errors import StackError
 
 
@@ -85,18 +86,25 @@ def read_version(
 
     The bytes come from the DVC cache or, when missing there, ``remote`` (default: the repo's
     default remote).
+
+    A private repository is read with the token of ``MLSTACK_GIT_TOKEN``, when set
+    (``mlstack.data.git_auth``); no error names it.
     """
     from dvc.api import DVCFileSystem
 
-    sha = resolve_rev(repo, rev)
-    with _dvc_errors(f"cannot read {path} at {sha[:12]} through DVC"):
-        fs = DVCFileSystem(repo, rev=sha, remote=remote or None)
-        info = fs.info(path)
-        md5 = info.get("md5")
-        if not md5:
-            raise StackError(f"{path} at {sha[:12]} is not tracked by DVC")
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        fs.get_file(path, str(out))
+    try:
+        with git_credentials():
+            sha = resolve_rev(repo, rev)
+            with _dvc_errors(f"cannot read {path} at {sha[:12]} through DVC"):
+                fs = DVCFileSystem(repo, rev=sha, remote=remote or None)
+                info = fs.info(path)
+                md5 = info.get("md5")
+                if not md5:
+                    raise StackError(f"{path} at {sha[:12]} is not tracked by DVC")
+                Path(out).parent.mkdir(parents=True, exist_ok=True)
+                fs.get_file(path, str(out))
+    except StackError as exc:
+        raise StackError(redact(str(exc))) from None
     return DataVersion(path=path, md5=md5, git_sha=sha)
 
 

@@ -71,16 +71,18 @@ def test_compile_one(tmp_path: Path):
     assert (tmp_path / "tuning.yaml").read_bytes() == TUNING_IR.read_bytes()
 
 
-def test_ingest_reads_the_clusters_dvc_secret_as_optional_env():
-    from pipelines.common import DVC_SECRET_KEYS
+def test_ingest_reads_the_clusters_dvc_and_git_secrets_as_optional_env():
+    from pipelines.common import DVC_SECRET_KEYS, GIT_SECRET_KEYS
 
     for ir in (IR, TUNING_IR):
         _, platform = read_ir(ir)
         executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
         [(name, spec)] = executors.items()
         assert name == "exec-ingest"
-        [secret] = spec["secretAsEnv"]
-        assert secret["secretName"] == DEFAULTS.dvc_secret and secret["optional"] is True
-        assert {k["secretKey"]: k["envVar"] for k in secret["keyToEnv"]} == {
-            k: k for k in DVC_SECRET_KEYS
-        }
+        secrets = {s["secretName"]: s for s in spec["secretAsEnv"]}
+        assert set(secrets) == {DEFAULTS.dvc_secret, DEFAULTS.git_secret}
+        for secret_name, keys in ((DEFAULTS.dvc_secret, DVC_SECRET_KEYS),
+                                  (DEFAULTS.git_secret, GIT_SECRET_KEYS)):  # fmt: skip
+            secret = secrets[secret_name]
+            assert secret["optional"] is True
+            assert {k["secretKey"]: k["envVar"] for k in secret["keyToEnv"]} == {k: k for k in keys}
