@@ -308,6 +308,31 @@ def test_the_one_serving_port_is_one_knative_accepts_and_the_logger_agent_forwar
     assert port_errors(bad) == ["port name metrics", "reserved port 9091"]
 
 
+def logger_storage(url: str) -> str:
+    """GetStorageStrategy (pkg/logger/store.go): what the logger agent does with its --log-url."""
+    body = go_func((KSERVE / "logger/store.go.L46-L61").read_text(), "func GetStorageStrategy(")
+    for prefix, strategy in re.findall(r'case strings\.HasPrefix\(url, "(\w+)"\):[^\n]*\n\s+return (\w+)', body):  # fmt: skip
+        if url.startswith(prefix):
+            return strategy
+    return re.search(r"default:\s+return (\w+)", body)[1]
+
+
+@pytest.mark.parametrize("env", ["staging", "production"])
+def test_the_logger_agent_posts_to_our_sink_over_http(env):
+    from urllib.parse import urlsplit
+
+    logger = isvc_of(env)["spec"]["predictor"]["logger"]
+    # the agent exits on a mode it does not know or a URL url.Parse refuses (cmd/agent/main.go)
+    agent = (UPSTREAM / "kserve-v0.20.0/cmd/agent/main.go.L276-L290").read_text()
+    assert "case v1beta1.LogAll, v1beta1.LogRequest, v1beta1.LogResponse:" in agent
+    assert "url.Parse(*logUrl)" in agent
+    parts = urlsplit(logger["url"])
+    assert parts.scheme in ("http", "https") and parts.hostname
+    # an http(s) URL is posted to (CloudEvents); any other scheme is a blob store needing a path
+    assert logger_storage(logger["url"]) == "HttpStorage"
+    assert logger_storage("s3://bucket/logs") == "S3Storage"  # the oracle reads the table
+
+
 def test_vendored_kserve_is_the_pinned_version():
     sources = [
         src
