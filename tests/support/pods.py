@@ -49,8 +49,12 @@ class Pod:
             argv += ["--publish", f"127.0.0.1:{host_port}:{port}"]
         for host in hosts:
             argv += ["--add-host", f"{host}:127.0.0.1"]
-        podman(*argv, "--entrypoint", "sleep", image, "infinity")
-        pid = json.loads(podman("inspect", self.holder, "--format", "{{json .State.Pid}}"))
+        try:
+            podman(*argv, "--entrypoint", "sleep", image, "infinity")
+            pid = json.loads(podman("inspect", self.holder, "--format", "{{json .State.Pid}}"))
+        except BaseException:
+            self.close()
+            raise
         self.netns = f"/proc/{pid}/ns/net"
 
     @property
