@@ -152,8 +152,10 @@ standin() {  # the Debian stand-in base: built once, reused while present
     tar -C "$rootfs" -c . | "$ENGINE" import - "$DEBIAN_IMAGE" >/dev/null
     rm -rf "$rootfs"
   fi
-  local args
-  mapfile -t args < <(build_args)
+  # apt only (no pip): without the machine's CA bundle mounted, which ca-certificates would
+  # write into
+  local args=()
+  [ "$ENGINE" = podman ] && args=(--network host)
   "$ENGINE" build "${args[@]}" --build-arg "DEBIAN_IMAGE=$DEBIAN_IMAGE" -t "$STANDIN_IMAGE" \
     -f scripts/base/Dockerfile scripts/base
   say "stand-in base $STANDIN_IMAGE built in $((SECONDS - start)) s"
