@@ -57,7 +57,7 @@ list() { local key; for key in "${KEYS[@]}"; do image_of "$key"; done; }
 
 docker_daemon() {  # a docker daemon (not podman's Docker-compatible socket) answers
   local info
-  command -v docker >/dev/null && info="$(timeout 30 docker info 2>/dev/null)" && ! grep -qi podman <<<"$info"
+  command -v docker >/dev/null && info="$(timeout 30 docker version 2>/dev/null)" && ! grep -qi podman <<<"$info"
 }
 
 engine() {
