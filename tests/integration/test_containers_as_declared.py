@@ -236,7 +236,7 @@ def test_predictor_as_kserve_starts_it_answers_v1_and_v2(overlay, model_dir, bui
 
 
 def test_relay_as_deployed_dispatches_a_firing_alert_to_github(built, pods, tmp_path):
-    from tests.integration.test_monitoring_loop import FakeGitHub
+    from tests.support.stand_ins import FakeGitHub
 
     docs = render(ROOT / "manifests" / "monitoring")
     deployment = admission.find(docs, "Deployment", "retrain-relay", "monitoring")

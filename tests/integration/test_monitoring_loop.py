@@ -9,7 +9,6 @@ import shutil
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -22,6 +21,7 @@ from mlstack.train.training import TrainingLineage
 from serving.codec import NAMES
 from tests.conftest import free_port
 from tests.support.servers import call, registered_model, start, stop
+from tests.support.stand_ins import FakeGitHub
 
 pytestmark = pytest.mark.slow
 MODEL = "churn-classifier"  # the rules select this model name
@@ -29,31 +29,6 @@ WINDOW = 200
 
 PROMETHEUS = shutil.which("prometheus")
 ALERTMANAGER = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
-
-
-class FakeGitHub:
-    """Answers POST /repos/<owner>/<repo>/dispatches with 204 and records each request."""
-
-    def __init__(self) -> None:
-        self.requests: list[tuple[str, dict, dict]] = []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                outer.requests.append((self.path, dict(self.headers), body))
-                self.send_response(204)
-                self.end_headers()
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
 
 
 def rows(df) -> list[dict]:

@@ -2,13 +2,9 @@
 environment), for real on 127.0.0.1: a PostgreSQL backend store, an S3 artifact store (moto)
 reached only through the server's artifact proxy, and its allowed Host headers."""
 
-import glob
 import os
 import re
-import shutil
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import boto3
@@ -19,6 +15,7 @@ from mlstack.deploy import promote
 from mlstack.settings import code_root
 from mlstack.train import tracking
 from tests.conftest import free_port
+from tests.support import stand_ins
 from tests.support.kube import render
 from tests.support.servers import start, stop
 
@@ -27,34 +24,14 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture
 def postgres():
-    """A throwaway PostgreSQL on 127.0.0.1, run as the `postgres` user (it refuses root), in a
-    directory of its own outside pytest's root-only temporary tree."""
-    [bin_dir] = sorted(glob.glob("/usr/lib/postgresql/*/bin"))[-1:] or [None]
-    assert bin_dir, "make tools installs PostgreSQL (Debian's postgresql)"
-    data, port = Path(tempfile.mkdtemp(prefix="mlstack-pg-")), free_port()
-    if os.geteuid() == 0:
-        shutil.chown(data, "postgres")
-    as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-    subprocess.run([*as_postgres, f"{bin_dir}/initdb", "-D", str(data), "-U", "mlflow",
-                    "-A", "trust", "--no-sync"], check=True, capture_output=True)  # fmt: skip
-    options = f"-c listen_addresses=127.0.0.1 -p {port} -k {data} -c fsync=off"
-    subprocess.run([*as_postgres, f"{bin_dir}/pg_ctl", "-D", str(data), "-o", options,
-                    "-l", str(data / "log"), "-w", "start"], check=True, capture_output=True)  # fmt: skip
-    yield f"postgresql+psycopg2://mlflow@127.0.0.1:{port}/postgres"
-    subprocess.run([*as_postgres, f"{bin_dir}/pg_ctl", "-D", str(data), "-m", "immediate", "stop"],
-                   capture_output=True)  # fmt: skip
-    shutil.rmtree(data, ignore_errors=True)
+    with stand_ins.postgres(free_port()) as uri:
+        yield uri
 
 
 @pytest.fixture
 def s3():
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
+    with stand_ins.s3(free_port()) as endpoint:
+        yield endpoint
 
 
 def deployment_command(port: int, secrets: dict[str, str]) -> tuple[list[str], dict[str, str]]:

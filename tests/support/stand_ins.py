@@ -1,15 +1,19 @@
-"""Local stand-ins for the cluster's services, each bound to 127.0.0.1 of the network namespace
-it is started in (a test's own, or a pod's: tests/support/pods.py) and stopped on exit."""
+"""Local stand-ins for the cluster's services and GitHub's API, each bound to 127.0.0.1 of the
+network namespace it is started in (a test's own, or a pod's: tests/support/pods.py) and stopped
+on exit."""
 
 from __future__ import annotations
 
 import contextlib
 import glob
+import json
 import os
 import shutil
 import subprocess
 import tempfile
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 
@@ -48,3 +52,28 @@ def s3(port: int) -> Iterator[str]:
         yield f"http://127.0.0.1:{port}"
     finally:
         server.stop()
+
+
+class FakeGitHub:
+    """Answers POST /repos/<owner>/<repo>/dispatches with 204 and records each request."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, dict, dict]] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                outer.requests.append((self.path, dict(self.headers), body))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
