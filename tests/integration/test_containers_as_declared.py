@@ -27,7 +27,14 @@ from tests.support import admission
 from tests.support.images import ensure_images
 from tests.support.kube import render
 from tests.support.pods import Pod
-from tests.support.podspec import Image, PodContext, field_values, materialize, probe_target
+from tests.support.podspec import (
+    Image,
+    PodContext,
+    effective_security,
+    field_values,
+    materialize,
+    probe_target,
+)
 from tests.support.podspec import run_argv as podman_argv
 from tests.support.servers import call, stop
 from tests.support.servers import start as start_process
@@ -92,6 +99,24 @@ def probe_both(pod: Pod, name: str, container: dict, timeout: float = 240) -> No
     assert ready and live, "both probes are declared"
     pod.wait_ready(name, ready[1], ready[0], timeout=timeout)
     assert call(pod.url(live[1], live[0]))[0] == 200
+
+
+def assert_confined_as_declared(pod: Pod, name: str, spec: dict, container: dict, img: Image):
+    """The running process has the user, read-only root, capabilities, no_new_privs and seccomp
+    mode the manifest's security context declares (what the kubelet would enforce)."""
+    security = effective_security(spec, container)
+    got = pod.confinement(name)
+    uid = security.get("runAsUser", img.user.split(":", 1)[0])
+    assert got["uid"] == int(uid), got
+    if "runAsGroup" in security:
+        assert got["gid"] == int(security["runAsGroup"]), got
+    assert got["root_read_only"] is bool(security.get("readOnlyRootFilesystem")), got
+    if "ALL" in (security.get("capabilities") or {}).get("drop", []):
+        assert got["cap_bnd"] == 0, got  # not even a setuid binary could regain one
+    if security.get("allowPrivilegeEscalation") is False:
+        assert got["no_new_privs"] == 1, got
+    if (security.get("seccompProfile") or {}).get("type") == "RuntimeDefault":
+        assert got["seccomp"] == 2, got  # filter mode
 
 
 @pytest.fixture
@@ -203,6 +228,7 @@ def test_predictor_as_kserve_starts_it_answers_v1_and_v2(overlay, model_dir, bui
     pods.append(pod)
     name = start(pod, spec, "kserve-container", img, PodContext(fields=fields, volumes=volumes))
     probe_both(pod, name, container)
+    assert_confined_as_declared(pod, name, spec, container, img)
 
     model = isvc["spec"]["predictor"]["containers"][0]["args"]
     model_name = next(a.split("=", 1)[1] for a in model if a.startswith("--model_name="))
@@ -254,6 +280,7 @@ def test_relay_as_deployed_dispatches_a_firing_alert_to_github(built, pods, tmp_
         name = start(pod, spec, "relay", img, PodContext(secrets=secrets, volumes=volumes),
                      extra_env={"GITHUB_API_URL": github.url})  # fmt: skip
         probe_both(pod, name, container)
+        assert_confined_as_declared(pod, name, spec, container, img)
         alert = {"status": "firing", "fingerprint": "f1", "startsAt": "2026-01-01T00:00:00Z",
                  "labels": {"alertname": "ChurnFeatureDrift", "retrain": "true",
                             "model_name": "churn-classifier", "feature": "tenure_months"},
@@ -328,6 +355,7 @@ def test_mlflow_server_as_deployed_on_postgres_and_s3(built, pods, tmp_path):
         volumes = materialize(spec, tmp_path, secrets)
         name = start(pod, spec, "mlflow", img, PodContext(secrets=secrets, volumes=volumes))
         probe_both(pod, name, container)
+        assert_confined_as_declared(pod, name, spec, container, img)
         # a port-forward's Host (localhost:*, allowed by the manifest's --allowed-hosts)
         client = MlflowClient(tracking_uri=f"http://localhost:{pod.published[5000]}")
         experiment = client.create_experiment("as-declared")

@@ -98,6 +98,23 @@ class Pod:
         out = subprocess.run([PODMAN, "logs", name], capture_output=True, text=True, timeout=60)
         return (out.stdout + out.stderr)[-4000:]
 
+    def confinement(self, name: str) -> dict:
+        """What a running container's process is allowed, read from inside it: uid and gid,
+        whether its root filesystem is read-only (creating a file there fails with EROFS, not
+        just EACCES), its capability bounding set, no_new_privs and its seccomp mode."""
+        script = (
+            "import errno, json, os\n"
+            "status = dict(l.split(':', 1) for l in open('/proc/self/status'))\n"
+            "try:\n"
+            "    open('/.mlstack-probe', 'x').close(); os.remove('/.mlstack-probe'); err = 0\n"
+            "except OSError as e:\n"
+            "    err = e.errno\n"
+            "print(json.dumps({'uid': os.getuid(), 'gid': os.getgid(),\n"
+            "    'root_read_only': err == errno.EROFS, 'cap_bnd': int(status['CapBnd'], 16),\n"
+            "    'no_new_privs': int(status['NoNewPrivs']), 'seccomp': int(status['Seccomp'])}))\n"
+        )
+        return json.loads(podman("exec", name, "python3", "-c", script))
+
     def wait_ready(self, name: str, port: int, path: str, timeout: float = 240) -> None:
         """Poll the published ``port`` at ``path`` until 200; fail with the logs when the
         container exits first or the time runs out."""
