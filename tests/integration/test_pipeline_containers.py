@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import subprocess
 import sys
 import uuid
@@ -131,6 +132,8 @@ def _settings(repo: Path, tmp_path: Path, tracking_uri: str) -> Settings:
 
 def test_ir_runs_in_containers_and_registers_a_model(engine, mlflow_server, tmp_path: Path):
     repo = make_data_repo(tmp_path / "repo", tmp_path / "remote")
+    # no local DVC cache: the ingest step reads the version from the (read-only) remote
+    shutil.rmtree(repo / ".dvc" / "cache")
     settings = _settings(repo, tmp_path, mlflow_server)
     out = io.StringIO()
 
