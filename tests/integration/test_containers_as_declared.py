@@ -55,6 +55,11 @@ def built():
     """The image a manifest names, as the kubelet reads it; it must be one this repository
     builds (`make images`: tests/support/images.py builds them or reuses its cache)."""
     images = ensure_images()
+    if images.engine != "podman":  # pods, --read-only-tmpfs and --uts container: are podman's
+        pytest.fail(
+            f"the pods here need podman, the images were built with {images.engine}: "
+            "CONTAINER_ENGINE=podman make images"
+        )
 
     def inspect(ref: str) -> Image:
         assert ref in (images.training, images.predictor, images.mlflow), f"{ref} is not built here"
