@@ -9,7 +9,7 @@ set -euo pipefail
 
 CLUSTER="${CLUSTER:-mlstack}"
 # kind, pinned: node images are built for one kind release, whose notes list them by digest
-# (tests/upstream/kind-v0.33.0). The checksum is the release's kind-linux-amd64.sha256sum.
+# (tests/upstream/upstream-rules.json). The checksum is the release's kind-linux-amd64.sha256sum.
 KIND_VERSION="v0.33.0"
 KIND_SHA256_LINUX_AMD64="aee6151561422756b764a4ae28e7f44cda5af5a9eead3cc9985112b1de8d8e0d"
 KIND="${KIND:-.venv/bin/kind}"

@@ -1,18 +1,20 @@
-"""Our objects against the rules of the controllers that admit them, at the pinned versions. Each
-oracle is the upstream project's own file at its tag, vendored verbatim in tests/upstream (the
-README there lists repository, tag, path and sha256): Go source and data are parsed here, Lua runs
-as Argo CD runs it; nothing of a rule is retyped. docs/upstream-rules.md says which rule is
-checked where."""
+"""Our objects against the rules of the controllers that admit them, at the pinned versions. The
+oracle is tests/upstream/upstream-rules.json: the facts tools/upstream_rules.py reads from the
+upstream projects' own files at their tags (feature flags and their defaults, each field mask's
+fields and the flag states that allow them, constants, upstream's own test tables, digests), each
+with its repository, tag, commit, path, line range and the file's sha256; nothing of a rule is
+retyped here, and Lua runs as Argo CD runs it. docs/upstream-rules.md says which rule is checked
+where."""
 
 from __future__ import annotations
 
 import base64
-import copy
 import json
 import re
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -22,10 +24,8 @@ from tests.support.kube import render, rendered
 
 ROOT = Path(__file__).resolve().parents[2]
 UPSTREAM = ROOT / "tests" / "upstream"
-KNATIVE = UPSTREAM / "knative-serving-knative-v1.21.1"
-KOURIER = UPSTREAM / "net-kourier-knative-v1.21.1"
-ARGOCD = UPSTREAM / "argo-cd-v3.5.1"
-KIND_DOCS = UPSTREAM / "kind-v0.32.0"
+RULES = json.loads((UPSTREAM / "upstream-rules.json").read_text())
+KNATIVE, ARGOCD, KIND = RULES["knative"], RULES["argocd"], RULES["kind"]
 CLUSTER_UP = ROOT / "scripts" / "cluster-up.sh"
 E2E = ROOT / ".github" / "workflows" / "e2e-kind.yml"
 
@@ -34,64 +34,57 @@ def read(path: Path) -> str:
     return path.read_text()
 
 
-def test_vendored_upstream_is_the_pinned_version():
+def facts(node: Any) -> list[dict]:
+    """Every fact of the file (a dict with "value" and "from")."""
+    if isinstance(node, dict) and set(node) == {"value", "from"}:
+        return [node]
+    values = node.values() if isinstance(node, dict) else node if isinstance(node, list) else []
+    return [f for v in values for f in facts(v)]
+
+
+def test_upstream_facts_are_read_at_the_pinned_versions():
+    tags = {s["repository"]: s["tag"] for s in RULES["sources"]}
     knative = read(ROOT / "manifests/platform/knative/kustomization.yaml")
-    assert set(re.findall(r"/download/(knative-v[\d.]+)/", knative)) == {"knative-v1.21.1"}
-    assert KNATIVE.name.endswith("knative-v1.21.1") and KOURIER.name.endswith("knative-v1.21.1")
+    [pinned] = set(re.findall(r"/download/(knative-v[\d.]+)/", knative))
+    assert tags["knative/serving"] == tags["knative-extensions/net-kourier"] == pinned
     install = read(ROOT / "argocd/install/kustomization.yaml")
     [argocd] = re.findall(r"/argo-cd/(v\d+\.\d+)\.\d+/manifests/install\.yaml", install)
-    # v3.5.2 is a patch release: the rule files read here are unchanged from v3.5.1 to master
-    assert ARGOCD.name == f"argo-cd-{argocd}.1"
+    # v3.5.2 is a patch release: the rule files read are unchanged from v3.5.1 to master
+    assert tags["argoproj/argo-cd"] == f"{argocd}.1"
+    # every fact names a file read at its repository's tag, with that file's sha256
+    files = {(s["repository"], p): sha for s in RULES["sources"] for p, sha in s["files"].items()}
+    every = facts({k: RULES[k] for k in ("knative", "argocd", "kind")})
+    assert len(every) > 30
     readme = read(UPSTREAM / "README.md")
-    for project in (KNATIVE, KOURIER, ARGOCD, KIND_DOCS, UPSTREAM / "kind-v0.33.0"):
-        for path in (p for p in project.rglob("*") if p.is_file()):
-            assert f"`{path.relative_to(UPSTREAM)}`" in readme, path
-
-
-# --- Go source, read as data -----------------------------------------------------------------
-
-
-def go_func(source: str, name: str) -> str:
-    """The body of the Go function ``name`` (braces matched)."""
-    match = re.search(rf"^func (?:\([^)]*\) )?{name}\(", source, re.M)
-    assert match, name
-    start = source.index("{\n", match.end()) + 2  # the body opens the first line ending in {
-    depth, i = 1, start
-    while depth:
-        depth += {"{": 1, "}": -1}.get(source[i], 0)
-        i += 1
-    return source[start : i - 1]
+    for fact in every:
+        assert fact["from"], fact
+        for where in fact["from"]:
+            first, last = where["lines"]
+            assert 1 <= first <= last and re.fullmatch(r"[0-9a-f]{64}", where["sha256"])
+            if "release_page" in where:  # kind's release notes: not in the repository
+                assert where["sha256"] in readme
+                continue
+            assert where["tag"] == tags[where["repository"]]
+            assert files[where["repository"], where["path"]] == where["sha256"], where
+    for (repo, path), sha in files.items():
+        assert f"`{sha}`" in readme, (repo, path)
 
 
 # --- Knative: config-features and the webhook's field masks ---------------------------------
 
-FEATURES_GO = read(KNATIVE / "pkg/apis/config/features.go")
-FIELDMASK_GO = read(KNATIVE / "pkg/apis/serving/fieldmask.go")
-
 
 def knative_features(data: dict[str, str]) -> dict[str, str]:
-    """config-features' data as Knative reads it (features.go: defaults, keys, accepted values)."""
-    flags = dict(re.findall(r"^\s+(\w+)\s+Flag = \"(\w+)\"", FEATURES_GO, re.M))
-    consts = dict(re.findall(r"^\s+(\w+)\s+= \"([^\"]+)\"$", FEATURES_GO, re.M))
-    defaults = re.findall(
-        r"^\s+(\w+):\s+(\w+),$", go_func(FEATURES_GO, "defaultFeaturesConfig"), re.M
-    )
-    features = {field: flags[value] for field, value in defaults}
-    accepts = {
-        fn: [flags[f.strip()] for f in re.search(r"\[\]Flag\{([^}]*)\}", go_func(FEATURES_GO, fn))[1].split(",")]
-        for fn in ("asFlag", "asSecurePodDefaultsFlag")
-    }  # fmt: skip
-    parsers = re.findall(
-        r"(asFlag|asSecurePodDefaultsFlag)\((\w+|\"[^\"]+\"), &nc\.(\w+)\)",
-        go_func(FEATURES_GO, "NewFeaturesConfigFromMap"),
-    )
-    assert len(parsers) >= 30
-    for fn, key, field in parsers:
-        key = key.strip('"') if key.startswith('"') else consts[key]
-        raw = data.get(key)
-        for flag in accepts[fn] if raw is not None else ():
-            if raw.lower() == flag.lower():  # strings.EqualFold
-                features[field] = flag
+    """config-features' data as Knative reads it (features.go: per field its key, default and the
+    values its parser accepts, compared as strings.EqualFold does)."""
+    table = KNATIVE["features"]["fields"]["value"]
+    assert len(table) >= 30
+    features = {}
+    for field, flag in table.items():
+        features[field] = flag["default"]
+        raw = data.get(flag["key"])
+        for accepted in flag["accepts"] if raw is not None else ():
+            if raw.lower() == accepted.lower():
+                features[field] = accepted
                 break
     return features
 
@@ -125,82 +118,49 @@ def json_name(mask: str, go_field: str) -> str:
     return names[0]
 
 
-def condition(cond: str, features: dict[str, str], obj: dict, local: dict[str, list[str]]) -> bool:
-    """A Go condition of fieldmask.go, evaluated; an unknown form fails the test."""
-    cond = cond.strip()
-    if " || " in cond:
-        return any(condition(c, features, obj, local) for c in cond.split(" || "))
-    if " && " in cond:
-        return all(condition(c, features, obj, local) for c in cond.split(" && "))
-    if m := re.fullmatch(r"(?:cfg|config\.FromContextOrDefaults\(ctx\))\.Features\.(\w+) ([!=]=) config\.(\w+)", cond):  # fmt: skip
-        return (features[m[1]] == m[3]) == (m[2] == "==")
-    if m := re.fullmatch(r"slices\.Contains\(\[\]config\.Flag\{([^}]*)\}, config\.FromContextOrDefaults\(ctx\)\.Features\.(\w+)\)", cond):  # fmt: skip
-        return features[m[2]] in {f.strip().removeprefix("config.") for f in m[1].split(",")}
-    if cond == "in == nil":
+def field(obj: object, path: list[str]) -> object:
+    """obj's value at the Go field path (JSON names differ from Go's in case only here)."""
+    for part in path:
+        if not isinstance(obj, dict):
+            return None
+        obj = next((v for k, v in obj.items() if k.lower() == part.lower()), None)
+    return obj
+
+
+def condition(when: dict, features: dict[str, str], obj: dict) -> bool:
+    """A field mask's condition (as tools/upstream_rules.py records fieldmask.go's), evaluated;
+    an unknown form fails the test."""
+    if "all" in when:
+        return all(condition(c, features, obj) for c in when["all"])
+    if "any" in when:
+        return any(condition(c, features, obj) for c in when["any"])
+    if "not" in when:
+        return not condition(when["not"], features, obj)
+    if "feature" in when:
+        if "in" in when:
+            return features[when["feature"]] in when["in"]
+        return features[when["feature"]] not in when["not_in"]
+    if "set" in when:
+        return field(obj, when["set"]) is not None
+    if "false" in when:
+        return field(obj, when["false"]) is False
+    if "equals" in when:
+        return field(obj, when["equals"]) == when["value"]
+    if "never" in when:
         return False
-    if m := re.fullmatch(r"in\.(\w+) != nil", cond):
-        return any(k.lower() == m[1].lower() for k in obj)
-    if m := re.fullmatch(r"!\*in\.(\w+)", cond):
-        return not next(v for k, v in obj.items() if k.lower() == m[1].lower())
-    if m := re.fullmatch(r"(\w+) == corev1\.SeccompProfileType(\w+)", cond):
-        value: object = obj
-        for part in local[m[1]]:
-            value = next(v for k, v in value.items() if k.lower() == part.lower())  # type: ignore[union-attr]
-        return value == m[2]
-    if m := re.fullmatch(r"slices\.Equal\(in\.(\w+), \[\]corev1\.Capability\{([^}]*)\}\)", cond):
-        given = next((v for k, v in obj.items() if k.lower() == m[1].lower()), None)
-        return given == [c.strip().strip('"') for c in m[2].split(",")]
-    raise AssertionError(f"fieldmask.go condition not understood: {cond}")
+    raise AssertionError(f"field mask condition not understood: {when}")
 
 
 def allowed_fields(mask: str, features: dict[str, str], obj: dict) -> set[str]:
     """The JSON fields of ``obj`` that ``mask`` (fieldmask.go) copies, given the features."""
-    body = go_func(FIELDMASK_GO, mask)
-    stack: list[tuple[str, bool]] = []  # (condition, negated)
-    guards: list[tuple[str, bool]] = []  # early `return out`: what the rest of the body needs
-    local: dict[str, list[str]] = {}
-    opened: list[list[str]] = []  # statements seen in each open block
     allowed: set[str] = set()
-
-    def holds(conds: list[tuple[str, bool]]) -> bool:
-        return all(condition(c, features, obj, local) != neg for c, neg in conds)
-
-    for line in (raw.strip() for raw in body.splitlines()):
-        if not line or line.startswith("//"):
+    for rule in KNATIVE["field_masks"][mask]["value"]:
+        if not condition(rule["when"], features, obj):
             continue
-        if m := re.fullmatch(r"(?:\} else )?if (.*) \{", line):
-            if line.startswith("}"):
-                stack.pop(), opened.pop()
-            stack.append((m[1], False))
-            opened.append([])
-        elif line == "} else {":
-            cond, _ = stack.pop()
-            opened.pop()
-            stack.append((cond, True))
-            opened.append([])
-        elif line == "}" or line == "})":
-            cond, neg = stack.pop()
-            statements = opened.pop()
-            if statements == ["return out"] and cond != "literal":
-                guards.append((cond, not neg))
-        elif m := re.fullmatch(r"out\.(\w+) = (.*)", line):
-            if m[2].endswith("{"):  # a composite literal: its closing brace ends no block
-                stack.append(("literal", False))
-                opened.append([])
-            if m[2] not in ("nil", '""', "false") and holds(
-                [s for s in stack if s[0] != "literal"] + guards
-            ):
-                fields = [m[1]]
-                if m[1] in EMBEDDED:
-                    inner = EMBEDDED[m[1]]
-                    allowed |= allowed_fields(inner, features, obj)
-                    continue
-                allowed |= {json_name(mask, f) for f in fields}
-        elif m := re.fullmatch(r"(\w+) := in\.([\w.]+)", line):
-            local[m[1]] = m[2].split(".")
+        if rule["field"] in EMBEDDED:
+            allowed |= allowed_fields(EMBEDDED[rule["field"]], features, obj)
         else:
-            if opened:
-                opened[-1].append(line)
+            allowed.add(json_name(mask, rule["field"]))
     return allowed & set(obj)
 
 
@@ -221,18 +181,21 @@ def disallowed(mask: str, features: dict[str, str], obj: dict, path: str = "") -
 def predictor_podspec(isvc: dict) -> dict:
     """The PodSpec KServe gives Knative: the predictor's PodSpec fields (the rest is KServe's)."""
     pod_fields = set(k8s.V1PodSpec.attribute_map.values())
-    predictor = copy.deepcopy(isvc["spec"]["predictor"])
+    predictor = json.loads(json.dumps(isvc["spec"]["predictor"]))
     return {k: v for k, v in predictor.items() if k in pod_fields}
 
 
 def rendered_knative_config(tmp_path: Path, patched: bool = True) -> dict[str, dict[str, str]]:
-    """Knative's ConfigMaps at the tag with our kustomization's patches applied by kustomize."""
+    """Knative's ConfigMaps at the tag (their settings: upstream's data but the `_example`
+    documentation) with our kustomization's patches applied by kustomize."""
     ours = yaml.safe_load(read(ROOT / "manifests/platform/knative/kustomization.yaml"))
-    files = [KNATIVE / "config/core/configmaps" / n for n in ("features.yaml", "deployment.yaml")]  # fmt: skip
-    files.append(KOURIER / "config/300-gateway.yaml")
-    for f in files:
-        shutil.copy(f, tmp_path / f.name)
-    kustomization = {"resources": [f.name for f in files]}
+    names = []
+    for cm in (c["value"] for c in KNATIVE["config_maps"]):
+        doc = {"apiVersion": "v1", "kind": "ConfigMap", "data": cm["data"],
+               "metadata": {"name": cm["name"], "namespace": cm["namespace"]}}  # fmt: skip
+        (tmp_path / f"{cm['name']}.yaml").write_text(yaml.safe_dump(doc))
+        names.append(f"{cm['name']}.yaml")
+    kustomization: dict[str, Any] = {"resources": names}
     if patched:  # our patches of Knative's ConfigMaps, as written
         kustomization["patches"] = [
             p for p in ours["patches"] if p.get("target", {}).get("kind") == "ConfigMap"
@@ -288,12 +251,10 @@ def test_knative_admits_our_inference_services_podspec_with_our_config_features(
 def registries_skipping_tag_resolution(data: dict[str, str]) -> set[str]:
     """config-deployment as Knative reads it (pkg/deployment/config.go: key and default; the
     value is knative.dev/pkg's AsStringSet: comma-separated, spaces trimmed)."""
-    source = read(KNATIVE / "pkg/deployment/config.go")
-    key = re.search(r'registriesSkippingTagResolvingKey = "([^"]+)"', source)[1]
-    default = re.search(r"RegistriesSkippingTagResolving: sets\.New\(([^)]*)\)", source)[1]
-    skip = {s.strip().strip('"') for s in default.split(",")}
-    if key in data:
-        skip = {s.strip() for s in data[key].split(",")}
+    rule = KNATIVE["registries_skipping_tag_resolving"]["value"]
+    skip = set(rule["default"])
+    if rule["key"] in data:
+        skip = {s.strip() for s in data[rule["key"]].split(",")}
     return skip
 
 
@@ -306,8 +267,9 @@ def registry(image: str) -> str:
 def needs_registry_lookup(image: str, skip: set[str]) -> bool:
     """resolve.go: a digest is kept; a tag on a skipped registry is left alone; any other tag
     is looked up in its registry (and fails with "Unable to fetch image" when it is not there)."""
-    resolver = go_func(read(KNATIVE / "pkg/reconciler/revision/resolve.go"), "Resolve")
-    assert "name.NewDigest(image" in resolver and "registriesToSkip.Has(tag.Registry.RegistryStr())" in resolver  # fmt: skip
+    assert KNATIVE["tag_resolution"]["value"] == {
+        "digest_kept": True, "skipped_registry_tag_kept": True, "other_tag_looked_up": True
+    }  # fmt: skip
     return "@sha256:" not in image and registry(image) not in skip
 
 
@@ -341,45 +303,32 @@ def test_knative_resolves_no_tag_of_an_image_only_the_kind_node_holds(tmp_path):
 
 # --- Argo CD: HPA health, sync waves, retries -----------------------------------------------
 
-HPA_GO = read(ARGOCD / "gitops-engine/pkg/health/health_hpa.go")
-
 
 def upstream_hpa_health(hpa: dict) -> str:
     """health_hpa.go's built-in rule on an autoscaling/v2 HPA: its degraded (type, reason) pairs
-    and healthy condition types, read from the Go source."""
-    degraded = set(re.findall(r'\{Type: "(\w+)", Reason: "(\w+)"\}', go_func(HPA_GO, "isDegraded")))
-    healthy = re.search(r"healthyConditionTypes := \[\]string\{([^}]*)\}", go_func(HPA_GO, "isHealthy"))[1]  # fmt: skip
-    healthy_types = {t.strip().strip('"') for t in healthy.split(",")}
+    and healthy condition types."""
+    rule = ARGOCD["hpa_health"]["value"]
+    degraded = {tuple(pair) for pair in rule["degraded"]}
     conditions = hpa.get("status", {}).get("conditions", [])
     if any((c["type"], c.get("reason")) in degraded for c in conditions):
         return "Degraded"
-    if any(c["type"] in healthy_types and c["status"] == "True" for c in conditions):
+    if any(c["type"] in rule["healthy_types"] and c["status"] == "True" for c in conditions):
         return "Healthy"
-    return "Progressing"
-
-
-def as_v2(hpa: dict) -> dict:
-    """An autoscaling/v1 HPA as the API server serves it in autoscaling/v2 (the version Argo CD
-    reads): v1 carries v2's conditions in an annotation."""
-    if hpa["apiVersion"] != "autoscaling/v1":
-        return hpa
-    hpa = json.loads(json.dumps(hpa))
-    note = hpa["metadata"].get("annotations", {}).pop("autoscaling.alpha.kubernetes.io/conditions", None)  # fmt: skip
-    hpa["apiVersion"] = "autoscaling/v2"
-    if note:
-        hpa.setdefault("status", {})["conditions"] = json.loads(note)
-    return hpa
+    return rule["otherwise"]
 
 
 def upstream_hpa_cases() -> list[tuple[str, dict, str]]:
-    """health_test.go's TestHPA table: testdata file and the health upstream expects."""
-    table = re.findall(
-        r'assertAppHealth\(t, "\./testdata/(hpa-[\w-]+\.yaml)", HealthStatus(\w+)\)',
-        go_func(read(ARGOCD / "gitops-engine/pkg/health/health_test.go"), "TestHPA"),
-    )
-    assert len(table) >= 9
-    testdata = ARGOCD / "gitops-engine/pkg/health/testdata"
-    return [(name, yaml.safe_load(read(testdata / name)), want) for name, want in table]
+    """health_test.go's TestHPA table: each testdata HPA as Argo CD reads it (autoscaling/v2: a
+    v1 object's conditions are its annotation's), and the health upstream expects."""
+    cases = [c["value"] for c in ARGOCD["hpa_health_cases"]]
+    assert len(cases) >= 9 and {c["apiVersion"] for c in cases} == {"autoscaling/v1", "autoscaling/v2"}  # fmt: skip
+    return [
+        (c["testdata"],
+         {"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+          "status": {"conditions": c["conditions"]} if c["conditions"] is not None else {}},
+         c["expected"])
+        for c in cases
+    ]  # fmt: skip
 
 
 def health_customizations() -> dict[str, str]:
@@ -417,34 +366,29 @@ def kind_hpa_status() -> dict:
     """An HPA's conditions on a cluster with no metrics API (kind has no metrics-server), from
     upstream's testdata: the scale target found, and the metrics API unavailable."""
     cases = {name: obj for name, obj, _ in upstream_hpa_cases()}
-    [able] = [c for c in as_v2(cases["hpa-v2-healthy.yaml"])["status"]["conditions"]
+    [able] = [c for c in cases["hpa-v2-healthy.yaml"]["status"]["conditions"]
               if c["type"] == "AbleToScale"]  # fmt: skip
-    [active] = [c for c in as_v2(cases["hpa-v1-degraded.yaml"])["status"]["conditions"]
+    [active] = [c for c in cases["hpa-v1-degraded.yaml"]["status"]["conditions"]
                 if c["type"] == "ScalingActive"]  # fmt: skip
     assert "unable to fetch metrics from resource metrics API" in active["message"]
     return {"conditions": [able, active]}
 
 
 def knative_hpas() -> list[dict]:
-    docs = []
-    for path in [KNATIVE / "config/core/deployments/activator-hpa.yaml",
-                 KNATIVE / "config/core/deployments/webhook-hpa.yaml",
-                 KOURIER / "config/300-gateway.yaml"]:  # fmt: skip
-        docs += [d for d in yaml.safe_load_all(read(path)) if d and d["kind"] == "HorizontalPodAutoscaler"]  # fmt: skip
-    return docs
+    """Knative's activator and webhook HPAs and Kourier's gateway HPA, as upstream ships them."""
+    return [h["value"] for h in KNATIVE["hpas"]]
 
 
 def test_upstream_hpa_rule_as_read_matches_upstreams_own_test_table():
     for name, obj, want in upstream_hpa_cases():
-        assert upstream_hpa_health(as_v2(obj)) == want, name
+        assert upstream_hpa_health(obj) == want, name
 
 
 def test_knative_and_kourier_hpas_do_not_stop_the_sync_waves_on_kind():
     hpas = knative_hpas()
     assert {h["metadata"]["name"] for h in hpas} == {"activator", "webhook", "3scale-kourier-gateway"}  # fmt: skip
     # sync_context.go: a Degraded task fails a multi-step (multi-wave) sync
-    sync = read(ARGOCD / "gitops-engine/pkg/sync/sync_context.go.L553-L570")
-    assert re.search(r"case health\.HealthStatusDegraded:\s+sc\.setResourceResult\([^)]*OperationFailed", sync)  # fmt: skip
+    assert ARGOCD["sync"]["value"] == {"running_task_degraded": "OperationFailed"}
     for hpa in hpas:
         assert upstream_hpa_health({**hpa, "status": kind_hpa_status()}) == "Degraded"
         health = argocd_hpa_health({**hpa, "status": kind_hpa_status()})
@@ -456,7 +400,7 @@ def test_hpa_health_customization_is_upstreams_rule_but_for_missing_metrics():
     script = health_customizations()["resource.customizations.health.autoscaling_HorizontalPodAutoscaler"]  # fmt: skip
     no_metrics = {"FailedGetResourceMetric", "FailedGetPodsMetric", "FailedGetObjectMetric", "FailedGetExternalMetric"}  # fmt: skip
     for name, obj, want in upstream_hpa_cases():
-        hpa = as_v2(obj)
+        hpa = obj
         reasons = {c.get("reason") for c in hpa.get("status", {}).get("conditions", [])}
         got = run_health_lua(script, hpa)["status"]
         scale_broken = {"FailedGetScale", "FailedUpdateScale"} & reasons
@@ -478,16 +422,11 @@ def retry_window(app: dict) -> float:
     """Seconds an automated sync keeps retrying a failed revision before Argo CD gives it up:
     the default strategy of an automated sync (appcontroller.go) or the Application's own, with
     NextRetryAt's backoff (types.go) and its defaults (application_defaults.go)."""
-    defaults = read(ARGOCD / "pkg/apis/application/v1alpha1/application_defaults.go")
-    ns = {k: int(v) for k, v in re.findall(r"DefaultSyncRetry(\w+)\s+time\.Duration = (\d+)", defaults)}  # fmt: skip
-    factor = int(re.search(r"DefaultSyncRetryFactor\s+= int64\((\d+)\)", defaults)[1])
-    backoff = read(ARGOCD / "pkg/apis/application/v1alpha1/types.go.L1566-L1597")
-    assert "timeToWait := float64(duration) * (math.Pow(float64(factor), float64(retryCounts)))" in backoff  # fmt: skip
-    assert "timeToWait = math.Min(float64(maxDuration), timeToWait)" in backoff
-    auto = read(ARGOCD / "controller/appcontroller.go.L2373-L2399")
-    assert "Skipping auto-sync: failed previous sync attempt" in auto
-    limit = int(re.search(r"Retry:\s+appv1\.RetryStrategy\{Limit: (\d+)\}", auto)[1])
-    duration, maximum = ns["Duration"] / 1e9, ns["MaxDuration"] / 1e9
+    rule = ARGOCD["retry"]["value"]
+    assert rule["wait_before_retry_n"] == "min(max_duration, duration * factor ** n), n from 0"
+    assert rule["failed_revision_auto_synced_again"] is False
+    limit, factor = rule["automated_default_limit"], rule["factor"]
+    duration, maximum = rule["duration_seconds"], rule["max_duration_seconds"]
     retry = app["spec"]["syncPolicy"].get("retry")
     if retry is not None:
         limit = retry.get("limit", 0)
@@ -529,9 +468,9 @@ def cluster_up_value(name: str) -> str:
 
 def test_kind_is_pinned_to_the_release_whose_notes_list_the_node_image():
     version, image = cluster_up_value("KIND_VERSION"), cluster_up_value("NODE_IMAGE")
-    notes = read(UPSTREAM / f"kind-{version}" / f"release-{version}.md")
-    prebuilt = notes.partition("Images pre-built for this release:")[2]
-    assert image in re.findall(r"kindest/node:v[\d.]+@sha256:[0-9a-f]{64}", prebuilt)
+    notes = KIND["node_images"]["value"]  # the images pre-built for the release, by digest
+    assert notes["release"] == version
+    assert image in notes["images"]
     script = read(CLUSTER_UP)
     assert "/releases/download/${KIND_VERSION}/kind-linux-amd64" in script
     assert re.search(r"^KIND_SHA256_LINUX_AMD64=\"[0-9a-f]{64}\"$", script, re.M)
@@ -595,11 +534,8 @@ def test_cluster_up_refuses_another_kind_release(tmp_path: Path):
 
 def repository_secret_rule() -> tuple[str, str, set[str]]:
     """Argo CD's repository Secret: its label (common.go) and the keys it reads (repository_secrets.go)."""
-    common = read(ARGOCD / "common/common.go.L196-L205")
-    label = re.search(r'LabelKeySecretType = "([^"]+)"', common)[1]
-    value = re.search(r'LabelValueSecretTypeRepository = "([^"]+)"', common)[1]
-    keys = set(re.findall(r'Data\["(\w+)"\]', read(ARGOCD / "util/db/repository_secrets.go.L329-L345")))  # fmt: skip
-    return label, value, keys
+    rule = ARGOCD["repository_secret"]["value"]
+    return rule["label"], rule["value"], set(rule["keys"])
 
 
 def test_cluster_up_gives_argo_cd_the_credentials_of_a_private_repository(tmp_path: Path):
@@ -622,12 +558,9 @@ def test_cluster_up_gives_argo_cd_the_credentials_of_a_private_repository(tmp_pa
     assert "secret-type" not in applied
 
 
-def kind_pull_rule() -> set[str]:
-    """kind's quick start: a kind-loaded image runs only under these pull policies."""
-    text = read(KIND_DOCS / "site/content/docs/user/quick-start.md")
-    note = text[text.index("The Kubernetes default pull policy is") :]
-    assert re.search(r"default pull policy is `IfNotPresent` unless\s+the image tag is `:latest`", note)  # fmt: skip
-    return set(re.findall(r"`imagePullPolicy: (\w+)`", note.split("See [Kubernetes")[0]))
+def kind_pull_rule() -> dict:
+    """kind's quick start: the pull policies a kind-loaded image runs under, and the default."""
+    return KIND["pull_policy"]["value"]
 
 
 def containers(doc: dict) -> list[dict]:
@@ -649,7 +582,8 @@ def containers(doc: dict) -> list[dict]:
 
 
 def test_kind_loaded_images_are_never_pulled():
-    allowed = kind_pull_rule()
+    rule = kind_pull_rule()
+    allowed = set(rule["kind_loaded_images_run_under"])
     assert allowed == {"IfNotPresent", "Never"}
     loaded = set(kind_loaded_images())
     docs = render(ROOT / "manifests/monitoring") + render(ROOT / "manifests/platform/dev")
@@ -659,7 +593,7 @@ def test_kind_loaded_images_are_never_pulled():
     assert used
     for c in used:
         tag = c["image"].rpartition(":")[2]
-        default = "Always" if tag == "latest" else "IfNotPresent"
+        default = rule["default_for_that_tag"] if tag == rule["default_unless_tag"] else rule["default"]  # fmt: skip
         assert c.get("imagePullPolicy", default) in allowed, (c["name"], c["image"])
 
 
@@ -695,6 +629,5 @@ def test_kourier_comes_from_its_current_home():
     knative = yaml.safe_load(read(ROOT / "manifests/platform/knative/kustomization.yaml"))
     [kourier] = [u for u in knative["resources"] if "kourier" in u]
     # Knative Serving's own docs at the tag name Kourier's repository
-    home = re.search(r"\[Kourier\]\((https://github\.com/[\w-]+/net-kourier)\)",
-                     read(KNATIVE / "docs/resources-overview.md"))[1]  # fmt: skip
+    home = KNATIVE["kourier_repository"]["value"]
     assert kourier.startswith(f"{home}/releases/download/"), kourier
