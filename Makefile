@@ -5,14 +5,21 @@ BIN    := $(VENV)/bin
 export MLFLOW_DISABLE_TELEMETRY := true
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup tools images run serve test test-fast lint compile bench bench-serving cluster-up cluster-down clean
+.PHONY: setup setup-test tools images run serve test test-fast lint compile bench bench-serving cluster-up cluster-down clean
 
+## the environment the main job needs (make run, make serve, the CLI)
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml constraints.txt constraints-checkov.txt tools/crd-models/package-lock.json
+$(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev]"
+	touch $@
+
+## what only the tests need, on top of setup
+setup-test: $(VENV)/.test-installed
+
+$(VENV)/.test-installed: $(VENV)/.installed constraints-checkov.txt tools/crd-models/package-lock.json
 	# Katib's SDK models, for strict offline validation only: its pins (protobuf<5) clash with
 	# kfp's, and the models need none of its dependencies
 	$(BIN)/pip install --quiet --no-deps kubeflow-katib==0.19.0
@@ -51,11 +58,11 @@ images:
 	scripts/images.sh build
 
 ## lint, then every test (the slow end-to-end ones and the containers included)
-test: setup tools lint images
+test: setup-test tools lint images
 	$(BIN)/pytest -q
 
 ## every test but the slow end-to-end ones
-test-fast: setup tools
+test-fast: setup-test tools
 	$(BIN)/pytest -q -m "not slow"
 
 lint: setup

@@ -13,6 +13,8 @@ import subprocess
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from mlstack.errors import StackError
+
 
 def _repo_root() -> Path:
     """The git top level of the working directory, or the working directory itself."""
@@ -145,7 +147,12 @@ def load_settings(**overrides: object) -> Settings:
     for name, kind in _ENV_FIELDS.items():
         raw = os.environ.get(f"MLSTACK_{name.upper()}")
         if raw:
-            values[name] = kind(raw)
+            try:
+                values[name] = kind(raw)
+            except ValueError:
+                raise StackError(
+                    f"MLSTACK_{name.upper()}={raw!r}: not a valid {kind.__name__}"
+                ) from None
     if os.environ.get("MLFLOW_TRACKING_URI"):
         values["tracking_uri"] = os.environ["MLFLOW_TRACKING_URI"]
     values.update(overrides)
@@ -154,6 +161,25 @@ def load_settings(**overrides: object) -> Settings:
     if unknown:
         raise ValueError(f"unknown settings: {sorted(unknown)}")
     return Settings(**values)  # type: ignore[arg-type]
+
+
+_UNSET_MEANS = {
+    "dvc_remote": "the repository's default remote",
+    "artifacts_destination": "none (artifacts are not proxied)",
+    "repo_root": "the git top level of the working directory",
+    "state_dir": "<repo root>/.mlstack",
+}
+
+
+def environment_variables() -> list[tuple[str, str]]:
+    """(variable, default) of every setting the environment can override, for help texts."""
+    defaults = {f.name: f.default for f in fields(Settings)}
+    out = [
+        (f"MLSTACK_{name.upper()}", _UNSET_MEANS.get(name) or str(defaults[name]))
+        for name in _ENV_FIELDS
+    ]
+    out.append(("MLFLOW_TRACKING_URI", "sqlite:///<state dir>/mlflow.db"))
+    return out
 
 
 # Compile-time defaults: what the pipeline IR is built from (never the environment).

@@ -51,15 +51,19 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         dest="cmd", required=True
     )
     gen = data.add_parser("generate", help="write a seeded churn dataset (or a drifted batch)")
-    gen.add_argument("out")
-    gen.add_argument("--rows", type=int)
-    gen.add_argument("--seed", type=int)
+    gen.add_argument("out", help="the CSV file to write")
+    gen.add_argument(
+        "--rows", type=int, help="rows to generate (default: the settings' data_rows, 4000)"
+    )
+    gen.add_argument("--seed", type=int, help="random seed (default: the settings' data_seed, 7)")
     gen.add_argument("--drift", action="store_true", help="a drifted 'new production batch'")
     gen.set_defaults(func=_generate)
     boot = data.add_parser("bootstrap", help="rebuild the committed version and push it")
     boot.set_defaults(func=_bootstrap)
     add = data.add_parser("add", help="new data version: dvc add, dvc push, git commit")
     add.add_argument("source", help="CSV file that becomes the new version")
-    add.add_argument("-m", "--message", default="data: new churn data version")
+    add.add_argument(
+        "-m", "--message", default="data: new churn data version", help="the git commit message"
+    )
     add.add_argument("--remote", help="DVC remote (default: MLSTACK_DVC_REMOTE, else the default)")
     add.set_defaults(func=_add)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from mlstack.cli.output import add_output_option, emit
 from mlstack.settings import Settings
 
 
@@ -20,15 +21,30 @@ def _promote(args: argparse.Namespace, settings: Settings) -> None:
         if ref
         else None
     )
-    changed = promote.promote(manifests, args.env, release, image=args.image, canary=args.canary)
+    diff = promote.promote(
+        manifests, args.env, release, image=args.image, canary=args.canary, dry_run=args.dry_run
+    )
     where = promote.overlay_file(manifests, args.env)
     what = (
         f"{release.model_name} v{release.version} ({release.storage_uri})"
         if release
         else args.image
     )
-    print(f"{'wrote' if changed else 'unchanged:'} {where} -> {what}")
-    if args.model_card and release is not None:
+    verb = ("would write" if args.dry_run else "wrote") if diff else "unchanged:"
+    data = {
+        "file": str(where),
+        "changed": bool(diff),
+        "dry_run": args.dry_run,
+        "diff": diff,
+        "model_name": release.model_name if release else None,
+        "version": release.version if release else None,
+        "storage_uri": release.storage_uri if release else None,
+        "image": args.image,
+        "canary": args.canary,
+    }
+    text = f"{verb} {where} -> {what}"
+    emit(args, f"{diff}{text}" if args.dry_run else text, data)
+    if args.model_card and release is not None and not args.dry_run:
         card = promote.model_card(release.model_name, release.version, uri)
         Path(args.model_card).write_text(card)
 
@@ -51,6 +67,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     prom.add_argument("--canary", type=int, help="production: traffic share for the new revision")
     prom.add_argument("--manifests", help="the manifests directory (default: this checkout's)")
     prom.add_argument("--model-card", help="also write the version's model card (markdown) here")
+    prom.add_argument(
+        "--dry-run", action="store_true", help="print the diff it would make, write nothing"
+    )
+    add_output_option(prom)
     prom.set_defaults(func=_promote)
 
     root = sub.add_parser("root-app", help="print argocd/root.yaml retargeted to a repo/revision")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from mlstack.cli.output import add_output_option, emit
 from mlstack.errors import StackError
 from mlstack.settings import Settings
 
@@ -31,6 +32,9 @@ def _run(args: argparse.Namespace, settings: Settings) -> None:
     summary = run_pipeline(
         settings, args.rev, params, args.verbose, ir_path=ir_path, runner=args.runner
     )
+    if args.output == "json":
+        emit(args, "", summary.to_dict())
+        return
     print()
     print(summary.render())
     print()
@@ -49,7 +53,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     comp.set_defaults(func=_compile)
     run = pipe.add_parser("run", help="run the compiled pipeline locally (kfp.local)")
     run.add_argument("--rev", default="HEAD", help="git rev of the data version (default HEAD)")
-    run.add_argument("--param", action="append", default=[], metavar="KEY=VALUE")
+    run.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a pipeline parameter, typed by the IR (repeatable)",
+    )
     run.add_argument("-v", "--verbose", action="store_true", help="show every step's full log")
     run.add_argument(
         "--tuning", action="store_true", help="the tuning pipeline (Katib tune step run locally)"
@@ -60,4 +70,5 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="subprocess: the steps in this environment (default); docker: each step in its "
         "image (DOCKER_HOST; an MLflow server in MLFLOW_TRACKING_URI), docs/pipeline-containers.md",
     )
+    add_output_option(run)
     run.set_defaults(func=_run)

@@ -24,9 +24,9 @@ def serve_argv(settings: Settings, alias: str | None, version: str | None, port:
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> None:
-    from mlstack.train.tracking import check_reachable
+    from mlstack.train.registry import find_version
 
-    check_reachable(settings.mlflow_tracking_uri)
+    find_version(settings.model_name, args.version or args.alias, settings.mlflow_tracking_uri)
     argv = serve_argv(settings, args.alias, args.version, args.port)
     os.environ["MLFLOW_TRACKING_URI"] = settings.mlflow_tracking_uri
     print(f"serving {argv[4]} on http://127.0.0.1:{args.port} (Ctrl-C stops)", flush=True)
@@ -36,7 +36,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> None:
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     serve = sub.add_parser("serve", help="serve a registered model version on 127.0.0.1")
     which = serve.add_mutually_exclusive_group()
-    which.add_argument("--alias", default="champion", help="registry alias (default champion)")
+    which.add_argument("--alias", default="champion", help="registry alias")
     which.add_argument("--version", help="registry version number")
-    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--port", type=int, default=8080, help="the HTTP port on 127.0.0.1")
     serve.set_defaults(func=_serve)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import re
 import shutil
 import subprocess
@@ -117,6 +118,20 @@ def pointer_path(data_path: str) -> str:
     return f"{data_path}.dvc"
 
 
+@contextlib.contextmanager
+def _dvc_log_level(level: int) -> Iterator[None]:
+    """DVC's own loggers at ``level`` for the duration (they log warnings, not exceptions)."""
+    loggers = [logging.getLogger(name) for name in ("dvc", "dvc_data")]
+    before = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(level)
+    try:
+        yield
+    finally:
+        for logger, was in zip(loggers, before, strict=True):
+            logger.setLevel(was)
+
+
 def _quiet_repo(root: Path):  # type: ignore[no-untyped-def]
     from dvc.repo import Repo
 
@@ -198,7 +213,9 @@ def bootstrap(
     with contextlib.redirect_stdout(io.StringIO()):
         repo = _quiet_repo(repo_root)
         if not target.exists():
-            with contextlib.suppress(Exception):  # not on the remote yet: rebuilt below
+            # not on the remote yet is expected here (rebuilt below): DVC's warning about the
+            # missing cache files would only alarm, so it is kept quiet for this one pull
+            with contextlib.suppress(Exception), _dvc_log_level(logging.ERROR):
                 repo.pull(targets=[str(pointer)], remote=remote)
     if not target.exists():
         tmp = target.with_name(f".{target.name}.generated")

@@ -8,6 +8,7 @@ changes nothing when nothing differs. Rollback is ``git revert`` of the promotio
 
 from __future__ import annotations
 
+import difflib
 import io
 import os
 import re
@@ -104,8 +105,11 @@ def _yaml():  # type: ignore[no-untyped-def]
     return y
 
 
-def edit(path: Path, values: dict[str, object]) -> bool:
-    """Set the ``value`` of the operations at these JSON pointers; True when the file changed."""
+def edit(path: Path, values: dict[str, object], *, dry_run: bool = False) -> str:
+    """Set the ``value`` of the operations at these JSON pointers.
+
+    Returns the change as a unified diff ("" when the file already says so); writes the file
+    atomically unless ``dry_run``. Raises ``StackError`` when a pointer has no operation."""
     y = _yaml()
     original = path.read_text()
     ops = y.load(original)
@@ -119,7 +123,17 @@ def edit(path: Path, values: dict[str, object]) -> bool:
     y.dump(ops, out)
     text = out.getvalue()
     if text == original:
-        return False
+        return ""
+    diff = "".join(
+        difflib.unified_diff(
+            original.splitlines(keepends=True),
+            text.splitlines(keepends=True),
+            fromfile=f"a/{path.name}",
+            tofile=f"b/{path.name}",
+        )
+    )
+    if dry_run:
+        return diff
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         os.chmod(tmp, path.stat().st_mode & 0o777)  # mkstemp makes 0600
@@ -131,7 +145,7 @@ def edit(path: Path, values: dict[str, object]) -> bool:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return True
+    return diff
 
 
 def promote(
@@ -140,9 +154,15 @@ def promote(
     release: Release | None,
     image: str | None = None,
     canary: int | None = None,
-) -> bool:
+    *,
+    dry_run: bool = False,
+) -> str:
     """Write ``release`` (and the image digest, the canary share) into the env's overlay; with no
-    release, only the image (a new build of the predictor) and the canary share."""
+    release, only the image (a new build of the predictor) and the canary share.
+
+    Returns the change as a unified diff ("" when nothing changes); with ``dry_run`` nothing is
+    written. Raises ``StackError`` on an unknown environment, an undigested image, a canary
+    share outside 0..100 or nothing to promote."""
     path = overlay_file(manifests, env)
     values: dict[str, object] = {}
     if release is not None:
@@ -164,7 +184,7 @@ def promote(
         if not 0 <= canary <= 100:
             raise StackError(f"canary must be 0..100, got {canary}")
         values[CANARY] = canary
-    return edit(path, values)
+    return edit(path, values, dry_run=dry_run)
 
 
 def model_card(model_name: str, version: str, tracking_uri: str) -> str:

@@ -30,6 +30,7 @@ _EXECUTING = re.compile(r"Executing task '([^']+)'")
 _FINISHED = re.compile(r"Task '([^']+)' finished with status (\w+)")
 _PIPELINE_DONE = re.compile(r"Pipeline '([^']+)' finished with status (\w+)")
 RUNNERS = ("subprocess", "docker")
+PROGRESS = "progress: "  # a step's line that the run shows live (the tune step's trials)
 
 
 class _Progress(io.TextIOBase):
@@ -56,9 +57,9 @@ class _Progress(io.TextIOBase):
         return len(text)
 
     def _line(self, raw: str) -> None:
-        if self.verbose:
-            self.out.write(raw + "\n")
         line = _ANSI.sub("", raw)
+        if self.verbose:  # kfp.local's colours only for a terminal
+            self.out.write((raw if _is_tty(self.out) else line) + "\n")
         if m := _EXECUTING.search(line):
             self.executed.append(m.group(1))
             self._started[m.group(1)] = time.monotonic()
@@ -76,6 +77,8 @@ class _Progress(io.TextIOBase):
                     f"  {'✓' if m.group(2) == 'SUCCESS' else '✗'} {m.group(1)} "
                     f"{m.group(2).lower()} in {took:.1f}s\n"
                 )
+        elif PROGRESS in line and not self.verbose:  # a long step's own progress (tuning)
+            self.out.write(f"    {line[line.index(PROGRESS) + len(PROGRESS) :].strip()}\n")
         elif "error: " in line and not self.verbose:
             message = line[line.index("error: ") :].strip()
             self.step_errors.append(message)
@@ -85,6 +88,13 @@ class _Progress(io.TextIOBase):
         elif line.strip() and " - INFO - " not in line and not line.startswith("-----"):
             self._last = line.strip()
         self.out.flush()
+
+
+def _is_tty(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
 
 
 @dataclass
@@ -101,6 +111,28 @@ class RunSummary:
     seconds: float
     executed: list[str] = field(default_factory=list)
     cached: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The summary as plain data (``mlstack pipeline run -o json``)."""
+        d = self.decision
+        return {
+            "kfp_run_name": self.kfp_run_name,
+            "run_dir": str(self.run_dir),
+            "mlflow_run_id": self.mlflow_run_id,
+            "data_md5": self.data_md5,
+            "git_sha": self.git_sha,
+            "tracking_uri": self.tracking_uri,
+            "seconds": round(self.seconds, 3),
+            "executed": self.executed,
+            "cached": self.cached,
+            "metrics": d.challenger,
+            "champion": {"version": d.champion_version, "metrics": d.champion},
+            "gates": [{"name": g.name, "passed": g.passed, "detail": g.detail} for g in d.gates],
+            "passed": d.passed,
+            "model_version": self.model_version,
+            "alias": self.alias,
+            "registered_now": bool(self.model_version) and "register" not in self.cached,
+        }
 
     def render(self) -> str:
         d = self.decision
@@ -120,7 +152,12 @@ class RunSummary:
             )
         for gate in d.gates:
             lines.append(f"gate {gate.name:<13} {'PASS' if gate.passed else 'FAIL'}  {gate.detail}")
-        if self.model_version:
+        if self.model_version and "register" in self.cached:
+            lines.append(
+                f"registered     earlier (step from cache): version {self.model_version}, "
+                f"alias @{self.alias}"
+            )
+        elif self.model_version:
             lines.append(f"registered     version {self.model_version}, alias @{self.alias}")
         else:
             lines.append("registered     nothing (gates failed)")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import subprocess
 import tempfile
 import time
@@ -34,8 +35,19 @@ def connect(endpoint: str) -> Any:
             warnings.simplefilter("ignore", FutureWarning)
             return kfp.Client(host=endpoint)
     except Exception as exc:  # urllib3, kfp_server_api and config errors alike
-        reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-        raise StackError(f"no KFP endpoint reachable at {endpoint}: {reason}") from None
+        raise StackError(f"no KFP endpoint reachable at {endpoint}: {_reason(exc)}") from None
+
+
+def _reason(exc: Exception, limit: int = 160) -> str:
+    """The cause of a failed connection in a few words: the OS error when there is one (urllib3
+    wraps it in a long repr), else the message's first line, cut at a word."""
+    text = str(exc)
+    if errno := re.search(r"\[Errno -?\d+\] ([^'\")\]]+)", text):
+        return errno.group(1).strip()
+    first = text.splitlines()[0] if text else type(exc).__name__
+    if len(first) <= limit:
+        return first
+    return first[:limit].rsplit(" ", 1)[0] + " …"
 
 
 @dataclass(frozen=True)
@@ -134,6 +146,15 @@ class Plan:
     @property
     def empty(self) -> bool:
         return not (self.create or self.replace or self.delete)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The plan as plain data (``mlstack schedules sync -o json``)."""
+        return {
+            "create": [s.name for s in self.create],
+            "replace": [s.name for s, _ in self.replace],
+            "delete": [name for name, _ in self.delete],
+            "keep": list(self.keep),
+        }
 
     def render(self) -> str:
         lines = [f"+ create  {s.name} ({s.cron}, {s.version_name})" for s in self.create]

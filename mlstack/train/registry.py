@@ -7,6 +7,7 @@ deleted again (which also drops any alias MLflow attached to it).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from mlstack.errors import StackError
 from mlstack.train import tracking
@@ -79,3 +80,29 @@ def register(
             client.set_registered_model_alias(model_name, alias, previous)
         raise
     return Registration(model_name, str(mv.version), alias, created=True)
+
+
+def find_version(model_name: str, ref: str, tracking_uri: str) -> str:
+    """The registry version behind ``ref`` (a version number or an alias).
+
+    Returns the version number; raises ``StackError`` in one line when the tracking server is
+    unreachable or no such version exists (for instance before the first pipeline run)."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    what = f"version {ref}" if ref.isdigit() else f"version with alias '{ref}'"
+    missing = StackError(
+        f"model '{model_name}' has no {what} in {tracking_uri}: "
+        "register one first ('make run' or 'mlstack pipeline run')"
+    )
+    store = tracking_uri.removeprefix("sqlite:///")
+    if store != tracking_uri and not Path(store).exists():
+        raise missing  # a store never written: nothing registered (and nothing to create here)
+    tracking.check_reachable(tracking_uri)
+    client = MlflowClient(tracking_uri)
+    try:
+        if ref.isdigit():
+            return str(client.get_model_version(model_name, ref).version)
+        return str(client.get_model_version_by_alias(model_name, ref).version)
+    except MlflowException:
+        raise missing from None

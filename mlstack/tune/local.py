@@ -119,6 +119,34 @@ class ExperimentResult:
             lines += [f"best trial     #{best.number}: {metrics}", f"parameters     {params}"]
         return "\n".join(lines)
 
+    def to_dict(self) -> dict[str, Any]:
+        """The result as plain data (``mlstack tune -o json``)."""
+        best = self.best
+        return {
+            "experiment": self.experiment.name,
+            "status": self.status,
+            "seconds": round(self.seconds, 3),
+            "parallel": self.parallel,
+            "parent_run_id": self.parent_run_id,
+            "trials": [
+                {
+                    "number": t.number,
+                    "status": t.status,
+                    "parameters": t.assignments,
+                    "observation": t.observation,
+                    "detail": t.detail,
+                }
+                for t in self.trials
+            ],
+            "best": None
+            if best is None
+            else {
+                "number": best.number,
+                "parameters": best.assignments,
+                "observation": best.observation,
+            },
+        }
+
     def best_parameters(self) -> dict[str, str]:
         best = self.best
         if best is None:
@@ -348,6 +376,13 @@ def trial_budget(exp: Experiment, max_trials: int | None = None) -> int:
     if exp.algorithm == "grid":
         total = min(total, math.prod(len(p.grid()) for p in exp.parameters))
     return total
+
+
+def trial_line(exp: Experiment, trial: Trial) -> str:
+    """One line about an ended trial: ``trial 3/12 Succeeded roc_auc=0.8712``."""
+    value = trial.observation.get(exp.objective)
+    shown = f" {exp.objective}={value:.4f}" if value is not None else ""
+    return f"trial {trial.number + 1}/{trial_budget(exp)} {trial.status}{shown}"
 
 
 def goal_reached(exp: Experiment, value: float) -> bool:

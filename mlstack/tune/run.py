@@ -4,13 +4,13 @@ it, run locally (``LocalTuner``) or as a Katib Experiment in the cluster."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import yaml
 
 from mlstack.errors import StackError
 from mlstack.tune.cluster import for_cluster, run_in_cluster
-from mlstack.tune.local import ExperimentResult, LocalTuner
+from mlstack.tune.local import ExperimentResult, LocalTuner, Trial, trial_line
 from mlstack.tune.spec import Experiment, parse
 
 
@@ -58,14 +58,21 @@ def tune_local(
     parallel: int | None = None,
     max_trials: int | None = None,
     progress: bool = True,
+    on_trial: Callable[[Trial], None] | None = None,
 ) -> ExperimentResult:
-    """Run ``exp`` locally, every trial an MLflow run under one tuning parent run."""
+    """Run ``exp`` locally, every trial an MLflow run under one tuning parent run; ``on_trial``
+    sees each trial as it ends."""
     import mlflow
 
     with parent_run(exp, tracking_uri, experiment_name) as parent:
         env = trial_env_for(tracking_uri, experiment_name, parent, repo, data_rev)
         result = LocalTuner(
-            exp, env=env, parallel=parallel, max_trials=max_trials, progress=progress
+            exp,
+            env=env,
+            parallel=parallel,
+            max_trials=max_trials,
+            progress=progress,
+            on_trial=on_trial,
         ).run()
         result.parent_run_id = parent
         counts = {
@@ -98,8 +105,12 @@ def tune(
         raise StackError(f"backend must be 'cluster' or 'local', got {backend!r}")
     exp = parse(yaml.safe_load(experiment_yaml))
     if backend == "local":
+
+        def report(trial: Trial) -> None:  # one line per trial, shown live by a local run
+            print(f"progress: {trial_line(exp, trial)}", flush=True)
+
         return tune_local(
-            exp, tracking_uri, experiment_name, repo, data_rev, progress=False
+            exp, tracking_uri, experiment_name, repo, data_rev, progress=False, on_trial=report
         ).best_parameters()
     with parent_run(exp, tracking_uri, experiment_name) as parent:
         env = trial_env_for(tracking_uri, experiment_name, parent, repo, data_rev)

@@ -42,6 +42,8 @@ def test_cold_run_cached_rerun_new_data_and_corrupt_data(settings, data_repo: Pa
     second = run_pipeline(settings, out=io.StringIO())
     assert second.executed == [] and second.cached == STEPS
     assert second.mlflow_run_id == first.mlflow_run_id
+    assert "registered     earlier (step from cache): version 1" in second.render()
+    assert "registered     version" in first.render()
     assert second.kfp_run_name != first.kfp_run_name
 
     # a new data version: everything runs again and is compared with the champion

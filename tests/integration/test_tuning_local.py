@@ -56,13 +56,19 @@ def test_local_experiment_with_the_training_entrypoint(data_repo: Path, tracking
 
 @pytest.mark.slow
 def test_tuning_pipeline_runs_locally(settings):
+    out = io.StringIO()
     summary = run_pipeline(
         settings,
         arguments={"tune_backend": "local", "experiment_yaml": yaml.safe_dump(small(2, 2))},
-        out=io.StringIO(),
+        out=out,
         ir_path=settings.tuning_ir_path,
     )
     assert "tune" in summary.executed and "train" in summary.executed
+    # the tuning is not silent: each trial's end is shown as it happens, inside the tune step
+    shown = out.getvalue()
+    trials = [line.strip() for line in shown.splitlines() if line.strip().startswith("trial ")]
+    assert sorted(t.split()[1] for t in trials) == ["1/2", "2/2"], shown
+    assert shown.index("▶ tune") < shown.index(trials[0]) < shown.index("✓ tune")
     assert summary.model_version == "1"
     run = MlflowClient(settings.mlflow_tracking_uri).get_run(summary.mlflow_run_id)
     assert int(run.data.params["max_iter"]) in (50, 100)  # the tuned value, not the default 200

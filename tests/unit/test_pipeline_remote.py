@@ -145,6 +145,7 @@ def test_no_endpoint_is_one_clear_line():
     assert "\n" not in str(err.value)
     done = run_cli("run", "submit", "--endpoint", f"http://127.0.0.1:{free_port()}")
     assert done.returncode == 1 and done.stderr.startswith("error: no KFP endpoint reachable")
+    assert done.stderr.endswith(": Connection refused\n")  # the cause, in whole words
     assert done.stderr.count("\n") == 1
 
 

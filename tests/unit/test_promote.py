@@ -1,5 +1,6 @@
 """`mlstack promote`: registry version → overlay fields, round trip, idempotent, refusals, revert."""
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -203,3 +204,23 @@ def test_proxied_artifact_uris_map_onto_the_servers_destination():
     assert storage_location("s3://bucket/x", "") == "s3://bucket/x"  # not proxied: as it is
     with pytest.raises(StackError, match="MLSTACK_ARTIFACTS_DESTINATION"):
         storage_location("mlflow-artifacts:/1/x", "")
+
+
+def test_promote_dry_run_shows_the_diff_and_writes_nothing(registered, manifests):
+    env = {"MLFLOW_TRACKING_URI": registered, "MLSTACK_MODEL_NAME": MODEL}
+    overlay = promote.overlay_file(manifests, "staging")
+    before = overlay.read_bytes()
+    base = ("promote", "--env", "staging", "--alias", "champion", "--manifests", str(manifests))
+    text = run_cli(*base, "--dry-run", env=env)
+    assert text.returncode == 0, text.stderr
+    assert text.stdout.startswith(f"--- a/{overlay.name}\n+++ b/{overlay.name}\n")
+    assert "would write" in text.stdout.splitlines()[-1]
+    data = json.loads(run_cli(*base, "--dry-run", "-o", "json", env=env).stdout)
+    assert data["changed"] and data["dry_run"] and data["version"] == "1"
+    assert any(line.startswith("+") and '"1"' in line for line in data["diff"].splitlines())
+    assert overlay.read_bytes() == before  # nothing written
+    wrote = json.loads(run_cli(*base, "-o", "json", env=env).stdout)
+    assert wrote["changed"] and not wrote["dry_run"] and wrote["diff"] == data["diff"]
+    assert overlay.read_bytes() != before
+    again = json.loads(run_cli(*base, "-o", "json", env=env).stdout)
+    assert again["changed"] is False and again["diff"] == ""
