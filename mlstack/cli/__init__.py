@@ -7,11 +7,11 @@ import os
 import sys
 from importlib.metadata import PackageNotFoundError, version
 
-from mlstack.cli import data, deploy, monitor, pipeline, remote, serve, tune
+from mlstack.cli import completion, data, deploy, monitor, pipeline, remote, serve, tune
 from mlstack.errors import StackError
 from mlstack.settings import environment_variables, load_settings
 
-GROUPS = (data, pipeline, tune, deploy, remote, monitor, serve)
+GROUPS = (data, pipeline, tune, deploy, remote, monitor, serve, completion)
 
 
 def package_version() -> str:
@@ -81,6 +81,9 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("DVC_NO_ANALYTICS", "1")
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "completion", False):  # reads no settings: works in any environment
+        print(completion.bash_script(parser), end="")
+        return
     if args.func is None:
         parser.print_help()
         return

@@ -232,3 +232,24 @@ def test_ctrl_c_is_one_line_and_leaves_no_trial(data_repo: Path, tmp_path: Path)
         time.sleep(0.1)
     status = Path(f"/proc/{trial}/status")
     assert not status.exists() or "zombie" in status.read_text().lower()
+
+
+def test_bash_completion_completes_commands_and_options(tmp_path: Path):
+    done = run_cli("completion", "bash", env={"MLSTACK_SPLIT_SEED": "abc"})  # no settings read
+    assert done.returncode == 0, done.stderr
+    script = tmp_path / "mlstack.bash"
+    script.write_text(done.stdout)
+
+    def complete(*words: str) -> list[str]:
+        line = " ".join(words)
+        probe = (
+            f"source {script}; COMP_WORDS=({line}); COMP_CWORD={len(words) - 1}; _mlstack; "
+            'printf "%s\\n" "${COMPREPLY[@]}"'
+        )
+        out = subprocess.run(["bash", "-c", probe], capture_output=True, text=True, check=True)
+        return out.stdout.split()
+
+    assert complete("mlstack", "pro") == ["promote"]
+    assert complete("mlstack", "run", "submit", "--e") == ["--endpoint", "--experiment"]
+    assert "--dry-run" in complete("mlstack", "promote", "--")
+    assert complete("mlstack", "pipeline", "") == ["-h", "--help", "compile", "run"]
