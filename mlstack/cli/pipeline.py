@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from mlstack.cli.output import add_output_option, emit
 from mlstack.errors import StackError
@@ -30,7 +31,14 @@ def _run(args: argparse.Namespace, settings: Settings) -> None:
     if args.tuning:
         params.setdefault("tune_backend", "local")
     summary = run_pipeline(
-        settings, args.rev, params, args.verbose, ir_path=ir_path, runner=args.runner
+        settings,
+        args.rev,
+        params,
+        args.verbose,
+        ir_path=ir_path,
+        runner=args.runner,
+        # with -o json, stdout is the JSON document alone: the steps' progress goes to stderr
+        out=sys.stderr if args.output == "json" else None,
     )
     if args.output == "json":
         emit(args, "", summary.to_dict())

@@ -1,6 +1,7 @@
 """The whole compiled pipeline, run locally with kfp.local on a temporary DVC repo."""
 
 import io
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -11,6 +12,7 @@ from mlstack.data import generate, versions
 from mlstack.errors import StackError
 from mlstack.pipeline.local import run_pipeline
 from tests.conftest import git
+from tests.support.cli import run_cli
 
 pytestmark = pytest.mark.slow
 STEPS = ["evaluate", "ingest", "register", "train", "validate"]
@@ -78,3 +80,15 @@ def test_failing_gates_register_nothing(settings):
     assert "registered     nothing" in summary.render()
     client = MlflowClient(settings.mlflow_tracking_uri)
     assert client.search_model_versions(f"name='{settings.model_name}'") == []
+
+
+@pytest.mark.slow
+def test_pipeline_run_reports_json_for_workflows(data_repo: Path, tmp_path: Path):
+    env = {"MLSTACK_REPO_ROOT": str(data_repo), "MLSTACK_STATE_DIR": str(tmp_path / "state")}
+    done = run_cli("pipeline", "run", "-o", "json", env=env, timeout=1200)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout)  # stdout is the JSON document alone
+    assert summary["model_version"] == "1" and summary["alias"] == "champion"
+    assert summary["registered_now"] and summary["passed"]
+    assert sorted(summary["executed"]) == STEPS and summary["cached"] == []
+    assert {g["name"] for g in summary["gates"]} >= {"min_roc_auc", "min_f1"}
