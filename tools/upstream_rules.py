@@ -102,7 +102,7 @@ def search(pattern: str, text: str, flags: int = 0) -> re.Match[str]:
 def go_func(source: str, name: str) -> tuple[str, int, int]:
     """The body of the Go function ``name`` (braces matched), and where the function starts and
     ends in ``source``."""
-    match = search(rf"^func (?:\([^)]*\) )?{name}\(", source, re.M)
+    match = search(rf"^func (?:\([^)]*\) )?{name}(?:\[[^\]]*\])?\(", source, re.M)
     start = source.index("{\n", match.end()) + 2  # the body opens the first line ending in {
     depth, i = 1, start
     while depth:

@@ -1,13 +1,13 @@
 """The kube_customresource-style series our alert rules and dashboards query, checked against what
 kube-state-metrics would emit from our custom-resource-state config, at the version the pinned
-kube-prometheus-stack chart deploys. The naming and labelling rules are read from
-kube-state-metrics' own source at that tag (vendored in tests/upstream, see its README): the
-metric name composition, the default prefix, the GVK labels added to every series, the label-name
+kube-prometheus-stack chart deploys. The naming and labelling rules are kube-state-metrics' own,
+read from its source at that tag by tools/upstream_monitoring.py into
+tests/upstream/monitoring-rules.json (each fact with its path, line range and sha256): the metric
+name composition, the default prefix, the GVK labels added to every series, the label-name
 sanitising, path lookups and the Info metric's values. docs/upstream-rules.md lists the rule."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from pathlib import Path
@@ -19,37 +19,20 @@ from tests.support.kube import rendered
 
 ROOT = Path(__file__).resolve().parents[2]
 UPSTREAM = ROOT / "tests" / "upstream"
-KSM = UPSTREAM / "kube-state-metrics-v2.19.1"
-CRS = KSM / "pkg" / "customresourcestate"
+FACTS = json.loads((UPSTREAM / "monitoring-rules.json").read_text())
+KSM = {k: v["value"] for k, v in FACTS["kube_state_metrics"].items()}
 VALUES = ROOT / "manifests/platform/kube-prometheus-stack/values.yaml"
 APPS = ROOT / "argocd/platform/applications.yaml"
 RULES = ROOT / "manifests/monitoring/rules.yaml"
 RULE_TESTS = ROOT / "manifests/monitoring/rules.test.yaml"
 DASHBOARDS = ROOT / "manifests/monitoring/dashboards"
 
-CONFIG_GO = (CRS / "config.go").read_text()
-FACTORY_GO = (CRS / "registry_factory.go").read_text()
-
-
-def go_func(source: str, signature: str) -> str:
-    """The body of the Go function whose declaration starts with ``signature`` (braces matched)."""
-    start = source.index("{\n", source.index(signature)) + 2
-    depth, i = 1, start
-    while depth:
-        depth += {"{": 1, "}": -1}.get(source[i], 0)
-        i += 1
-    return source[start : i - 1]
-
-
-# --- kube-state-metrics' rules, read from its source -------------------------------------------
+# --- kube-state-metrics' rules, as read from its source ----------------------------------------
 
 
 def default_prefix() -> str:
     """Resource.GetMetricNamePrefix with metricNamePrefix unset (config.go)."""
-    const = re.search(r'const customResourceState string = "(\w+)"', CONFIG_GO)[1]
-    body = go_func(CONFIG_GO, "func (r Resource) GetMetricNamePrefix()")
-    literal = re.search(r'if p == nil \{\s+return "(\w*)" \+ customResourceState\s+\}', body)[1]
-    return literal + const
+    return KSM["default_prefix"]
 
 
 def metric_name_prefix(resource: dict) -> str:
@@ -60,39 +43,29 @@ def metric_name_prefix(resource: dict) -> str:
 
 def full_name(resource: dict, generator: dict) -> str:
     """fullName (registry_factory.go): the prefix, when not empty, and the name, joined."""
-    body = go_func(FACTORY_GO, "func fullName(")
-    assert 'if resource.GetMetricNamePrefix() != "" {' in body
-    sep = re.search(r'return strings\.Join\(parts, "(.)"\)', body)[1]
+    rule = KSM["full_name"]
+    assert rule["empty_prefix_omitted"] is True
     prefix = metric_name_prefix(resource)
-    return sep.join(([prefix] if prefix != "" else []) + [generator["name"]])
+    return rule["separator"].join(([prefix] if prefix != "" else []) + [generator["name"]])
 
 
 def gvk_labels(gvk: dict) -> dict[str, str]:
     """compile(): the labels kube-state-metrics adds to every series of a resource."""
-    const = re.search(r'const customResourceState string = "(\w+)"', CONFIG_GO)[1]
-    body = go_func(FACTORY_GO, "func compile(")
-    pairs = re.findall(
-        r'resource\.CommonLabels\[customResourceState\+"(\w+)"\] = resource\.GroupVersionKind\.(\w+)',
-        body,
-    )
-    assert len(pairs) == 3, pairs
-    return {const + suffix: gvk[field.lower()] for suffix, field in pairs}
+    labels = KSM["gvk_labels"]
+    assert len(labels) == 3, labels
+    return {label: gvk[field] for label, field in labels.items()}
 
 
 def sanitize_label_name(name: str) -> str:
     """store.SanitizeLabelName: every character outside the pattern becomes an underscore."""
-    text = (KSM / "internal/store/utils.go.L35-L37").read_text()
-    pattern = re.search(r"invalidLabelCharRE = regexp\.MustCompile\(`([^`]+)`\)", text)[1]
-    assert 'ReplaceAllString(s, "_")' in (KSM / "internal/store/utils.go.L131-L134").read_text()
-    return re.sub(pattern, "_", name)
+    rule = KSM["label_name"]
+    return re.sub(rule["invalid_characters"], rule["replaced_by"], name)
 
 
 def get_path(obj: Any, path: list[str]) -> Any:
     """valuePath.Get (compilePath): map keys (and `key=value` that must equal), list indices
     (negative from the end) and `[key=value]` list lookups; anything else is nil."""
-    body = go_func(FACTORY_GO, "func compilePath(")
-    assert 'strings.HasPrefix(part, "[") && strings.HasSuffix(part, "]")' in body
-    assert "i += len(s)" in body  # negative indices count from the end
+    assert KSM["path"] == {"list_lookup_by_key_value": True, "negative_index_from_end": True}
     for part in path:
         if obj is None:
             return None
@@ -126,8 +99,7 @@ def go_value(value: Any) -> str:
 def path_labels(obj: Any, labels: dict[str, list[str]]) -> dict[str, str]:
     """addPathLabels: each label's path read from obj; a nil value adds no label; `*` copies a
     map (done first, so named labels win)."""
-    body = go_func(FACTORY_GO, "func addPathLabels(")
-    assert "// skip label if value is nil" in body
+    assert KSM["nil_value_adds_no_label"] is True
     out: dict[str, str] = {}
     for star in sorted(k for k in labels if k.startswith("*") or k.endswith("*")):
         value = get_path(obj, labels[star])
@@ -147,8 +119,7 @@ def path_labels(obj: Any, labels: dict[str, list[str]]) -> dict[str, str]:
 def info_values(value: Any, spec: dict) -> list[dict[str, str]]:
     """compiledInfo.Values: one series per list item, per map (its labelsFromPath) and per map
     key (labelFromKey); a series with no label at all is not emitted."""
-    body = go_func(FACTORY_GO, "func (c *compiledInfo) values(")
-    assert "if len(value.Labels) != 0 {" in body
+    assert KSM["info_series_without_labels_emitted"] is False
     from_path, from_key = spec.get("labelsFromPath", {}), spec.get("labelFromKey", "")
 
     def one(v: Any) -> list[dict[str, str]]:
@@ -174,7 +145,7 @@ def emitted(config: dict, obj: dict) -> dict[str, list[dict[str, str]]]:
     group, _, version = obj["apiVersion"].rpartition("/")
     out: dict[str, list[dict[str, str]]] = {}
     # configOverrides: the type is matched case-insensitively
-    assert "strings.ToLower(string(config.Spec.Resources[i].Metrics[j].Each.Type))" in CONFIG_GO
+    assert KSM["each_type_case_insensitive"] is True
     for resource in config["spec"]["resources"]:
         gvk = resource["groupVersionKind"]
         if (gvk["group"], gvk["version"], gvk["kind"]) != (group, version, kind):
@@ -199,35 +170,33 @@ def emitted(config: dict, obj: dict) -> dict[str, list[dict[str, str]]]:
 
 
 def test_name_composition_as_read_matches_upstreams_own_test_table():
-    table = (CRS / "registry_factory_test.go.L445-L490").read_text()
-    cases = re.findall(
-        r'name: "([^"]+)",\s+args: args\{\s+resource: r\((nil|ptr\.To\("([^"]*)"\))\),\s+'
-        r'f:\s+count,\s+\},\s+want: "([^"]*)"',
-        table,
-    )
-    generator = {"name": re.search(r'count := Generator\{\s+Name: "(\w+)"', table)[1]}
+    cases = KSM["full_name_cases"]  # registry_factory_test.go's Test_fullName
     assert len(cases) == 3
-    for name, arg, prefix, want in cases:
-        resource = {} if arg == "nil" else {"metricNamePrefix": prefix}
-        assert full_name(resource, generator) == want, name
+    for case in cases:
+        prefix = case["metricNamePrefix"]
+        resource = {} if prefix is None else {"metricNamePrefix": prefix}
+        assert full_name(resource, {"name": case["generator"]}) == case["want"], case["case"]
     # an Info metric is not renamed: kube-state-metrics only logs a missing _info suffix
-    body = go_func(FACTORY_GO, "func compileFamily(")
-    assert 'klog.InfoS("Info metric does not have _info suffix"' in body
-    assert "Name:          fullName(resource, f)," in body
+    assert KSM["info_suffix_added"] is False
 
 
-def test_vendored_kube_state_metrics_is_the_one_the_pinned_chart_deploys():
+def test_kube_state_metrics_read_is_the_one_the_pinned_chart_deploys():
     [pin] = re.findall(r"chart: kube-prometheus-stack\s+targetRevision: ([\d.]+)", APPS.read_text())
-    stack = yaml.safe_load((UPSTREAM / f"helm-charts-kube-prometheus-stack-{pin}/charts/kube-prometheus-stack/Chart.yaml").read_text())  # fmt: skip
+    stack = FACTS["charts"]["kube_prometheus_stack"]["value"]
     assert stack["version"] == pin
-    [dep] = [d for d in stack["dependencies"] if d["name"] == "kube-state-metrics"]
-    chart = yaml.safe_load((UPSTREAM / f"helm-charts-kube-state-metrics-{dep['version']}/charts/kube-state-metrics/Chart.yaml").read_text())  # fmt: skip
-    assert chart["version"] == dep["version"]
-    assert KSM.name == f"kube-state-metrics-v{chart['appVersion'].removeprefix('v')}"
+    chart = FACTS["charts"]["kube_state_metrics_chart"]["value"]
+    assert chart["version"] == stack["kube_state_metrics_chart"]
+    [ksm] = [s for s in FACTS["sources"] if s["repository"] == "kubernetes/kube-state-metrics"]
+    assert ksm["tag"] == f"v{chart['appVersion'].removeprefix('v')}"
+    # every fact names the file it was read from, at that tag, with its sha256
+    for fact in FACTS["kube_state_metrics"].values():
+        for where in fact["from"]:
+            assert where["repository"] == ksm["repository"] and where["tag"] == ksm["tag"]
+            assert ksm["files"][where["path"]] == where["sha256"], where
     readme = (UPSTREAM / "README.md").read_text()
-    for path in (p for p in KSM.rglob("*") if p.is_file()):
-        sha = hashlib.sha256(path.read_bytes()).hexdigest()
-        assert re.search(rf"^\| `{re.escape(str(path.relative_to(UPSTREAM)))}` \|.*`{sha}` \|$", readme, re.M), path  # fmt: skip
+    for source in FACTS["sources"]:
+        for path, sha in source["files"].items():
+            assert f"`{sha}`" in readme, (source["repository"], path)
 
 
 # --- our config against our queries ------------------------------------------------------------

@@ -1,14 +1,16 @@
 """Our PrometheusRule, PodMonitors and AlertmanagerConfig as the Prometheus Operator that
 kube-prometheus-stack 88.0.0 deploys (v0.93.0) selects and uses them. Each rule is read from the
-upstream files at the pinned tags, vendored in tests/upstream (see its README): the chart's
-templates and default values decide the Prometheus and Alertmanager selectors, the operator's code
-decides what a nil or empty selector selects, which namespace matcher an AlertmanagerConfig's
-route gets, and the `job` label of a PodMonitor's targets. docs/upstream-rules.md lists them."""
+upstream files at the pinned tags by tools/upstream_monitoring.py into
+tests/upstream/monitoring-rules.json (each fact with its path, line range and sha256): the chart's
+templates (as data) and default values decide the Prometheus and Alertmanager selectors, the
+operator's code decides what a nil or empty selector selects, which namespace matcher an
+AlertmanagerConfig's route gets, and the `job` label of a PodMonitor's targets.
+docs/upstream-rules.md lists them."""
 
 from __future__ import annotations
 
 import copy
-import hashlib
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -20,10 +22,9 @@ from tests.support.kube import rendered
 
 ROOT = Path(__file__).resolve().parents[2]
 UPSTREAM = ROOT / "tests" / "upstream"
-CHART = UPSTREAM / "helm-charts-kube-prometheus-stack-88.0.0/charts/kube-prometheus-stack"
-OPERATOR = UPSTREAM / "prometheus-operator-v0.93.0/pkg"
-HELPERS = UPSTREAM / "apimachinery-v0.36.3/pkg/apis/meta/v1/helpers.go.L33-L74"
-KNATIVE = UPSTREAM / "knative-serving-knative-v1.21.1"
+FACTS = json.loads((UPSTREAM / "monitoring-rules.json").read_text())
+CHART = FACTS["charts"]
+OPERATOR = {k: v["value"] for k, v in FACTS["prometheus_operator"].items()}
 APPS = ROOT / "argocd/platform/applications.yaml"
 
 
@@ -59,11 +60,19 @@ def helm_merge(defaults: Any, ours: Any) -> Any:
 def chart_values(ours: dict | None = None) -> dict:
     app = stack_application()
     [source] = [s for s in app["spec"]["sources"] if s.get("chart") == "kube-prometheus-stack"]
-    assert source["targetRevision"] == yaml.safe_load(read(CHART / "Chart.yaml"))["version"]
+    assert source["targetRevision"] == CHART["kube_prometheus_stack"]["value"]["version"]
     if ours is None:
         [ref] = source["helm"]["valueFiles"]
         ours = yaml.safe_load(read(ROOT / ref.removeprefix("$values/")))
-    return helm_merge(yaml.safe_load(read(CHART / "values.yaml")), ours)
+    # the chart's defaults of the values its selector templates read (values.yaml)
+    defaults: dict = {}
+    for dotted, value in CHART["defaults"]["value"].items():
+        *parents, leaf = dotted.split(".")
+        node = defaults
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return helm_merge(defaults, ours)
 
 
 def release_name() -> str:
@@ -87,60 +96,40 @@ def truthy(value: Any) -> bool:
     return value not in (None, False, 0, "") and value != {} and value != []
 
 
-def condition(cond: str, values: dict) -> bool:
-    cond = cond.strip()
-    if m := re.fullmatch(r"(\.Values[\w.]+)", cond):
-        return truthy(lookup(values, m[1]))
-    if m := re.fullmatch(r'not \(kindIs "invalid" (\.Values[\w.]+)\)', cond):
-        return lookup(values, m[1]) is not None
+def condition(cond: dict, values: dict) -> bool:
+    """A template condition (as tools/upstream_monitoring.py records the chart's)."""
+    if "truthy" in cond:
+        return truthy(lookup(values, cond["truthy"]))
+    if "not_nil" in cond:
+        return lookup(values, cond["not_nil"]) is not None
     raise AssertionError(f"template condition not understood: {cond}")
 
 
-def body(lines: list[str], values: dict, release: str) -> str:
-    out = []
-    for line in lines:
-        if m := re.fullmatch(r'\{\{ (?:tpl \()?toYaml (\.Values[\w.]+) \| indent 4(?: \| default "null")?(?:\) \.)?\s*\}\}', line):  # fmt: skip
-            value = lookup(values, m[1])
-            out.append("    " + yaml.safe_dump(value, default_flow_style=True).strip())
-        elif "{{" in line:
-            out.append(line.replace("{{ $.Release.Name | quote }}", f'"{release}"'))
-            assert "{{" not in out[-1], f"template body not understood: {line}"
-        else:
-            out.append(line)
-    return "\n".join(out)
+def value_of(value: dict, values: dict, release: str) -> Any:
+    """A template branch's value: the values it copies (toYaml), or its literal YAML."""
+    if "values" in value:
+        return lookup(values, value["values"])
+
+    def fill(node: Any) -> Any:
+        if node == {"release": True}:
+            return release
+        if isinstance(node, dict):
+            return {k: fill(v) for k, v in node.items()}
+        return node
+
+    return fill(value["literal"])
 
 
-def rendered_field(template: Path, key: str, values: dict) -> tuple[bool, Any]:
+def rendered_field(kind: str, key: str, values: dict) -> tuple[bool, Any]:
     """(present, value) of a top-level spec field of the chart's Prometheus or Alertmanager: the
     if/else-if/else chain of the template around ``key:`` evaluated with ``values``."""
-    lines = read(template).splitlines()
-    starts = [i for i, line in enumerate(lines) if line == f"  {key}:"]
-    assert starts, key
-    first = starts[0]
-    head = lines[first - 1].strip()
-    if not re.match(r"\{\{-? if ", head):  # no condition: the field and its value line
-        return True, yaml.safe_load(body(lines[first : first + 2], values, release_name()))[key]
-    branches: list[tuple[str | None, list[str]]] = []
-    i = first - 1
-    while True:
-        line = lines[i].strip()
-        if m := re.fullmatch(r"\{\{-? (?:else )?if (.+?) \}\}", line):
-            branches.append((m[1], []))
-        elif re.fullmatch(r"\{\{-? else \}\}", line):
-            branches.append((None, []))
-        elif re.fullmatch(r"\{\{-? end \}\}", line):
-            break
-        else:
-            branches[-1][1].append(lines[i])
-        i += 1
-    for cond, text in branches:
-        if cond is None or condition(cond, values):
-            return True, yaml.safe_load(body(text, values, release_name()))[key]
+    for branch in CHART["fields"][kind][key]["value"]:
+        if branch["if"] is None or condition(branch["if"], values):
+            return True, value_of(branch["value"], values, release_name())
     return False, None
 
 
-PROMETHEUS = CHART / "templates/prometheus/prometheus.yaml"
-ALERTMANAGER = CHART / "templates/alertmanager/alertmanager.yaml"
+PROMETHEUS, ALERTMANAGER = "prometheus", "alertmanager"
 
 
 # --- the operator and apimachinery: what a selector selects ----------------------------------
@@ -149,9 +138,7 @@ ALERTMANAGER = CHART / "templates/alertmanager/alertmanager.yaml"
 def label_selector_matches(selector: dict | None, labels: dict[str, str]) -> bool:
     """metav1.LabelSelectorAsSelector (apimachinery v0.36.3, the operator's): nil selects
     nothing, an empty selector everything, else every requirement must hold."""
-    helpers = read(HELPERS)
-    assert re.search(r"if ps == nil \{\s+return labels\.Nothing\(\), nil", helpers)
-    assert re.search(r"== 0 \{\s+return labels\.Everything\(\), nil", helpers)
+    assert OPERATOR["label_selector"] == {"nil_selects": "nothing", "empty_selects": "everything"}
     if selector is None:
         return False
     for key, value in (selector.get("matchLabels") or {}).items():
@@ -170,17 +157,7 @@ def label_selector_matches(selector: dict | None, labels: dict[str, str]) -> boo
 def selected_namespaces(owner_ns: str, selector: dict | None, namespaces: dict[str, dict]) -> set[str]:  # fmt: skip
     """operator.SelectNamespacesFromCache (and the Alertmanager's own copy of the rule): a nil
     namespace selector means the owner's namespace only."""
-    for path, text in [
-        (
-            OPERATOR / "operator/operator.go.L591-L599",
-            "if sel == nil {\n\t\treturn []string{obj.GetNamespace()}, nil",
-        ),  # fmt: skip
-        (
-            OPERATOR / "alertmanager/operator.go.L1021-L1050",
-            "if am.Spec.AlertmanagerConfigNamespaceSelector == nil {\n\t\tnamespaces = append(namespaces, am.Namespace)",
-        ),  # fmt: skip
-    ]:
-        assert text in read(path), path
+    assert OPERATOR["nil_namespace_selector_selects"] == "the owner's namespace"
     if selector is None:
         return {owner_ns}
     return {n for n, labels in namespaces.items() if label_selector_matches(selector, labels)}
@@ -188,10 +165,7 @@ def selected_namespaces(owner_ns: str, selector: dict | None, namespaces: dict[s
 
 def selects(spec: dict, kind: str, owner_ns: str, obj: dict, namespaces: dict[str, dict]) -> bool:
     """selectObjects / the rule and AlertmanagerConfig selection: namespace, then labels."""
-    select = read(OPERATOR / "prometheus/resource_selector.go.L98-L121")
-    assert "operator.SelectNamespacesFromCache(rs.p.GetObjectMeta(), nsSelector" in select
-    assert "metav1.LabelSelectorAsSelector(selector)" in select
-    assert "metav1.LabelSelectorAsSelector(labelSelector)" in read(OPERATOR / "operator/rules.go.L101-L110")  # fmt: skip
+    assert OPERATOR["selection"] == "namespace selector, then label selector"
     ns = obj["metadata"]["namespace"]
     return ns in selected_namespaces(
         owner_ns, spec.get(f"{kind}NamespaceSelector"), namespaces
@@ -270,15 +244,13 @@ def test_the_stacks_prometheus_and_alertmanager_select_our_objects(kind):
 def route_matchers(amc: dict, strategy: dict | None, am_namespace: str) -> list[tuple[str, str, str]]:  # fmt: skip
     """The top-level route of an AlertmanagerConfig as the operator writes it (getEnforcer,
     amcfg.go): the strategy's enforcer may add namespace="<the object's namespace>"."""
-    types = read(OPERATOR / "apis/monitoring/v1/alertmanager_types.go.L455-L486")
-    names = dict(re.findall(r"^\s+(\w+)ConfigMatcherStrategyType AlertmanagerConfigMatcherStrategyType = \"(\w+)\"", types, re.M))  # fmt: skip
-    get = read(OPERATOR / "alertmanager/amcfg.go.L248-L267")
-    cases = re.findall(r"case monitoringv1\.(\w+)ConfigMatcherStrategyType:\s+e = &(\w+)\{", get)
-    default = re.search(r"default:\s+e = &(\w+)\{", get)[1]
-    enforcer = {names[c]: e for c, e in cases}.get((strategy or {}).get("type", ""), default)
-    body = read(OPERATOR / "alertmanager/amcfg.go.L109-L224")
-    assert re.search(r'Name:\s+"namespace",\s+Value:\s+crKey\.Namespace,\s+MatchType:\s+monitoringv1alpha1\.MatchEqual', body)  # fmt: skip
-    assert "if crKey.Namespace == one.alertmanagerNamespace {\n\t\treturn r" in body
+    rule = OPERATOR["matcher_strategy"]
+    enforcer = rule["enforcer"].get((strategy or {}).get("type", ""), rule["default_enforcer"])
+    assert rule["route_namespace_matcher"] == {
+        "namespaceEnforcer": "always",
+        "otherNamespaceEnforcer": "unless in the Alertmanager's namespace",
+        "noopEnforcer": "never",
+    }
     ns = amc["metadata"]["namespace"]
     matchers = [(m["name"], m.get("matchType", "="), m["value"]) for m in amc["spec"]["route"].get("matchers", [])]  # fmt: skip
     adds = {"noopEnforcer": False, "namespaceEnforcer": True,
@@ -320,9 +292,7 @@ def test_the_retrain_route_receives_the_drift_alerts_as_the_operator_configures_
     elsewhere = copy.deepcopy(amc)
     elsewhere["metadata"]["namespace"] = "ml-staging"
     strategy = alertmanager.get("alertmanagerConfigMatcherStrategy")
-    types = read(OPERATOR / "apis/monitoring/v1/alertmanager_types.go.L455-L486")
-    enum = re.search(r"\+kubebuilder:validation:Enum=(.+)", types)[1]
-    assert strategy["type"] in {v.strip('"') for v in enum.split(";")}  # the CRD admits it
+    assert strategy["type"] in OPERATOR["matcher_strategy"]["crd_enum"]  # the CRD admits it
     assert ("namespace", "=", "ml-staging") in route_matchers(elsewhere, strategy, stack_namespace())  # fmt: skip
     # the oracle bites: the operator's default strategy (OnNamespace) would add the
     # AlertmanagerConfig's namespace, which the aggregated drift alert does not carry
@@ -333,15 +303,11 @@ def test_the_retrain_route_receives_the_drift_alerts_as_the_operator_configures_
 
 
 def test_podmonitor_targets_keep_the_port_knative_names_and_the_job_the_down_alert_reads():
-    promcfg = read(OPERATOR / "prometheus/promcfg.go.L1569-L1643")
-    # the endpoint's port keeps only targets whose container port has that name
-    assert re.search(r'"__meta_kubernetes_pod_container_port_name"\}\},\s+\{Key: "regex", Value: \*ep\.Port\}', promcfg)  # fmt: skip
+    # the endpoint's port keeps only targets whose container port has that name;
     # job = <namespace>/<PodMonitor name> unless jobLabel names a pod label
-    assert re.search(r'\{Key: "target_label", Value: "job"\},\s+\{Key: "replacement", Value: fmt\.Sprintf\("%s/%s", m\.GetNamespace\(\), m\.GetName\(\)\)\}', promcfg)  # fmt: skip
-    # Knative names the user container's one port (the first declared) user-port
-    helpers = read(KNATIVE / "pkg/apis/serving/v1/revision_helpers.go")
-    port_name = re.search(r'UserPortName = "([^"]+)"', helpers)[1]
-    assert "Name:          v1.UserPortName," in read(KNATIVE / "pkg/reconciler/revision/resources/deploy.go.L309-L324")  # fmt: skip
+    assert OPERATOR["pod_monitor"] == {"port_keeps_container_port_named": True, "job": "<namespace>/<name>"}  # fmt: skip
+    # Knative names the user container's one port (the first declared)
+    port_name = OPERATOR["knative_user_port_name"]
     rules = yaml.safe_load(read(ROOT / "manifests/monitoring/rules.yaml"))
     [down] = [r for g in rules["groups"] for r in g["rules"] if r["alert"] == "ChurnPredictorDown"]
     job = re.search(r'up\{job=~"([^"]+)"\}', down["expr"])[1]
@@ -357,14 +323,20 @@ def test_podmonitor_targets_keep_the_port_knative_names_and_the_job_the_down_ale
         assert len(container["ports"]) == 1
 
 
-def test_vendored_operator_is_the_one_the_chart_deploys():
-    chart = yaml.safe_load(read(CHART / "Chart.yaml"))
-    assert OPERATOR.parent.name == f"prometheus-operator-{chart['appVersion']}"
+def test_operator_read_is_the_one_the_chart_deploys():
+    chart = CHART["kube_prometheus_stack"]["value"]
+    tags = {(s["repository"], s["tag"]) for s in FACTS["sources"]}
+    assert ("prometheus-operator/prometheus-operator", chart["appVersion"]) in tags
+    assert ("prometheus-community/helm-charts", f"kube-prometheus-stack-{chart['version']}") in tags
+    # every fact names the file it was read from, at its tag, with its sha256
+    files = {(s["repository"], s["tag"], p): sha for s in FACTS["sources"] for p, sha in s["files"].items()}  # fmt: skip
+    facts = [f for f in FACTS["prometheus_operator"].values()]
+    facts += [CHART["kube_prometheus_stack"], CHART["defaults"]]
+    facts += [f for kind in CHART["fields"].values() for f in kind.values()]
+    for fact in facts:
+        assert fact["from"]
+        for where in fact["from"]:
+            assert files[where["repository"], where["tag"], where["path"]] == where["sha256"], where
     readme = read(UPSTREAM / "README.md")
-    files = [p for p in (OPERATOR.parent, CHART, HELPERS) for p in ([p] if p.is_file() else p.rglob("*")) if p.is_file()]  # fmt: skip
-    files += [KNATIVE / "pkg/apis/serving/v1/revision_helpers.go",
-              KNATIVE / "pkg/reconciler/revision/resources/deploy.go.L309-L324"]  # fmt: skip
-    for path in files:
-        sha = hashlib.sha256(path.read_bytes()).hexdigest()
-        rel = re.escape(str(path.relative_to(UPSTREAM)))
-        assert re.search(rf"^\| `{rel}` \|.*`{sha}` \|$", readme, re.M), path
+    for (repo, _, path), sha in files.items():
+        assert f"`{sha}`" in readme, (repo, path)
