@@ -68,6 +68,7 @@ test-fast: setup-test tools
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 	$(BIN)/hadolint components/Dockerfile serving/Dockerfile manifests/platform/mlflow-image/Dockerfile \
 		scripts/base/Dockerfile
 	$(BIN)/shellcheck scripts/*.sh

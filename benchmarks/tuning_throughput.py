@@ -57,7 +57,13 @@ def main() -> None:
         for parallel in (1, 2):
             exp = spec.parse(fixed)
             result = tune_local(
-                exp, uri, "bench-tuning", str(repo), "HEAD", parallel=parallel, progress=False
+                exp,
+                tracking_uri=uri,
+                experiment_name="bench-tuning",
+                repo=str(repo),
+                data_rev="HEAD",
+                parallel=parallel,
+                progress=False,
             )
             ok = sum(t.status == "Succeeded" for t in result.trials)
             rates[parallel] = ok / result.seconds * 60
@@ -65,7 +71,14 @@ def main() -> None:
                 f"parallel {parallel}: {ok} trials in {result.seconds:.1f}s = {rates[parallel]:.1f} trials/min"
             )
 
-        tuned = tune_local(spec.parse(doc), uri, "bench-tuning", str(repo), "HEAD", progress=False)
+        tuned = tune_local(
+            spec.parse(doc),
+            tracking_uri=uri,
+            experiment_name="bench-tuning",
+            repo=str(repo),
+            data_rev="HEAD",
+            progress=False,
+        )
         best = HyperParams.from_strings(tuned.best_parameters())
         data = tmp_path / "data.csv"
         version = versions.read_version(str(repo), DEFAULTS.data_path, "HEAD", data)

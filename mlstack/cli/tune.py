@@ -21,10 +21,10 @@ def _tune(args: argparse.Namespace, settings: Settings) -> None:
     sha = resolve_rev(repo, args.rev)
     result = tune_local(
         exp,
-        settings.mlflow_tracking_uri,
-        settings.experiment_name,
-        repo,
-        sha,
+        tracking_uri=settings.mlflow_tracking_uri,
+        experiment_name=settings.experiment_name,
+        repo=repo,
+        data_rev=sha,
         parallel=args.parallel,
         max_trials=args.max_trials,
         progress=live,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -76,7 +77,7 @@ def build(df: pd.DataFrame) -> dict[str, FeatureProfile]:
     return out
 
 
-def to_dict(profiles: dict[str, FeatureProfile]) -> dict:
+def to_dict(profiles: dict[str, FeatureProfile]) -> dict[str, Any]:
     return {
         name: {
             "kind": p.kind,
@@ -88,7 +89,7 @@ def to_dict(profiles: dict[str, FeatureProfile]) -> dict:
     }
 
 
-def from_dict(raw: dict) -> dict[str, FeatureProfile]:
+def from_dict(raw: dict[str, Any]) -> dict[str, FeatureProfile]:
     return {
         name: FeatureProfile(
             name,

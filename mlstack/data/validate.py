@@ -111,7 +111,9 @@ def summarize(df: pd.DataFrame) -> dict[str, float]:
     }
 
 
-def validate_file(dataset_path: str | Path, report_path: str | Path | None = None) -> dict:
+def validate_file(
+    dataset_path: str | Path, report_path: str | Path | None = None
+) -> dict[str, float]:
     """Validate a dataset CSV; raise ``DataValidationError`` on any violation.
 
     Writes a JSON report (also on failure) when ``report_path`` is given, and returns the summary
@@ -122,13 +124,14 @@ def validate_file(dataset_path: str | Path, report_path: str | Path | None = Non
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise DataValidationError([Violation("*", "format", f"not a readable CSV: {exc}")]) from exc
     violations = find_violations(df)
+    summary = summarize(df) if not violations else {}
     report = {
         "valid": not violations,
         "violations": [asdict(v) for v in violations],
-        "summary": summarize(df) if not violations else {},
+        "summary": summary,
     }
     if report_path is not None:
         Path(report_path).write_text(json.dumps(report, indent=2))
     if violations:
         raise DataValidationError(violations)
-    return report["summary"]
+    return summary

@@ -57,7 +57,11 @@ def resolve_rev(repo: str, rev: str) -> str:
     out = subprocess.run(["git", "ls-remote", repo], capture_output=True, text=True)
     if out.returncode != 0:
         raise StackError(f"cannot list refs of {repo}: {out.stderr.strip()}")
-    refs = dict(reversed(line.split("\t", 1)) for line in out.stdout.splitlines() if "\t" in line)
+    refs: dict[str, str] = {}
+    for line in out.stdout.splitlines():
+        sha, tab, name = line.partition("\t")
+        if tab:
+            refs[name] = sha
     for name in (f"refs/tags/{rev}^{{}}", f"refs/tags/{rev}", f"refs/heads/{rev}", rev):
         if name in refs:
             return refs[name]

@@ -15,6 +15,7 @@ import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 from mlstack.errors import StackError
@@ -95,7 +96,7 @@ def overlay_file(manifests: Path, env: str) -> Path:
     return path
 
 
-def _yaml():  # type: ignore[no-untyped-def]
+def _yaml() -> Any:
     from ruamel.yaml import YAML
 
     y = YAML()  # round trip: comments, order and quoting survive
@@ -194,6 +195,8 @@ def model_card(model_name: str, version: str, tracking_uri: str) -> str:
 
     client = MlflowClient(tracking_uri)
     mv = client.get_model_version(model_name, version)
+    if not mv.run_id:
+        raise StackError(f"{model_name} v{version} has no run: no metrics to show")
     run = client.get_run(mv.run_id)
     metrics = run.data.metrics
     keys = ["roc_auc", "f1", "average_precision", "accuracy", "recall_churned", "precision_churned"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -114,7 +115,7 @@ DASHBOARDS: dict[str, tuple[str, list[Panel]]] = {
 }
 
 
-def dashboard(uid: str) -> dict:
+def dashboard(uid: str) -> dict[str, Any]:
     title, panels = DASHBOARDS[uid]
     return {
         "uid": uid,
@@ -152,7 +153,7 @@ def expressions() -> list[str]:
     return [p.expr for _, panels in DASHBOARDS.values() for p in panels]
 
 
-def prometheus_rule(rules: dict) -> dict:
+def prometheus_rule(rules: dict[str, Any]) -> dict[str, Any]:
     return {
         "apiVersion": "monitoring.coreos.com/v1",
         "kind": "PrometheusRule",

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 EVENT_TYPE = "drift-detected"
 MAX_BODY = 1 << 20
@@ -39,7 +40,7 @@ class Relay:
     _sent: dict[str, float] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def select(self, payload: dict) -> list[dict]:
+    def select(self, payload: dict[str, Any]) -> list[dict[str, Any]]:
         """The alerts to dispatch: firing, ``retrain="true"``, not sent within the cooldown."""
         alerts = payload.get("alerts")
         if not isinstance(alerts, list):
@@ -60,7 +61,7 @@ class Relay:
                 chosen.append(alert)
         return chosen
 
-    def dispatch(self, alerts: list[dict]) -> None:
+    def dispatch(self, alerts: list[dict[str, Any]]) -> None:
         body = {
             "event_type": EVENT_TYPE,
             "client_payload": {
@@ -91,7 +92,7 @@ class Relay:
             if response.status != 204:
                 raise RuntimeError(f"GitHub answered {response.status}")
 
-    def handle(self, payload: dict) -> int:
+    def handle(self, payload: dict[str, Any]) -> int:
         """Dispatch what the payload asks for; returns how many alerts were sent."""
         alerts = self.select(payload)
         if alerts:
@@ -110,7 +111,7 @@ class Relay:
 
 def make_server(relay: Relay, host: str, port: int) -> ThreadingHTTPServer:
     class Handler(BaseHTTPRequestHandler):
-        def _reply(self, status: int, body: dict) -> None:
+        def _reply(self, status: int, body: dict[str, Any]) -> None:
             data = json.dumps(body).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")

@@ -20,7 +20,7 @@ def pipelines() -> dict[str, object]:
     return {"training.yaml": training_pipeline, "tuning.yaml": tuning_pipeline}
 
 
-def read_ir(path: Path) -> tuple[dict, dict]:
+def read_ir(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """The pipeline spec of a compiled IR file and its platform spec (the Kubernetes settings of
     its tasks: Secrets as env), which KFP writes as a second YAML document ({} when none)."""
     import yaml

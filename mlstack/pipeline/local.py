@@ -224,7 +224,7 @@ def run_pipeline(
 
         root = settings.containers_pipeline_root
         kfp_runner, cache_root = containers.setup(root, Path(repo), ir_path, tracking_uri)
-        running: contextlib.AbstractContextManager = containers.exit_status_kept()
+        running: contextlib.AbstractContextManager[object] = containers.exit_status_kept()
     else:
         root = settings.pipeline_root
         root.mkdir(parents=True, exist_ok=True)

@@ -186,7 +186,8 @@ def plan(desired: list[Schedule], actual: list[Any]) -> Plan:
 
 
 def list_recurring_runs(client: Any, experiment_id: str) -> list[Any]:
-    runs, token = [], ""
+    runs: list[Any] = []
+    token = ""
     while True:
         page = client.list_recurring_runs(
             page_token=token, page_size=100, experiment_id=experiment_id

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from importlib.metadata import version
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -50,11 +51,15 @@ class HyperParams:
     @classmethod
     def from_strings(cls, values: dict[str, str]) -> HyperParams:
         """Typed from Katib's string assignments; missing names keep their defaults."""
-        convert = {"float": float, "int": lambda v: int(float(v)), "str": str}
+        convert: dict[str, Callable[[str], object]] = {
+            "float": float,
+            "int": lambda v: int(float(v)),
+            "str": str,
+        }
         unknown = sorted(set(values) - {f.name for f in fields(cls)})
         if unknown:
             raise StackError(f"unknown hyperparameter(s) {unknown}")
-        typed = {}
+        typed: dict[str, Any] = {}
         for f in fields(cls):
             if f.name in values:
                 try:

@@ -41,7 +41,7 @@ def for_cluster(
     return body
 
 
-def custom_objects_api():  # type: ignore[no-untyped-def]
+def custom_objects_api() -> Any:
     """The Kubernetes CustomObjectsApi of this pod's cluster, else of the kubeconfig's context;
     raises ``StackError`` when neither is configured."""
     from kubernetes import client, config

@@ -51,6 +51,7 @@ def trial_env_for(
 
 def tune_local(
     exp: Experiment,
+    *,
     tracking_uri: str,
     experiment_name: str,
     repo: str,
@@ -61,7 +62,10 @@ def tune_local(
     on_trial: Callable[[Trial], None] | None = None,
 ) -> ExperimentResult:
     """Run ``exp`` locally, every trial an MLflow run under one tuning parent run; ``on_trial``
-    sees each trial as it ends."""
+    sees each trial as it ends.
+
+    Returns the result (its ``parent_run_id`` set); raises ``ExperimentError`` when the failed
+    trials reach ``maxFailedTrialCount``, ``StackError`` when MLflow is unreachable."""
     import mlflow
 
     with parent_run(exp, tracking_uri, experiment_name) as parent:
@@ -110,7 +114,13 @@ def tune(
             print(f"progress: {trial_line(exp, trial)}", flush=True)
 
         return tune_local(
-            exp, tracking_uri, experiment_name, repo, data_rev, progress=False, on_trial=report
+            exp,
+            tracking_uri=tracking_uri,
+            experiment_name=experiment_name,
+            repo=repo,
+            data_rev=data_rev,
+            progress=False,
+            on_trial=report,
         ).best_parameters()
     with parent_run(exp, tracking_uri, experiment_name) as parent:
         env = trial_env_for(tracking_uri, experiment_name, parent, repo, data_rev)

@@ -46,7 +46,14 @@ class Parameter:
     values: tuple[str, ...] = ()
     log: bool = False
 
-    def distribution(self):  # type: ignore[no-untyped-def]
+    def bounds(self) -> tuple[float, float]:
+        """(min, max) of an int or double parameter."""
+        if self.min is None or self.max is None:
+            raise ExperimentError(f"parameter '{self.name}': no feasibleSpace min and max")
+        return self.min, self.max
+
+    def distribution(self) -> Any:
+        """The optuna distribution of this parameter."""
         from optuna.distributions import (
             CategoricalDistribution,
             FloatDistribution,
@@ -54,11 +61,11 @@ class Parameter:
         )
 
         if self.type == "int":
-            return IntDistribution(
-                int(self.min), int(self.max), log=self.log, step=int(self.step or 1)
-            )
+            low, high = self.bounds()
+            return IntDistribution(int(low), int(high), log=self.log, step=int(self.step or 1))
         if self.type == "double":
-            return FloatDistribution(self.min, self.max, log=self.log, step=self.step)
+            low, high = self.bounds()
+            return FloatDistribution(low, high, log=self.log, step=self.step)
         return CategoricalDistribution(list(self.values))
 
     def grid(self) -> list[Any]:
@@ -66,8 +73,9 @@ class Parameter:
             return list(self.values)
         if self.step is None:
             raise ExperimentError(f"parameter '{self.name}': grid needs feasibleSpace.step")
-        count = int(round((self.max - self.min) / self.step)) + 1
-        values = [self.min + i * self.step for i in range(count)]
+        low, high = self.bounds()
+        count = int(round((high - low) / self.step)) + 1
+        values = [low + i * self.step for i in range(count)]
         return [int(v) for v in values] if self.type == "int" else [round(v, 12) for v in values]
 
     def format(self, value: Any) -> str:
@@ -103,16 +111,16 @@ class Experiment:
         return (self.objective, *self.additional)
 
 
-def _only(where: str, mapping: Any, allowed: Iterable[str]) -> dict:
+def _only(where: str, mapping: Any, allowed: Iterable[str]) -> dict[str, Any]:
     if not isinstance(mapping, dict):
         raise ExperimentError(f"{where}: expected a mapping")
     unknown = sorted(set(mapping) - set(allowed))
     if unknown:
         raise ExperimentError(f"{where}.{unknown[0]}: not supported by the local runner")
-    return mapping
+    return dict(mapping)
 
 
-def _settings(where: str, items: list | None) -> dict[str, str]:
+def _settings(where: str, items: list[Any] | None) -> dict[str, str]:
     out = {}
     for i, item in enumerate(items or []):
         _only(f"{where}[{i}]", item, ("name", "value"))
@@ -120,7 +128,7 @@ def _settings(where: str, items: list | None) -> dict[str, str]:
     return out
 
 
-def _parameter(i: int, raw: dict) -> Parameter:
+def _parameter(i: int, raw: dict[str, Any]) -> Parameter:
     where = f"spec.parameters[{i}]"
     _only(where, raw, ("name", "parameterType", "feasibleSpace"))
     kind = raw.get("parameterType")
@@ -275,7 +283,7 @@ def parse(doc: dict[str, Any]) -> Experiment:
         additional=tuple(obj.get("additionalMetricNames", []) or []),
         goal=float(goal) if goal is not None else None,
         strategies=strategies,
-        algorithm=algorithm,
+        algorithm=str(algorithm),
         algorithm_settings=settings,
         early_stopping=early,
         parallel=int(spec.get("parallelTrialCount", 3)),
@@ -333,7 +341,7 @@ def substitute(value: Any, trial_values: dict[str, str]) -> Any:
     """Replace ``${trialParameters.X}`` everywhere in ``value`` (strings, lists, mappings)."""
     if isinstance(value, str):
 
-        def one(match: re.Match) -> str:
+        def one(match: re.Match[str]) -> str:
             key = match.group(1)
             if not key.startswith("trialParameters."):
                 raise ExperimentError(f"placeholder ${{{key}}}: not supported by the local runner")

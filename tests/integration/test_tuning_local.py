@@ -35,7 +35,14 @@ def test_metric_line_is_what_the_collector_reads():
 
 def test_local_experiment_with_the_training_entrypoint(data_repo: Path, tracking_uri: str):
     exp = spec.parse(small(max_trials=3, parallel=2))
-    result = tune_local(exp, tracking_uri, "tuning-test", str(data_repo), "HEAD", progress=False)
+    result = tune_local(
+        exp,
+        tracking_uri=tracking_uri,
+        experiment_name="tuning-test",
+        repo=str(data_repo),
+        data_rev="HEAD",
+        progress=False,
+    )
     assert [t.status for t in result.trials].count("Succeeded") >= 2
     best = result.best
     assert 0.5 < best.observation["roc_auc"] <= 1.0
