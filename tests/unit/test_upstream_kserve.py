@@ -4,13 +4,14 @@ webhook (name, autoscaling, replicas, concurrency, logger, blocked env vars, the
 protocol), the deployment mode the controller picks from the annotation, the custom predictor's
 container name and the STORAGE_URI env the storage initializer is injected for, the mount path it
 fills, the component port the logger agent forwards to, and Knative's rules for the one serving
-port. Every rule is read from the upstream files at the pinned tags, vendored in tests/upstream
-(see its README). docs/upstream-rules.md lists them."""
+port. Every rule is read from the upstream files at the pinned tags by tools/upstream_kserve.py
+into tests/upstream/kserve-rules.json (each fact with its path, line range and sha256).
+docs/upstream-rules.md lists them."""
 
 from __future__ import annotations
 
 import copy
-import hashlib
+import json
 import re
 import subprocess
 import sys
@@ -23,40 +24,15 @@ from tests.support.kube import rendered
 
 ROOT = Path(__file__).resolve().parents[2]
 UPSTREAM = ROOT / "tests" / "upstream"
-KSERVE = UPSTREAM / "kserve-v0.20.0/pkg"
-KNATIVE = UPSTREAM / "knative-serving-knative-v1.21.1/pkg"
-PPROF = UPSTREAM / "knative-pkg-4a022ed9999a/observability/runtime/pprof.go.L30-L36"
 APPS = ROOT / "argocd/platform/applications.yaml"
-
-CONSTANTS = (KSERVE / "constants/constants.go").read_text()
-VALIDATION = (KSERVE / "apis/serving/v1beta1/inference_service_validation.go").read_text()
-COMPONENT = (KSERVE / "apis/serving/v1beta1/component.go").read_text()
-CUSTOM = (KSERVE / "apis/serving/v1beta1/predictor_custom.go").read_text()
-UTILS = KSERVE / "controller/v1beta1/inferenceservice/utils"
+FACTS = json.loads((UPSTREAM / "kserve-rules.json").read_text())
+KSERVE = {k: v["value"] for k, v in FACTS["kserve"].items() if k != "constants"}
+KNATIVE = {k: v["value"] for k, v in FACTS["knative"].items()}
 
 
-def go_func(source: str, signature: str) -> str:
-    start = source.index("{\n", source.index(signature)) + 2
-    depth, i = 1, start
-    while depth:
-        depth += {"{": 1, "}": -1}.get(source[i], 0)
-        i += 1
-    return source[start : i - 1]
-
-
-def const(name: str, source: str = CONSTANTS) -> str:
-    """A Go string constant, following `A + "/x"` concatenations of other constants."""
-    m = re.search(rf"^\s*(?:const\s+)?{name}\s+(?:\w+\s+)?=\s+(.+)$", source, re.M)
-    assert m, name
-    parts = [p.strip() for p in m[1].split("//")[0].split("+")]
-    return "".join(p.strip('"') if p.startswith('"') else const(p, source) for p in parts)
-
-
-def go_list(name: str, source: str) -> list[str]:
-    """The items of a Go slice literal `name = []T{...}`: string literals or constant names."""
-    body = re.search(rf"{name}\s*=\s*\[\][\w.]+\{{([^}}]*)\}}", source, re.S)[1]
-    items = [i.strip() for i in body.split(",") if i.strip()]
-    return [i.strip('"') if i.startswith('"') else const(i.removeprefix("constants.")) for i in items]  # fmt: skip
+def const(name: str) -> str:
+    """A KServe constant (pkg/constants/constants.go)."""
+    return FACTS["kserve"]["constants"][name]["value"]
 
 
 def inference_services() -> dict[str, list[dict]]:
@@ -81,24 +57,13 @@ def isvc_of(env: str) -> dict:
 def deployment_mode(annotations: dict[str, str]) -> str:
     """GetDeploymentMode (controller utils.go) for a new InferenceService: the annotation when it
     names a mode (legacy names mapped), otherwise the cluster's default, silently."""
-    body = (UTILS / "utils.go.L224-L250").read_text()
-    key = const("DeploymentMode")
-    legacy = dict(
-        re.findall(
-            r"if deploymentMode == string\(constants\.(\w+)\) \{\s+//[^\n]*\n\s+deploymentMode = string\(constants\.(\w+)\)",
-            body,
-        )  # fmt: skip
-    )
-    accepted = re.findall(
-        r"deploymentMode == string\(constants\.(\w+)\)", body.split("if ok &&")[1]
-    )
+    rule = KSERVE["deployment_mode"]
+    key = rule["annotation"]
     mode = annotations.get(key)
     if mode is None:
         return "<default>"
-    for old, new in legacy.items():
-        if mode == const(old):
-            mode = const(new)
-    return mode if mode in {const(a) for a in accepted} else "<default>"
+    mode = rule["legacy"].get(mode, mode)
+    return mode if mode in rule["accepted"] else "<default>"
 
 
 def webhook_errors(isvc: dict) -> list[str]:
@@ -106,14 +71,14 @@ def webhook_errors(isvc: dict) -> list[str]:
     from the source; the list names what fails."""
     errors = []
     name = isvc["metadata"]["name"]
-    fmt = re.search(r'IsvcNameFmt\s+string = "([^"]+)"', VALIDATION)[1]
-    assert 'regexp.MustCompile("^" + IsvcNameFmt + "$")' in VALIDATION
-    if not re.fullmatch(fmt, name):
+    name_format = KSERVE["name_format"]
+    assert name_format["anchored"] is True
+    if not re.fullmatch(name_format["regex"], name):
         errors.append("name")
     annotations = isvc["metadata"].get("annotations", {})
     predictor = isvc["spec"]["predictor"]
     # validateBlockedEnvVars
-    blocked = go_list("DefaultBlockedEnvVars", (KSERVE / "validation/env_policy.go").read_text())
+    blocked = KSERVE["blocked_env"]
     for c in predictor.get("containers", []) + predictor.get("initContainers", []):
         errors += [f"env {e['name']}" for e in c.get("env", []) if e["name"] in blocked]
     # validateCollocationStorageURI
@@ -122,37 +87,29 @@ def webhook_errors(isvc: dict) -> list[str]:
         if c["name"] == transformer and any(e["name"] == storage_env for e in c.get("env", [])):
             errors.append("storage uri in transformer")
     # CustomPredictor.Validate: PROTOCOL, when set, is v1 or v2
-    assert "constants.ProtocolV1) || envVar.Value == string(constants.ProtocolV2)" in CUSTOM
     protocol_env = const("CustomSpecProtocolEnvVarKey")
     for e in predictor["containers"][0].get("env", []):
-        if e["name"] == protocol_env and e.get("value") not in {const("ProtocolV1"), const("ProtocolV2")}:  # fmt: skip
+        if e["name"] == protocol_env and e.get("value") not in KSERVE["protocols"]:
             errors.append("protocol")
     # ComponentExtensionSpec.Validate
-    assert all(f in go_func(COMPONENT, "func (s *ComponentExtensionSpec) Validate()") for f in
-               ("validateContainerConcurrency", "validateReplicas", "validateLogger"))  # fmt: skip
+    assert KSERVE["component_checks"] == ["validateContainerConcurrency", "validateReplicas", "validateLogger"]  # fmt: skip
     if predictor.get("containerConcurrency", 0) < 0:
         errors.append("containerConcurrency")
-    default_min = int(re.search(r"DefaultMinReplicas\s+(?:int32\s+)?=\s+(?:int32\()?(\d+)", CONSTANTS)[1])  # fmt: skip
+    default_min = KSERVE["default_min_replicas"]
     low, high = predictor.get("minReplicas", default_min), predictor.get("maxReplicas", 0)
     if low < 0 or high < 0 or (low > high and high != 0):
         errors.append("replicas")
-    modes = dict(re.findall(r"(Log\w+) LoggerType = \"(\w+)\"", (KSERVE / "apis/serving/v1beta1/inference_service.go.L80-L92").read_text()))  # fmt: skip
-    checked = re.findall(r"logger\.Mode != (\w+)", go_func(COMPONENT, "func validateLogger("))
     logger = predictor.get("logger")
-    if logger is not None and logger.get("mode") not in {modes[m] for m in checked}:
+    if logger is not None and logger.get("mode") not in KSERVE["logger_modes"]:
         errors.append("logger.mode")
     # validateAutoScalingCompExtension: Knative mode without Knative's HPA class → the KPA rules
-    register = (KNATIVE / "apis/autoscaling/register.go.L28-L43").read_text()
-    class_key, hpa = const("ClassAnnotationKey", register), const("HPA", register)
-    body = go_func(VALIDATION, "func validateAutoScalingCompExtension(")
-    assert "if annotationClass == autoscaling.HPA {" in body
-    if annotations.get(class_key) != hpa:
-        kpa = go_list("AutoscalerAllowedKPAMetricsList", CONSTANTS)
-        metric = predictor.get("scaleMetric", "concurrency")
-        assert "metric := MetricConcurrency" in go_func(VALIDATION, "func validateScalingKPACompExtension(")  # fmt: skip
+    autoscaling, kpa = KNATIVE["autoscaling_class"], KSERVE["kpa"]
+    assert kpa["unless_class_annotation_is_hpa"] is True
+    if annotations.get(autoscaling["annotation"]) != autoscaling["hpa"]:
+        metric = predictor.get("scaleMetric", kpa["default_metric"])
         if "deploymentStrategy" in predictor:
             errors.append("deploymentStrategy")
-        if metric not in kpa:
+        if metric not in kpa["metrics"]:
             errors.append("scaleMetric")
         if metric == "rps" and predictor.get("scaleTarget", 1) < 1:
             errors.append("scaleTarget")
@@ -192,8 +149,7 @@ def test_the_annotation_selects_knative_mode_not_the_silent_default(env):
 
 def defaulted_containers(predictor: dict) -> list[dict]:
     """CustomPredictor.Default: a single container (or an unnamed first one) is renamed."""
-    body = go_func(CUSTOM, "func (c *CustomPredictor) Default(")
-    assert "if len(c.Containers) == 1 || len(c.Containers[0].Name) == 0 {" in body
+    assert KSERVE["custom_predictor"]["default_renames"] == "a single container, or an unnamed first one"  # fmt: skip
     containers = copy.deepcopy(predictor["containers"])
     if len(containers) == 1 or not containers[0].get("name"):
         containers[0]["name"] = const("InferenceServiceContainerName")
@@ -202,9 +158,8 @@ def defaulted_containers(predictor: dict) -> list[dict]:
 
 def storage_uri(containers: list[dict]) -> str | None:
     """CustomPredictor.GetStorageUri: STORAGE_URI of the container named kserve-container."""
-    body = go_func(CUSTOM, "func (c *CustomPredictor) GetStorageUri()")
-    assert "if container.Name == constants.InferenceServiceContainerName {" in body
-    assert "if envVar.Name == constants.CustomSpecStorageUriEnvVarKey {" in body
+    rule = KSERVE["custom_predictor"]["storage_uri_from"]
+    assert rule == "the env CustomSpecStorageUriEnvVarKey of the container named InferenceServiceContainerName"  # fmt: skip
     name, key = const("InferenceServiceContainerName"), const("CustomSpecStorageUriEnvVarKey")
     for c in containers:
         if c["name"] == name:
@@ -214,12 +169,9 @@ def storage_uri(containers: list[dict]) -> str | None:
 
 def storage_uri_supported(uri: str) -> bool:
     """ValidateStorageURI (controller utils.go) with no ClusterStorageContainer of ours."""
-    body = (UTILS / "utils.go.L411-L442").read_text()
-    assert "kserveutils.IsPrefixSupported(*storageURI, SupportedStorageURIPrefixList)" in body
     if not re.search(r"\w+?://", uri):
         return True
-    prefixes = go_list("SupportedStorageURIPrefixList", (UTILS / "utils.go.L46-L50").read_text())
-    return any(uri.startswith(p) for p in prefixes)
+    return any(uri.startswith(p) for p in KSERVE["storage_uri_prefixes"])
 
 
 @pytest.mark.parametrize("env", ["staging", "production"])
@@ -230,17 +182,13 @@ def test_the_storage_initializer_is_injected_for_our_predictor_and_fills_its_mod
     assert predictor["containers"][0]["name"] == const("InferenceServiceContainerName")
     uri = storage_uri(containers)
     # the controller annotates the pod with the URI; the webhook injects for that annotation
-    annotate = (KSERVE / "controller/v1beta1/inferenceservice/components/predictor.go.L294-L305").read_text()  # fmt: skip
-    assert "annotations[constants.StorageInitializerSourceUriInternalAnnotationKey] = *sourceURI" in annotate  # fmt: skip
-    injector = (KSERVE / "webhook/admission/pod/storage_initializer_injector.go").read_text()
-    inject = go_func(injector, "func (mi *StorageInitializerInjector) InjectStorageInitializer(")
-    assert "srcURI, ok := pod.Annotations[constants.StorageInitializerSourceUriInternalAnnotationKey]\n\tif !ok {\n\t\treturn nil" in inject  # fmt: skip
-    assert "MountPath: constants.DefaultModelLocalMountPath" in inject
-    # and rewrites a non-empty STORAGE_URI to the mount path
-    assert "envVar.Name == constants.CustomSpecStorageUriEnvVarKey && envVar.Value != \"\"" in injector  # fmt: skip
+    # and mounts the model at the mount path, rewriting a non-empty STORAGE_URI to it
+    injector = KSERVE["storage_initializer"]
+    assert injector["injected_for_annotation_only"] is True
+    assert injector["storage_uri_env_rewritten"] is True
     assert uri and storage_uri_supported(uri), uri
     args = dict(a.removeprefix("--").split("=", 1) for a in containers[0]["args"] if "=" in a)
-    assert args["model_dir"] == const("DefaultModelLocalMountPath")
+    assert args["model_dir"] == const(injector["mount_path_constant"])
     # the oracle bites: an unnamed second container, or the env on another container, is missed
     moved = copy.deepcopy(predictor)
     moved["containers"][0]["name"] = "predictor"
@@ -253,26 +201,20 @@ def test_the_storage_initializer_is_injected_for_our_predictor_and_fills_its_mod
 
 
 def reserved_ports() -> set[int]:
-    validation = (KNATIVE / "apis/serving/k8s_validation.go").read_text()
-    names = re.search(r"reservedPorts = sets\.NewInt32\(([^)]*)\)", validation)[1]
-    networking = (KNATIVE / "networking/constants.go").read_text()
-    values = {**dict(re.findall(r"^\s+(\w+) = (\d+)$", networking, re.M)),
-              **dict(re.findall(r"^\s+(\w+) = (\d+)$", PPROF.read_text(), re.M))}  # fmt: skip
-    ports = {int(values[n.strip().split(".")[-1]]) for n in names.split(",") if n.strip()}
+    ports = set(KNATIVE["reserved_ports"])
     assert len(ports) == 6
     return ports
 
 
 def port_errors(containers: list[dict]) -> list[str]:
-    validation = (KNATIVE / "apis/serving/k8s_validation.go").read_text()
-    valid_names = set(re.findall(r'"([\w-]*)"', re.search(r"validPortNames = sets\.New\(([^)]*)\)", validation)[1]))  # fmt: skip
-    assert 'Message: "more than one container port is set"' in validation
+    rule = KNATIVE["port"]
+    assert rule["at_most_one"] is True
     ports = [p for c in containers for p in c.get("ports", [])]
     errors = ["more than one port"] if len(ports) > 1 else []
     for p in ports[:1]:
-        if p.get("name", "") not in valid_names:
+        if p.get("name", "") not in rule["valid_names"]:
             errors.append(f"port name {p.get('name')}")
-        if p.get("protocol", "TCP") != "TCP":
+        if p.get("protocol", "TCP") != rule["protocol"]:
             errors.append("protocol")
         if p["containerPort"] in reserved_ports():
             errors.append(f"reserved port {p['containerPort']}")
@@ -297,8 +239,7 @@ def test_the_one_serving_port_is_one_knative_accepts_and_the_logger_agent_forwar
     assert port_errors(containers) == []
     [port] = containers[0]["ports"]
     # the logger agent forwards to the first port of kserve-container (default 8080)
-    agent = (KSERVE / "webhook/admission/pod/agent_injector.go.L315-L350").read_text()
-    assert "componentPort = strconv.Itoa(int(container.Ports[0].ContainerPort))" in agent
+    assert KSERVE["logger_agent"]["component_port"] == "the first port of the component container"  # fmt: skip
     assert port["containerPort"] == server_http_port(containers[0].get("args", []))
     for probe in ("readinessProbe", "livenessProbe"):
         assert containers[0][probe]["httpGet"]["port"] in (port["containerPort"], port.get("name"))
@@ -310,11 +251,11 @@ def test_the_one_serving_port_is_one_knative_accepts_and_the_logger_agent_forwar
 
 def logger_storage(url: str) -> str:
     """GetStorageStrategy (pkg/logger/store.go): what the logger agent does with its --log-url."""
-    body = go_func((KSERVE / "logger/store.go.L46-L61").read_text(), "func GetStorageStrategy(")
-    for prefix, strategy in re.findall(r'case strings\.HasPrefix\(url, "(\w+)"\):[^\n]*\n\s+return (\w+)', body):  # fmt: skip
+    agent = KSERVE["logger_agent"]
+    for prefix, strategy in agent["storage"].items():  # in the switch's order
         if url.startswith(prefix):
             return strategy
-    return re.search(r"default:\s+return (\w+)", body)[1]
+    return agent["storage_default"]
 
 
 @pytest.mark.parametrize("env", ["staging", "production"])
@@ -323,9 +264,8 @@ def test_the_logger_agent_posts_to_our_sink_over_http(env):
 
     logger = isvc_of(env)["spec"]["predictor"]["logger"]
     # the agent exits on a mode it does not know or a URL url.Parse refuses (cmd/agent/main.go)
-    agent = (UPSTREAM / "kserve-v0.20.0/cmd/agent/main.go.L276-L290").read_text()
-    assert "case v1beta1.LogAll, v1beta1.LogRequest, v1beta1.LogResponse:" in agent
-    assert "url.Parse(*logUrl)" in agent
+    agent = KSERVE["logger_agent"]
+    assert logger["mode"] in agent["modes"] and agent["url_parsed"] is True
     parts = urlsplit(logger["url"])
     assert parts.scheme in ("http", "https") and parts.hostname
     # an http(s) URL is posted to (CloudEvents); any other scheme is a blob store needing a path
@@ -333,7 +273,7 @@ def test_the_logger_agent_posts_to_our_sink_over_http(env):
     assert logger_storage("s3://bucket/logs") == "S3Storage"  # the oracle reads the table
 
 
-def test_vendored_kserve_is_the_pinned_version():
+def test_kserve_read_is_the_pinned_version():
     sources = [
         src
         for app in yaml.safe_load_all(APPS.read_text())
@@ -342,13 +282,16 @@ def test_vendored_kserve_is_the_pinned_version():
         if src
     ]
     pins = {s["targetRevision"] for s in sources if s["repoURL"].startswith("oci://ghcr.io/kserve/")}  # fmt: skip
-    assert pins == {"v0.20.0"}, pins
-    assert KSERVE.parent.name == "kserve-v0.20.0"
+    [kserve] = [s for s in FACTS["sources"] if s["repository"] == "kserve/kserve"]
+    assert pins == {kserve["tag"]}, pins
+    # every fact names the file it was read from, at its tag, with its sha256
+    files = {(s["repository"], s["tag"], p): sha for s in FACTS["sources"] for p, sha in s["files"].items()}  # fmt: skip
+    facts = list(FACTS["kserve"]["constants"].values()) + list(FACTS["knative"].values())
+    facts += [f for k, f in FACTS["kserve"].items() if k != "constants"]
+    for fact in facts:
+        assert fact["from"]
+        for where in fact["from"]:
+            assert files[where["repository"], where["tag"], where["path"]] == where["sha256"], where
     readme = (UPSTREAM / "README.md").read_text()
-    files = [p for p in KSERVE.parent.rglob("*") if p.is_file()] + [PPROF]
-    files += [KNATIVE / "networking/constants.go", KNATIVE / "apis/serving/k8s_validation.go",
-              KNATIVE / "apis/autoscaling/register.go.L28-L43"]  # fmt: skip
-    for path in files:
-        sha = hashlib.sha256(path.read_bytes()).hexdigest()
-        rel = re.escape(str(path.relative_to(UPSTREAM)))
-        assert re.search(rf"^\| `{rel}` \|.*`{sha}` \|$", readme, re.M), path
+    for (repo, _, path), sha in files.items():
+        assert f"`{sha}`" in readme, (repo, path)
