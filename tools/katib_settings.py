@@ -7,11 +7,12 @@ rejects fails the Suggestion. The local runner (mlstack.tune) must accept exactl
 service accepts: tests/unit/test_tune_katib_settings.py checks its table against this file.
 
 What is recorded, per algorithm: the service, and per setting the service's own acceptance test
-as it reads the value. For the Python services (hyperopt, optuna, skopt) that is the expression
-of their ``validate_algorithm_spec`` branch (``ast`` of service.py), a setting the branch does
-not name being rejected; for the Go service (goptuna) it is how its converter parses the value
-(strconv.Atoi: int, strconv.ParseFloat: float, string comparisons: one of those values), a
-setting it does not name being ignored. Nothing else of Katib's code is kept.
+as it reads the value, as data. For the Python services (hyperopt, optuna, skopt) it is read from
+the expression of their ``validate_algorithm_spec`` branch (``ast`` of service.py): how the value
+is parsed (Python's int() or float()) and the bounds it must meet, or the values it must be one
+of; a setting the branch does not name is rejected. For the Go service (goptuna) it is how its
+converter parses the value (strconv.Atoi: int, strconv.ParseFloat: float, string comparisons: one
+of those values), a setting it does not name being ignored. No code of Katib's is kept.
 
     python tools/katib_settings.py --katib-git DIR > tests/upstream/katib-suggestion-settings.json
 """
@@ -99,6 +100,48 @@ def _acceptance(body: list[ast.stmt]) -> str:
     return "True"
 
 
+COMPARE = {ast.Gt: ">", ast.GtE: ">=", ast.Lt: "<", ast.LtE: "<="}
+FLIP = {">": "<", ">=": "<=", "<": ">", "<=": ">="}
+
+
+def _check(test: str, item: str) -> dict[str, Any]:
+    """An acceptance test as data: how the value is parsed (Python's int() or float(); one that
+    does not parse is rejected) and the bounds it must meet, or the values it must be one of;
+    {} when anything is accepted. A form this script does not know stops it."""
+    tree = ast.parse(test, mode="eval").body
+    value = f"{item}.value"
+    if isinstance(tree, ast.Constant) and tree.value is True:
+        return {}
+    if (
+        isinstance(tree, ast.UnaryOp)
+        and isinstance(tree.op, ast.Not)
+        and isinstance(tree.operand, ast.Compare)
+        and [type(o) for o in tree.operand.ops] == [ast.NotIn]
+        and ast.unparse(tree.operand.left) == value
+        and isinstance(tree.operand.comparators[0], (ast.List, ast.Tuple, ast.Set))
+    ):
+        return {"one_of": [e.value for e in tree.operand.comparators[0].elts]}
+    if isinstance(tree, ast.Compare):
+        terms = [tree.left, *tree.comparators]
+        parsed = [
+            t.func.id
+            for t in terms
+            if isinstance(t, ast.Call) and isinstance(t.func, ast.Name)
+            and t.func.id in ("int", "float") and [ast.unparse(a) for a in t.args] == [value]
+        ]  # fmt: skip
+        if len(parsed) == 1 and all(type(o) in COMPARE for o in tree.ops):
+            bounds = []
+            for left, op, right in zip(terms, tree.ops, terms[1:], strict=False):
+                if isinstance(left, ast.Call) and isinstance(right, ast.Constant):
+                    bounds.append([COMPARE[type(op)], right.value])
+                elif isinstance(right, ast.Call) and isinstance(left, ast.Constant):
+                    bounds.append([FLIP[COMPARE[type(op)]], left.value])
+                else:
+                    sys.exit(f"acceptance test not understood: {test}")
+            return {"parse": parsed[0], "bounds": bounds}
+    sys.exit(f"acceptance test not understood: {test}")
+
+
 def _validator(method: ast.FunctionDef) -> dict[str, Any]:
     """The settings a validator names, each with its acceptance test, and the name its loop
     gives a setting (the tests read ``<item>.value``)."""
@@ -119,8 +162,7 @@ def _validator(method: ast.FunctionDef) -> dict[str, Any]:
         if settings:
             break
     return {
-        "item": item,
-        "settings": {k: {"accept_if": v} for k, v in settings.items()},
+        "settings": {k: {"accept": _check(v, item)} for k, v in settings.items()},
         "unknown": "rejected",
     }
 

@@ -2,16 +2,16 @@
 
 The oracle is Katib v0.19.0's own code: tests/upstream/katib-suggestion-settings.json holds, per
 algorithm, the service katib-config routes it to and each setting's acceptance test as that
-service's validation reads it (tools/katib_settings.py extracts it from the source at the tag).
-The Python services' tests are evaluated here as they are written; the Go service's parse is
-strconv's.
+service's validation reads it, as data (tools/katib_settings.py extracts it from the source at
+the tag): for the Python services, Python's int() or float() of the value and the bounds the
+service checks, or the values it takes; for the Go service, strconv's parse.
 """
 
 from __future__ import annotations
 
 import json
+import operator
 import re
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -27,6 +27,7 @@ from mlstack.tune.algorithms import (
 from tests.conftest import ROOT
 
 KATIB = json.loads((ROOT / "tests/upstream/katib-suggestion-settings.json").read_text())
+BOUNDS = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le}
 SAMPLES = [
     "-1", "0", "0.25", "0.5", "1", "2", "5", "25", "1e3", "-0.5", "abc", "", " 3", "1_0",
     "inf", "nan", "GP", "RF", "EI", "lbfgs", "auto", "ipop", "bipop", "none", "None",
@@ -39,17 +40,17 @@ def katib_accepts(algorithm: str, name: str, value: str, kind: str = "algorithms
     rule = entry["settings"].get(name)
     if rule is None:
         return entry["unknown"] == "ignored"
-    if "accept_if" in rule:  # the Python service's own expression; an exception rejects
+    if "accept" in rule:  # the Python service's test: int()/float() of the value, then bounds
+        check = rule["accept"]
+        if "one_of" in check:
+            return value in check["one_of"]
+        if "parse" not in check:
+            return True
         try:
-            return bool(
-                eval(  # noqa: S307 - a few characters of Katib's source, extracted
-                    rule["accept_if"],
-                    {"__builtins__": {}, "int": int, "float": float},
-                    {entry["item"]: SimpleNamespace(name=name, value=value)},
-                )
-            )
-        except Exception:
+            number = {"int": int, "float": float}[check["parse"]](value)
+        except ValueError:  # the service's int()/float() raises: the setting is rejected
             return False
+        return all(BOUNDS[op](number, bound) for op, bound in check["bounds"])
     if "parse" in rule:  # Go: strconv.Atoi / strconv.ParseFloat
         if rule["parse"] == "int":
             return re.fullmatch(r"[+-]?\d+", value) is not None
