@@ -8,6 +8,9 @@ from pathlib import Path
 
 import yaml
 
+ROOT = Path(__file__).resolve().parents[2]
+ENVIRONMENTS = ("staging", "production")
+
 
 class KustomizeLoader(yaml.SafeLoader):
     """kustomize writes AlertmanagerConfig's `matchType: =` unquoted: YAML 1.1's value tag."""
@@ -29,3 +32,15 @@ def rendered(path: Path) -> list[dict]:
     """``render``, once per session: what a test module shares, rendered when first used (never
     at import: collecting the tests runs no kubectl). The documents are shared: copy to change."""
     return render(path)
+
+
+def inference_services() -> dict[str, list[dict]]:
+    """The InferenceServices each environment's overlay renders, by environment."""
+    return {
+        env: [
+            d
+            for d in rendered(ROOT / "manifests/overlays" / env)
+            if d["kind"] == "InferenceService"
+        ]
+        for env in ENVIRONMENTS
+    }

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.support.kube import rendered
+from tests.support.kube import inference_services
 
 ROOT = Path(__file__).resolve().parents[2]
 UPSTREAM = ROOT / "tests" / "upstream"
@@ -33,17 +33,6 @@ KNATIVE = {k: v["value"] for k, v in FACTS["knative"].items()}
 def const(name: str) -> str:
     """A KServe constant (pkg/constants/constants.go)."""
     return FACTS["kserve"]["constants"][name]["value"]
-
-
-def inference_services() -> dict[str, list[dict]]:
-    return {
-        env: [
-            d
-            for d in rendered(ROOT / "manifests/overlays" / env)
-            if d["kind"] == "InferenceService"
-        ]
-        for env in ("staging", "production")
-    }
 
 
 def isvc_of(env: str) -> dict:

@@ -20,7 +20,7 @@ import pytest
 import yaml
 from kubernetes import client as k8s
 
-from tests.support.kube import render, rendered
+from tests.support.kube import inference_services, render
 
 ROOT = Path(__file__).resolve().parents[2]
 UPSTREAM = ROOT / "tests" / "upstream"
@@ -205,17 +205,6 @@ def rendered_knative_config(tmp_path: Path, patched: bool = True) -> dict[str, d
         d["metadata"]["name"]: d.get("data", {})
         for d in render(tmp_path)
         if d["kind"] == "ConfigMap" and d["metadata"].get("namespace") == "knative-serving"
-    }
-
-
-def inference_services() -> dict[str, list[dict]]:
-    return {
-        env: [
-            d
-            for d in rendered(ROOT / "manifests/overlays" / env)
-            if d["kind"] == "InferenceService"
-        ]
-        for env in ("staging", "production")
     }
 
 
