@@ -30,9 +30,8 @@ from mlstack.pipeline.local import run_pipeline
 from mlstack.settings import DEFAULTS, Settings
 from mlstack.train.tracking import LINEAGE_TAGS
 from mlstack.tune import cluster, spec
-from tests import servers
 from tests.conftest import free_port, git, make_data_repo
-from tests.support import podspec
+from tests.support import podspec, servers
 from tests.support.images import ensure_images
 
 pytestmark = pytest.mark.slow
