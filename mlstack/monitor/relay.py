@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
+import socketserver
 import sys
 import threading
 import time
@@ -152,6 +154,22 @@ def make_server(relay: Relay, host: str, port: int) -> ThreadingHTTPServer:
     return ThreadingHTTPServer((host, port), Handler)
 
 
+def stop_on_signals(
+    server: socketserver.BaseServer, signums: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)
+) -> None:
+    """Make ``signums`` end ``server.serve_forever()`` running in the main thread. The kubelet
+    stops a container with SIGTERM, and a container's PID 1 (this process, when a Deployment runs
+    it as its command) gets no default action for it: without a handler it is ignored until the
+    grace period ends in SIGKILL. The handler runs in the main thread, inside the serving loop,
+    and ``shutdown()`` waits for that loop to end: it is called from a thread of its own."""
+
+    def handle(signum: int, frame: object) -> None:
+        threading.Thread(target=server.shutdown, name="relay-shutdown", daemon=True).start()
+
+    for signum in signums:
+        signal.signal(signum, handle)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m mlstack.monitor.relay", description=__doc__)
     parser.add_argument("--repo", default=os.environ.get("GITHUB_REPOSITORY", ""))
@@ -176,7 +194,12 @@ def main(argv: list[str] | None = None) -> None:
         f"relay: {args.host}:{args.port} -> {relay.api_url}/repos/{args.repo}/dispatches",
         flush=True,
     )
-    server.serve_forever()
+    stop_on_signals(server)
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+    print("relay: stopped", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,11 @@
 """Alert rules with promtool unit tests, dashboards as code, the relay's logic."""
 
 import json
+import os
 import shutil
+import signal
 import subprocess
+import sys
 import threading
 import urllib.error
 import urllib.request
@@ -13,7 +16,9 @@ import yaml
 from mlstack.monitor import dashboards
 from mlstack.monitor.relay import Relay, make_server
 from mlstack.settings import code_root
+from tests.conftest import free_port
 from tests.support.kube import render
+from tests.support.servers import start, stop
 
 MON = code_root() / "manifests" / "monitoring"
 PROMTOOL = shutil.which("promtool")
@@ -182,3 +187,21 @@ def test_relay_needs_its_token(monkeypatch):
     monkeypatch.delenv("GITHUB_TOKEN", raising=False)
     with pytest.raises(SystemExit, match="GITHUB_TOKEN"):
         main(["--repo", "acme/churn"])
+
+
+def test_relay_stops_cleanly_on_sigterm(tmp_path):
+    """The kubelet's SIGTERM ends the relay's process with exit 0 (without a handler it would die
+    of the signal here, and be deaf to it as a container's PID 1: tests/integration's
+    test_containers_as_declared.py stops the container as declared)."""
+    port = free_port()
+    env = {**os.environ, "GITHUB_TOKEN": "t", "GITHUB_API_URL": "http://127.0.0.1:9"}
+    cmd = [sys.executable, "-m", "mlstack.monitor.relay", "--repo", "acme/churn",
+           "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
+    log = tmp_path / "relay.log"
+    proc = start(cmd, log, f"http://127.0.0.1:{port}/healthz", env=env, timeout=60)
+    try:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0, log.read_text()
+    finally:
+        stop(proc)
+    assert log.read_text().splitlines()[-1] == "relay: stopped"
