@@ -40,7 +40,7 @@ def floor(repo: Path, uri: str, work: Path) -> float:
     """ingest → validate → train → evaluate → register as plain calls in one process."""
     started = time.perf_counter()
     data = work / "data.csv"
-    version = versions.read_version(str(repo), DEFAULTS.data_path, "HEAD", data)
+    version = versions.read_version(str(repo), DEFAULTS.data_path, rev="HEAD", out=data)
     validate.validate_file(data)
     lineage = training.TrainingLineage(version.md5, DEFAULTS.data_path, version.git_sha)
     result = training.train_and_log(
@@ -66,9 +66,9 @@ def main() -> None:
             repo = versions.seeded_repo(
                 tmp_path / "repo",
                 tmp_path / "remote",
-                DEFAULTS.data_path,
-                args.rows,
-                DEFAULTS.data_seed,
+                data_path=DEFAULTS.data_path,
+                rows=args.rows,
+                seed=DEFAULTS.data_seed,
             )
             uri = sqlite_store(tmp_path / "mlflow")
             settings = Settings(repo_root=repo, state_dir=tmp_path / "state", tracking_uri=uri)

@@ -40,9 +40,9 @@ def main() -> None:
         repo = versions.seeded_repo(
             tmp_path / "repo",
             tmp_path / "remote",
-            DEFAULTS.data_path,
-            DEFAULTS.data_rows,
-            DEFAULTS.data_seed,
+            data_path=DEFAULTS.data_path,
+            rows=DEFAULTS.data_rows,
+            seed=DEFAULTS.data_seed,
         )
         uri = sqlite_store(tmp_path / "mlflow")
 
@@ -81,7 +81,7 @@ def main() -> None:
         )
         best = HyperParams.from_strings(tuned.best_parameters())
         data = tmp_path / "data.csv"
-        version = versions.read_version(str(repo), DEFAULTS.data_path, "HEAD", data)
+        version = versions.read_version(str(repo), DEFAULTS.data_path, rev="HEAD", out=data)
         lineage = TrainingLineage(version.md5, DEFAULTS.data_path, version.git_sha)
         scores = {}
         for label, params in (("defaults", HyperParams()), ("tuned", best)):

@@ -18,6 +18,6 @@ def ingest(repo: str, data_path: str, data_rev: str, dataset: Output[Dataset]) -
 
     with exit_on_error():
         remote = load_settings().dvc_remote  # MLSTACK_DVC_REMOTE in the pod, else the default
-        version = read_version(repo, data_path, data_rev, dataset.path, remote)
+        version = read_version(repo, data_path, rev=data_rev, out=dataset.path, remote=remote)
     dataset.metadata.update({"md5": version.md5, "git_sha": version.git_sha, "path": data_path})
     return (version.md5, version.git_sha)

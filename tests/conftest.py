@@ -54,7 +54,7 @@ def make_data_repo(path: Path, remote: Path, rows: int = SMALL_ROWS, seed: int =
     """A git repo with DVC, a local-directory default remote and one committed data version."""
     from mlstack.data import versions
 
-    return versions.seeded_repo(path, remote, "data/churn.csv", rows, seed)
+    return versions.seeded_repo(path, remote, data_path="data/churn.csv", rows=rows, seed=seed)
 
 
 @pytest.fixture

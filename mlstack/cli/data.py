@@ -23,8 +23,8 @@ def _bootstrap(args: argparse.Namespace, settings: Settings) -> None:
     md5 = versions.bootstrap(
         settings.repo_root,
         settings.data_path,
-        settings.data_rows,
-        settings.data_seed,
+        rows=settings.data_rows,
+        seed=settings.data_seed,
         remote=settings.dvc_remote or None,
     )
     print(
@@ -39,8 +39,8 @@ def _add(args: argparse.Namespace, settings: Settings) -> None:
     version = versions.add_version(
         settings.repo_root,
         Path(args.source).resolve(),
-        settings.data_path,
-        args.message,
+        data_path=settings.data_path,
+        message=args.message,
         remote=args.remote or settings.dvc_remote or None,
     )
     print(f"new data version {version.md5} pushed and committed as {version.git_sha[:12]}")

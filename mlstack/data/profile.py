@@ -54,6 +54,8 @@ def _shares(counts: np.ndarray) -> tuple[float, ...]:
 
 
 def build(df: pd.DataFrame) -> dict[str, FeatureProfile]:
+    """The reference profile of a valid dataset: per feature, its bins (quantile edges or the
+    schema's categories, plus missing and unseen) and each bin's share of the rows."""
     out: dict[str, FeatureProfile] = {}
     for f in FEATURES:
         col = df[f.name]
@@ -78,6 +80,7 @@ def build(df: pd.DataFrame) -> dict[str, FeatureProfile]:
 
 
 def to_dict(profiles: dict[str, FeatureProfile]) -> dict[str, Any]:
+    """``profiles`` as plain JSON-able data (the inverse of ``from_dict``)."""
     return {
         name: {
             "kind": p.kind,
@@ -90,6 +93,7 @@ def to_dict(profiles: dict[str, FeatureProfile]) -> dict[str, Any]:
 
 
 def from_dict(raw: dict[str, Any]) -> dict[str, FeatureProfile]:
+    """Profiles back from ``to_dict``'s data; ``KeyError`` when a field is missing."""
     return {
         name: FeatureProfile(
             name,
@@ -103,7 +107,8 @@ def from_dict(raw: dict[str, Any]) -> dict[str, FeatureProfile]:
 
 
 def psi(expected: tuple[float, ...] | np.ndarray, counts: np.ndarray) -> float:
-    """Population stability index of observed bin ``counts`` against ``expected`` shares."""
+    """Population stability index of observed bin ``counts`` against ``expected`` shares (0.0
+    when nothing was observed)."""
     total = counts.sum()
     if total == 0:
         return 0.0

@@ -89,6 +89,7 @@ def _check_target(col: pd.Series) -> list[Violation]:
 
 
 def find_violations(df: pd.DataFrame) -> list[Violation]:
+    """Every way ``df`` breaks the schema and the data rules (empty when it is valid)."""
     expected = columns()
     out = [Violation(c, "schema", "column missing") for c in expected if c not in df.columns]
     out += [Violation(c, "schema", "unexpected column") for c in df.columns if c not in expected]

@@ -44,7 +44,8 @@ def _git(repo: Path, *args: str) -> str:
 
 
 def resolve_rev(repo: str, rev: str) -> str:
-    """The full commit SHA of ``rev`` in a local repo or a git URL.
+    """The full commit SHA of ``rev`` in a local repo or a git URL; ``StackError`` when git
+    cannot list or resolve it.
 
     For a URL, ``rev`` must name a branch or tag exactly (``git ls-remote`` matches suffixes, so
     ``main`` would also match ``feature/main``), or be a full SHA; an annotated tag resolves to
@@ -85,9 +86,12 @@ def _dvc_errors(action: str) -> Iterator[None]:
 
 
 def read_version(
-    repo: str, path: str, rev: str, out: str | Path, remote: str | None = None
+    repo: str, path: str, *, rev: str, out: str | Path, remote: str | None = None
 ) -> DataVersion:
     """Copy ``path`` as it is at ``rev`` of ``repo`` (a local path or git URL) to ``out``.
+
+    Returns the version read (path, md5, full commit SHA). Raises ``StackError`` (one line) when
+    the revision does not resolve, the file is not tracked by DVC there, or DVC cannot fetch it.
 
     The bytes come from the DVC cache or, when missing there, ``remote`` (default: the repo's
     default remote).
@@ -114,11 +118,13 @@ def read_version(
 
 
 def pointer_md5(pointer: Path) -> str:
+    """The md5 a DVC pointer file records for its (single) output."""
     doc = yaml.safe_load(pointer.read_text())
     return str(doc["outs"][0]["md5"])
 
 
 def pointer_path(data_path: str) -> str:
+    """The DVC pointer file's path for ``data_path`` (relative like it)."""
     return f"{data_path}.dvc"
 
 
@@ -143,13 +149,16 @@ def _quiet_repo(root: Path):  # type: ignore[no-untyped-def]
 
 
 def add_version(
-    repo_root: Path, source: Path, data_path: str, message: str, remote: str | None = None
+    repo_root: Path, source: Path, *, data_path: str, message: str, remote: str | None = None
 ) -> DataVersion:
     """Make ``source`` the new version of ``data_path``: dvc add, dvc push, then git commit.
 
     If anything before the commit fails, the previous pointer, workspace data and ``.gitignore``
     are put back as they were (or removed, where there was none) and nothing is committed, so git
     never holds a pointer whose data is not on the remote. The same data again is a no-op.
+
+    Returns the version now at HEAD (for a no-op, the commit that last changed the pointer).
+    Raises ``StackError`` when ``source`` is missing or a dvc or git step fails.
     """
     target = repo_root / data_path
     pointer = repo_root / pointer_path(data_path)
@@ -193,7 +202,7 @@ def add_version(
 
 
 def bootstrap(
-    repo_root: Path, data_path: str, rows: int, seed: int, remote: str | None = None
+    repo_root: Path, data_path: str, *, rows: int, seed: int, remote: str | None = None
 ) -> str:
     """Make the committed data version available locally and on the remote (default: the repo's
     default remote). Returns the md5.
@@ -201,6 +210,9 @@ def bootstrap(
     On a fresh clone the local remote is empty; the committed version was made by the seeded
     generator, so it is rebuilt (into a temporary file), checked against the pointer's md5, and
     pushed. A workspace file that differs from the pointer is the user's: it is left alone.
+
+    Raises ``StackError`` when there is no pointer, the workspace file differs from it, the
+    rebuilt data does not match its md5, or DVC cannot push.
     """
     from mlstack.data import generate
 
@@ -249,7 +261,8 @@ def _md5(path: Path) -> str:
 
 
 def init_repo(path: Path, remote: Path) -> None:
-    """A new git repository with DVC and a local-directory default remote named ``local``."""
+    """A new git repository with DVC and a local-directory default remote named ``local``;
+    ``StackError`` when git or dvc fails."""
     import sys
 
     path.mkdir(parents=True, exist_ok=True)
@@ -267,14 +280,15 @@ def init_repo(path: Path, remote: Path) -> None:
     _git(path, "commit", "-qm", "dvc init")
 
 
-def seeded_repo(path: Path, remote: Path, data_path: str, rows: int, seed: int) -> Path:
+def seeded_repo(path: Path, remote: Path, *, data_path: str, rows: int, seed: int) -> Path:
     """A new repository (``init_repo``) whose first commit after ``dvc init`` is one seeded data
-    version at ``data_path``: what tests and benchmarks run the pipeline on."""
+    version at ``data_path``: what tests and benchmarks run the pipeline on. Returns ``path``;
+    raises ``StackError`` as ``init_repo`` and ``add_version`` do."""
     from mlstack.data import generate
 
     init_repo(path, remote)
     source = path.parent / f".{path.name}-v1.csv"
     generate.write_csv(generate.generate(rows, seed), source)
-    add_version(path, source, data_path, "data: v1")
+    add_version(path, source, data_path=data_path, message="data: v1")
     source.unlink()
     return path

@@ -61,9 +61,9 @@ def run(args: argparse.Namespace) -> dict[str, float]:
             version = versions.read_version(
                 args.repo or str(settings.repo_root),
                 settings.data_path,
-                args.data_rev,
-                dataset,
-                settings.dvc_remote or None,
+                rev=args.data_rev,
+                out=dataset,
+                remote=settings.dvc_remote or None,
             )
             lineage = TrainingLineage(
                 version.md5, settings.data_path, version.git_sha, lineage.kfp_run_id

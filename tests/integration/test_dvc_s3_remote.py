@@ -45,7 +45,9 @@ def test_s3_remote_round_trip(data_repo: Path, tmp_path: Path, s3_endpoint: str)
 
     new = tmp_path / "v2.csv"
     generate.write_csv(generate.generate(800, 21), new)
-    version = versions.add_version(data_repo, new, "data/churn.csv", "data: v2 on s3")
+    version = versions.add_version(
+        data_repo, new, data_path="data/churn.csv", message="data: v2 on s3"
+    )
 
     keys = [
         o["Key"]
@@ -57,7 +59,7 @@ def test_s3_remote_round_trip(data_repo: Path, tmp_path: Path, s3_endpoint: str)
 
     clone = tmp_path / "clone"
     git(tmp_path, "clone", "-q", str(data_repo), str(clone))
-    got = versions.read_version(str(clone), "data/churn.csv", "HEAD", tmp_path / "out.csv")
+    got = versions.read_version(str(clone), "data/churn.csv", rev="HEAD", out=tmp_path / "out.csv")
     assert got.md5 == version.md5
     assert (tmp_path / "out.csv").read_bytes() == new.read_bytes()
 
@@ -80,7 +82,7 @@ def test_unreachable_s3_remote_fails_cleanly_and_commits_nothing(
     new = tmp_path / "v2.csv"
     generate.write_csv(generate.generate(800, 22), new)
     with pytest.raises(StackError) as err:
-        versions.add_version(data_repo, new, "data/churn.csv", "never")
+        versions.add_version(data_repo, new, data_path="data/churn.csv", message="never")
     assert "dvc push" in str(err.value) and "\n" not in str(err.value)
     assert git(data_repo, "rev-parse", "HEAD") == head
     assert git(data_repo, "status", "--porcelain") == ""
@@ -96,10 +98,12 @@ def test_endpoint_from_the_environment(
     git(data_repo, "commit", "-qam", "dvc: s3 remote, endpoint from the environment")
     new = tmp_path / "v3.csv"
     generate.write_csv(generate.generate(600, 23), new)
-    version = versions.add_version(data_repo, new, "data/churn.csv", "data: v3", remote="s3")
+    version = versions.add_version(
+        data_repo, new, data_path="data/churn.csv", message="data: v3", remote="s3"
+    )
     clone = tmp_path / "clone"
     git(tmp_path, "clone", "-q", str(data_repo), str(clone))
     got = versions.read_version(
-        str(clone), "data/churn.csv", "HEAD", tmp_path / "o.csv", remote="s3"
+        str(clone), "data/churn.csv", rev="HEAD", out=tmp_path / "o.csv", remote="s3"
     )
     assert got.md5 == version.md5

@@ -51,7 +51,7 @@ def test_cold_run_cached_rerun_new_data_and_corrupt_data(settings, data_repo: Pa
     # a new data version: everything runs again and is compared with the champion
     new = tmp_path / "v2.csv"
     generate.write_csv(generate.generate(1200, 99), new)
-    versions.add_version(data_repo, new, "data/churn.csv", "data: v2")
+    versions.add_version(data_repo, new, data_path="data/churn.csv", message="data: v2")
     third = run_pipeline(settings, out=io.StringIO())
     assert third.executed[:2] == ["evaluate", "ingest"]
     assert third.decision.champion_version == "1" and third.decision.champion is not None
@@ -67,7 +67,7 @@ def test_cold_run_cached_rerun_new_data_and_corrupt_data(settings, data_repo: Pa
     bad.loc[3, "monthly_charges"] = "unknown"
     bad_path = tmp_path / "bad.csv"
     bad.to_csv(bad_path, index=False)
-    versions.add_version(data_repo, bad_path, "data/churn.csv", "data: corrupt")
+    versions.add_version(data_repo, bad_path, data_path="data/churn.csv", message="data: corrupt")
     with pytest.raises(StackError, match="step 'validate'.*column 'monthly_charges': dtype"):
         run_pipeline(settings, out=io.StringIO())
     assert len(client.search_model_versions(f"name='{settings.model_name}'")) == versions_before

@@ -188,7 +188,7 @@ def test_a_failing_step_fails_the_run(engine, mlflow_server, tmp_path: Path):
     bad.loc[3, "monthly_charges"] = "unknown"
     bad_path = tmp_path / "bad.csv"
     bad.to_csv(bad_path, index=False)
-    dvcdata.add_version(repo, bad_path, "data/churn.csv", "data: corrupt")
+    dvcdata.add_version(repo, bad_path, data_path="data/churn.csv", message="data: corrupt")
 
     with pytest.raises(StackError, match="step 'validate'.*column 'monthly_charges': dtype"):
         run_pipeline(settings, runner="docker", out=io.StringIO())

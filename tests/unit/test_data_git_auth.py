@@ -74,7 +74,13 @@ def private_repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tu
     the temporary directory inside tmp_path, HOME's git config storing credentials on disk."""
     home, tmp = tmp_path / "home", tmp_path / "tmp"
     home.mkdir(), tmp.mkdir()
-    repo = seeded_repo(tmp_path / "srv" / "churn", tmp_path / "remote", DEFAULTS.data_path, 60, 7)
+    repo = seeded_repo(
+        tmp_path / "srv" / "churn",
+        tmp_path / "remote",
+        data_path=DEFAULTS.data_path,
+        rows=60,
+        seed=7,
+    )
     # a user config that would keep any credential git is given in ~/.git-credentials
     (home / ".gitconfig").write_text("[credential]\n\thelper = store\n")
     for key in (TOKEN_ENV, USERNAME_ENV, "GIT_ASKPASS", "GIT_CONFIG_GLOBAL", "GIT_CONFIG_NOSYSTEM"):
@@ -110,16 +116,16 @@ def test_a_private_repository_is_read_with_the_token_and_the_token_is_never_show
     out = tmp_path / "out"
     # no token: refused, one line naming the repository
     with pytest.raises(StackError) as refused:
-        read_version(url, DEFAULTS.data_path, "main", out / "a.csv")
+        read_version(url, DEFAULTS.data_path, rev="main", out=out / "a.csv")
     assert url in str(refused.value) and "\n" not in str(refused.value)
     # a wrong token: refused, and the error does not show it
     monkeypatch.setenv(TOKEN_ENV, "wrong-" + TOKEN)
     with pytest.raises(StackError) as wrong:
-        read_version(url, DEFAULTS.data_path, "main", out / "b.csv")
+        read_version(url, DEFAULTS.data_path, rev="main", out=out / "b.csv")
     assert TOKEN not in str(wrong.value)
     # the token: git resolves the rev, DVC clones and reads the data at it
     monkeypatch.setenv(TOKEN_ENV, TOKEN)
-    version = read_version(url, DEFAULTS.data_path, "main", out / "c.csv")
+    version = read_version(url, DEFAULTS.data_path, rev="main", out=out / "c.csv")
     pointer = repo / f"{DEFAULTS.data_path}.dvc"
     assert version.md5 == pointer_md5(pointer)
     assert (out / "c.csv").read_bytes() == (repo / DEFAULTS.data_path).read_bytes()

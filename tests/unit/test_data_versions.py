@@ -19,7 +19,9 @@ def test_add_version_pushes_then_commits_and_reads_back_from_a_fresh_clone(
     new = tmp_path / "drifted.csv"
     generate.write_csv(generate.generate(900, 8, drift=True), new)
 
-    version = versions.add_version(data_repo, new, "data/churn.csv", "data: drifted batch")
+    version = versions.add_version(
+        data_repo, new, data_path="data/churn.csv", message="data: drifted batch"
+    )
 
     assert version.git_sha == git(data_repo, "rev-parse", "HEAD") != first_sha
     assert version.md5 != first_md5
@@ -28,8 +30,10 @@ def test_add_version_pushes_then_commits_and_reads_back_from_a_fresh_clone(
     # a clone has no DVC cache: both versions must come from the remote
     clone = tmp_path / "clone"
     git(tmp_path, "clone", "-q", str(data_repo), str(clone))
-    old = versions.read_version(str(clone), "data/churn.csv", first_sha, tmp_path / "old.csv")
-    cur = versions.read_version(str(clone), "data/churn.csv", "HEAD", tmp_path / "cur.csv")
+    old = versions.read_version(
+        str(clone), "data/churn.csv", rev=first_sha, out=tmp_path / "old.csv"
+    )
+    cur = versions.read_version(str(clone), "data/churn.csv", rev="HEAD", out=tmp_path / "cur.csv")
     assert (old.md5, cur.md5) == (first_md5, version.md5)
     assert old.git_sha == first_sha
     assert (tmp_path / "cur.csv").read_bytes() == new.read_bytes()
@@ -50,7 +54,9 @@ def test_failed_push_restores_pointer_and_data_and_commits_nothing(data_repo: Pa
     generate.write_csv(generate.generate(700, 9), new)
 
     with pytest.raises(StackError, match="dvc push to remote 'broken' failed"):
-        versions.add_version(data_repo, new, "data/churn.csv", "never", remote="broken")
+        versions.add_version(
+            data_repo, new, data_path="data/churn.csv", message="never", remote="broken"
+        )
 
     assert git(data_repo, "rev-parse", "HEAD") == head
     assert (data_repo / "data/churn.csv.dvc").read_text() == pointer
@@ -59,9 +65,11 @@ def test_failed_push_restores_pointer_and_data_and_commits_nothing(data_repo: Pa
 
 def test_read_of_untracked_path_or_bad_rev_is_one_line_error(data_repo: Path, tmp_path: Path):
     with pytest.raises(StackError, match="cannot read data/nope.csv"):
-        versions.read_version(str(data_repo), "data/nope.csv", "HEAD", tmp_path / "x.csv")
+        versions.read_version(str(data_repo), "data/nope.csv", rev="HEAD", out=tmp_path / "x.csv")
     with pytest.raises(StackError, match="rev-parse"):
-        versions.read_version(str(data_repo), "data/churn.csv", "no-such-rev", tmp_path / "x.csv")
+        versions.read_version(
+            str(data_repo), "data/churn.csv", rev="no-such-rev", out=tmp_path / "x.csv"
+        )
 
 
 def test_missing_remote_data_is_a_clear_error(data_repo: Path, tmp_path: Path):
@@ -71,7 +79,7 @@ def test_missing_remote_data_is_a_clear_error(data_repo: Path, tmp_path: Path):
         if obj.is_file():
             obj.unlink()
     with pytest.raises(StackError, match="cannot read data/churn.csv"):
-        versions.read_version(str(clone), "data/churn.csv", "HEAD", tmp_path / "x.csv")
+        versions.read_version(str(clone), "data/churn.csv", rev="HEAD", out=tmp_path / "x.csv")
 
 
 def test_bootstrap_rebuilds_the_seeded_version_on_a_fresh_clone(tmp_path: Path):
@@ -125,14 +133,16 @@ def test_failed_first_add_on_a_fresh_clone_leaves_nothing(data_repo: Path, tmp_p
     new = tmp_path / "new.csv"
     generate.write_csv(generate.generate(500, 3), new)
     with pytest.raises(StackError, match="dvc push"):
-        versions.add_version(clone, new, "data/churn.csv", "never")
+        versions.add_version(clone, new, data_path="data/churn.csv", message="never")
     assert not (clone / "data/churn.csv").exists()  # it was not there before
     assert git(clone, "status", "--porcelain") == status
 
 
 def test_adding_the_same_data_again_changes_nothing(data_repo: Path):
     head = git(data_repo, "rev-parse", "HEAD")
-    same = versions.add_version(data_repo, data_repo / "data/churn.csv", "data/churn.csv", "again")
+    same = versions.add_version(
+        data_repo, data_repo / "data/churn.csv", data_path="data/churn.csv", message="again"
+    )
     assert same.git_sha == head == git(data_repo, "rev-parse", "HEAD")
 
 
