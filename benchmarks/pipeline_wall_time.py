@@ -44,12 +44,32 @@ def floor(repo: Path, uri: str, work: Path) -> float:
     validate.validate_file(data)
     lineage = training.TrainingLineage(version.md5, DEFAULTS.data_path, version.git_sha)
     result = training.train_and_log(
-        data, training.HyperParams(), lineage, uri, "bench-floor", 0.25, 42
+        data,
+        training.HyperParams(),
+        lineage=lineage,
+        tracking_uri=uri,
+        experiment_name="bench-floor",
+        test_size=0.25,
+        split_seed=42,
     )
     decision = evaluation.evaluate(
-        data, result.run_id, "bench-floor", uri, "bench-floor", DEFAULTS.gates, 0.25, 42
+        data,
+        result.run_id,
+        model_name="bench-floor",
+        tracking_uri=uri,
+        experiment_name="bench-floor",
+        gates=DEFAULTS.gates,
+        test_size=0.25,
+        split_seed=42,
     )
-    registry.register(result.run_id, result.model_uri, "bench-floor", decision, uri, "bench-floor")
+    registry.register(
+        result.run_id,
+        result.model_uri,
+        model_name="bench-floor",
+        decision=decision,
+        tracking_uri=uri,
+        experiment_name="bench-floor",
+    )
     return time.perf_counter() - started
 
 

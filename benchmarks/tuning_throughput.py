@@ -86,7 +86,13 @@ def main() -> None:
         scores = {}
         for label, params in (("defaults", HyperParams()), ("tuned", best)):
             r = train_and_log(
-                data, params, lineage, uri, "bench-tuning", DEFAULTS.test_size, DEFAULTS.split_seed
+                data,
+                params,
+                lineage=lineage,
+                tracking_uri=uri,
+                experiment_name="bench-tuning",
+                test_size=DEFAULTS.test_size,
+                split_seed=DEFAULTS.split_seed,
             )
             scores[label] = r.metrics
         print()

@@ -30,12 +30,12 @@ def evaluate(
         result = run_evaluation(
             dataset.path,
             mlflow_run_id,
-            model_name,
-            tracking_uri or load_settings().mlflow_tracking_uri,
-            experiment_name,
-            Gates(min_roc_auc=min_roc_auc, min_f1=min_f1, max_regression=max_regression),
-            test_size,
-            split_seed,
+            model_name=model_name,
+            tracking_uri=tracking_uri or load_settings().mlflow_tracking_uri,
+            experiment_name=experiment_name,
+            gates=Gates(min_roc_auc=min_roc_auc, min_f1=min_f1, max_regression=max_regression),
+            test_size=test_size,
+            split_seed=split_seed,
         )
     for path in (comparison.path, decision):
         with open(path, "w") as fh:

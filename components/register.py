@@ -25,9 +25,9 @@ def register(
         registration = register_version(
             mlflow_run_id,
             model_uri,
-            model_name,
-            Decision.from_json(decision),
-            tracking_uri or load_settings().mlflow_tracking_uri,
-            experiment_name,
+            model_name=model_name,
+            decision=Decision.from_json(decision),
+            tracking_uri=tracking_uri or load_settings().mlflow_tracking_uri,
+            experiment_name=experiment_name,
         )
     return (registration.version, registration.alias)

@@ -37,11 +37,11 @@ def train(
         result = train_and_log(
             dataset.path,
             HyperParams(learning_rate, max_iter, max_depth, l2_regularization, class_weight),
-            TrainingLineage(data_md5, data_path, git_sha, kfp_run_id, kfp_run_name),
-            tracking_uri or load_settings().mlflow_tracking_uri,
-            experiment_name,
-            test_size,
-            split_seed,
+            lineage=TrainingLineage(data_md5, data_path, git_sha, kfp_run_id, kfp_run_name),
+            tracking_uri=tracking_uri or load_settings().mlflow_tracking_uri,
+            experiment_name=experiment_name,
+            test_size=test_size,
+            split_seed=split_seed,
         )
     with open(metrics.path, "w") as fh:
         json.dump(result.metrics, fh)

@@ -33,10 +33,12 @@ class Decision:
     champion_version: str | None
 
     def to_json(self) -> str:
+        """The decision as JSON (what the evaluate step writes for the register step)."""
         return json.dumps(asdict(self), sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> Decision:
+        """The decision ``to_json`` wrote; ``KeyError``/``TypeError`` on another document."""
         raw = json.loads(text)
         raw["gates"] = [GateResult(**g) for g in raw["gates"]]
         return cls(**raw)
@@ -46,11 +48,13 @@ def decide(
     challenger: dict[str, float],
     champion: dict[str, float] | None,
     gates: Gates,
+    *,
     champion_version: str | None = None,
 ) -> Decision:
     """Absolute thresholds, then: not worse than the champion by more than ``max_regression``.
 
-    A tie with the champion passes; with no champion only the absolute gates apply.
+    A tie with the champion passes; with no champion only the absolute gates apply. Returns the
+    decision with every gate's result; raises nothing (a missing metric is a ``KeyError``).
     """
     results = [
         GateResult(
@@ -108,6 +112,7 @@ def champion_version(model_name: str) -> str | None:
 def evaluate(
     dataset_path: str | Path,
     run_id: str,
+    *,
     model_name: str,
     tracking_uri: str,
     experiment_name: str,
@@ -117,7 +122,9 @@ def evaluate(
 ) -> Decision:
     """Score the run's model and the current champion on the same held-out split; decide gates.
 
-    The comparison is logged to the run (``champion_*`` metrics, ``gates_passed`` tag).
+    The comparison is logged to the run (``champion_*`` metrics, ``gates_passed`` tag). Returns
+    the decision (``decide``); raises ``StackError`` when the tracking server is unreachable or
+    the run has no loadable model.
     """
     import mlflow
 
@@ -133,7 +140,7 @@ def evaluate(
     if version is not None:
         champion_model = mlflow.sklearn.load_model(f"models:/{model_name}@{CHAMPION}")
         champion = compute_metrics(champion_model, test)
-    decision = decide(challenger, champion, gates, version)
+    decision = decide(challenger, champion, gates, champion_version=version)
     client = mlflow.MlflowClient()
     if champion is not None:
         for key, value in champion.items():

@@ -34,13 +34,18 @@ def _alias_target(client, model_name: str, alias: str) -> str | None:  # type: i
 def register(
     run_id: str,
     model_uri: str,
+    *,
     model_name: str,
     decision: Decision,
     tracking_uri: str,
     experiment_name: str,
 ) -> Registration:
     """Create (or find, for this run) the model version; alias it ``champion`` when the registry
-    has none, else ``challenger``. Refuses a model whose gates did not pass."""
+    has none, else ``challenger``.
+
+    Returns the registration (version, alias, and whether it is new: a rerun of the same run
+    finds its version again). Raises ``StackError`` for a model whose gates did not pass, or
+    when the tracking server is unreachable."""
     import mlflow
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException

@@ -21,7 +21,7 @@ LINEAGE_TAGS = (TAG_DATA_MD5, TAG_DATA_PATH, TAG_GIT_SHA, TAG_KFP_RUN_ID, TAG_KF
 
 def check_reachable(tracking_uri: str, timeout: float = 3.0) -> None:
     """Fail fast, in one line, when an MLflow server is not answering (MLflow itself retries
-    for minutes). File and database URIs need no server."""
+    for minutes): ``StackError``. File and database URIs need no server."""
     if not tracking_uri.startswith(("http://", "https://")):
         return
     url = tracking_uri.rstrip("/") + "/health"
@@ -53,6 +53,7 @@ def local_artifact_root(tracking_uri: str) -> Path | None:
 
 def connect(tracking_uri: str, experiment_name: str) -> str:
     """Point MLflow at ``tracking_uri`` and make sure the experiment exists; returns its id.
+    Raises ``StackError`` when the server does not answer (``check_reachable``).
 
     A sqlite store gets its artifacts beside the database (not ``./mlruns`` of whatever the
     working directory is); a server decides its own artifact location.

@@ -113,6 +113,8 @@ def features(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def build_model(params: HyperParams) -> Pipeline:
+    """The unfitted model: imputation and one-hot encoding, then gradient boosting with
+    ``params``."""
     preprocess = ColumnTransformer(
         [
             ("num", SimpleImputer(strategy="median", add_indicator=True), numeric_features()),
@@ -186,6 +188,7 @@ class TrainResult:
 def train_and_log(
     dataset_path: str | Path,
     params: HyperParams,
+    *,
     lineage: TrainingLineage,
     tracking_uri: str,
     experiment_name: str,
@@ -200,6 +203,10 @@ def train_and_log(
     With ``report``, the boosting runs in chunks of ``report_every`` iterations (warm start: the
     same model as one fit) and ``report(iterations, held-out metrics)`` is called after each but
     the last, which is what a Katib trial prints for its metrics collector and early stopping.
+
+    Returns the MLflow run id, the logged model's URI and the held-out metrics. Raises
+    ``StackError`` when the tracking server is unreachable (pandas' and MLflow's own errors on a
+    bad dataset or store pass through).
     """
     import mlflow
     from mlflow.models import infer_signature
@@ -259,6 +266,7 @@ def train_and_log(
 
 
 def held_out(dataset_path: str | Path, test_size: float, split_seed: int) -> pd.DataFrame:
+    """The held-out side of ``split`` for the CSV at ``dataset_path``."""
     df = pd.read_csv(dataset_path)
     return split(df, test_size, split_seed)[1]
 

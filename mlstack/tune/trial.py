@@ -76,12 +76,12 @@ def run(args: argparse.Namespace) -> dict[str, float]:
         result = train_and_log(
             tuning_set,
             params,
-            lineage,
-            settings.mlflow_tracking_uri,
-            os.environ.get("MLSTACK_EXPERIMENT_NAME", settings.experiment_name),
-            settings.test_size,
+            lineage=lineage,
+            tracking_uri=settings.mlflow_tracking_uri,
+            experiment_name=os.environ.get("MLSTACK_EXPERIMENT_NAME", settings.experiment_name),
+            test_size=settings.test_size,
             # another salt: the split by content hash would hold nothing out of the train part
-            settings.split_seed + 1,
+            split_seed=settings.split_seed + 1,
             parent_run_id=os.environ.get("MLSTACK_PARENT_RUN_ID") or None,
             report=lambda it, m: print(metric_line(it, m), flush=True),
             report_every=args.report_every,

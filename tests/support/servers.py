@@ -44,10 +44,34 @@ def registered_model(tmp: Path, model: str, lineage: TrainingLineage, max_iter: 
     uri = sqlite_store(tmp / "mlflow")
     data = tmp / "train.csv"
     generate.write_csv(generate.generate(1500, 7), data)
-    trained = train_and_log(data, HyperParams(max_iter=max_iter), lineage, uri, "tests", 0.25, 42)
+    trained = train_and_log(
+        data,
+        HyperParams(max_iter=max_iter),
+        lineage=lineage,
+        tracking_uri=uri,
+        experiment_name="tests",
+        test_size=0.25,
+        split_seed=42,
+    )
     gates = Gates(min_roc_auc=0.5, min_f1=0.1)
-    decision = evaluate(data, trained.run_id, model, uri, "tests", gates, 0.25, 42)
-    registry.register(trained.run_id, trained.model_uri, model, decision, uri, "tests")
+    decision = evaluate(
+        data,
+        trained.run_id,
+        model_name=model,
+        tracking_uri=uri,
+        experiment_name="tests",
+        gates=gates,
+        test_size=0.25,
+        split_seed=42,
+    )
+    registry.register(
+        trained.run_id,
+        trained.model_uri,
+        model_name=model,
+        decision=decision,
+        tracking_uri=uri,
+        experiment_name="tests",
+    )
     return uri
 
 

@@ -22,16 +22,16 @@ def test_no_champion_only_absolute_gates():
 
 
 def test_better_than_champion_passes():
-    assert decide(m(0.85), m(0.80), GATES, "3").passed
+    assert decide(m(0.85), m(0.80), GATES, champion_version="3").passed
 
 
 def test_tie_passes():
-    assert decide(m(0.80), m(0.80), GATES, "3").passed
+    assert decide(m(0.80), m(0.80), GATES, champion_version="3").passed
 
 
 def test_worse_within_margin_passes_beyond_margin_fails():
-    assert decide(m(0.795), m(0.80), GATES, "3").passed
-    d = decide(m(0.78), m(0.80), GATES, "3")
+    assert decide(m(0.795), m(0.80), GATES, champion_version="3").passed
+    d = decide(m(0.78), m(0.80), GATES, champion_version="3")
     assert not d.passed
     assert by_name(d)["vs_champion"] is False
     assert "champion v3" in d.gates[-1].detail
@@ -47,5 +47,5 @@ def test_f1_gate_alone_fails():
 
 @pytest.mark.parametrize("champion", [None, m(0.8)])
 def test_decision_json_round_trip(champion):
-    d = decide(m(0.81), champion, GATES, "1" if champion else None)
+    d = decide(m(0.81), champion, GATES, champion_version="1" if champion else None)
     assert Decision.from_json(d.to_json()) == d

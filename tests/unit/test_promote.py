@@ -28,10 +28,32 @@ def registered(dataset_csv: Path, tracking_uri: str) -> str:
         "md5-xyz", "data/churn.csv", "b" * 40, "kfp-run-9", "churn-training-x"
     )
     trained = train_and_log(
-        dataset_csv, HyperParams(max_iter=40), lineage, tracking_uri, "p", 0.25, 42
+        dataset_csv,
+        HyperParams(max_iter=40),
+        lineage=lineage,
+        tracking_uri=tracking_uri,
+        experiment_name="p",
+        test_size=0.25,
+        split_seed=42,
     )
-    decision = evaluate(dataset_csv, trained.run_id, MODEL, tracking_uri, "p", Gates(), 0.25, 42)
-    registry.register(trained.run_id, trained.model_uri, MODEL, decision, tracking_uri, "p")
+    decision = evaluate(
+        dataset_csv,
+        trained.run_id,
+        model_name=MODEL,
+        tracking_uri=tracking_uri,
+        experiment_name="p",
+        gates=Gates(),
+        test_size=0.25,
+        split_seed=42,
+    )
+    registry.register(
+        trained.run_id,
+        trained.model_uri,
+        model_name=MODEL,
+        decision=decision,
+        tracking_uri=tracking_uri,
+        experiment_name="p",
+    )
     return tracking_uri
 
 

@@ -17,7 +17,15 @@ LINEAGE = TrainingLineage("abc123", "data/churn.csv", "f" * 40, "kfp-id-1", "chu
 
 
 def train(dataset: Path, uri: str, **hp) -> str:
-    return train_and_log(dataset, HyperParams(**hp), LINEAGE, uri, EXP, 0.25, 42)
+    return train_and_log(
+        dataset,
+        HyperParams(**hp),
+        lineage=LINEAGE,
+        tracking_uri=uri,
+        experiment_name=EXP,
+        test_size=0.25,
+        split_seed=42,
+    )
 
 
 @pytest.fixture
@@ -55,20 +63,43 @@ def test_bad_hyperparameters_are_refused():
 
 
 def evaluate_run(dataset, run_id, uri, gates=Gates()):
-    return evaluate(dataset, run_id, MODEL, uri, EXP, gates, 0.25, 42)
+    return evaluate(
+        dataset,
+        run_id,
+        model_name=MODEL,
+        tracking_uri=uri,
+        experiment_name=EXP,
+        gates=gates,
+        test_size=0.25,
+        split_seed=42,
+    )
 
 
 def test_first_model_becomes_champion_then_challenger(first, dataset_csv, tracking_uri):
     decision = evaluate_run(dataset_csv, first.run_id, tracking_uri)
     assert decision.passed and decision.champion is None
-    reg = registry.register(first.run_id, first.model_uri, MODEL, decision, tracking_uri, EXP)
+    reg = registry.register(
+        first.run_id,
+        first.model_uri,
+        model_name=MODEL,
+        decision=decision,
+        tracking_uri=tracking_uri,
+        experiment_name=EXP,
+    )
     assert (reg.version, reg.alias, reg.created) == ("1", "champion", True)
     mv = MlflowClient(tracking_uri).get_model_version(MODEL, "1")
     assert mv.tags["data_md5"] == "abc123" and mv.tags["kfp_run_id"] == "kfp-id-1"
     assert mv.tags["mlflow_run_id"] == first.run_id
 
     # registering the same run again changes nothing
-    again = registry.register(first.run_id, first.model_uri, MODEL, decision, tracking_uri, EXP)
+    again = registry.register(
+        first.run_id,
+        first.model_uri,
+        model_name=MODEL,
+        decision=decision,
+        tracking_uri=tracking_uri,
+        experiment_name=EXP,
+    )
     assert (again.version, again.created) == ("1", False)
 
     second = train(dataset_csv, tracking_uri, max_iter=80)
@@ -76,7 +107,14 @@ def test_first_model_becomes_champion_then_challenger(first, dataset_csv, tracki
     assert d2.champion_version == "1"
     assert d2.champion["roc_auc"] == pytest.approx(first.metrics["roc_auc"])
     assert d2.passed
-    reg2 = registry.register(second.run_id, second.model_uri, MODEL, d2, tracking_uri, EXP)
+    reg2 = registry.register(
+        second.run_id,
+        second.model_uri,
+        model_name=MODEL,
+        decision=d2,
+        tracking_uri=tracking_uri,
+        experiment_name=EXP,
+    )
     assert (reg2.version, reg2.alias) == ("2", "challenger")
     client = MlflowClient(tracking_uri)
     assert str(client.get_model_version_by_alias(MODEL, "champion").version) == "1"
@@ -89,7 +127,14 @@ def test_failed_gates_register_nothing(first, dataset_csv, tracking_uri):
     decision = evaluate_run(dataset_csv, first.run_id, tracking_uri, Gates(min_roc_auc=0.999))
     assert not decision.passed
     with pytest.raises(StackError, match="gates failed \\(min_roc_auc\\)"):
-        registry.register(first.run_id, first.model_uri, MODEL, decision, tracking_uri, EXP)
+        registry.register(
+            first.run_id,
+            first.model_uri,
+            model_name=MODEL,
+            decision=decision,
+            tracking_uri=tracking_uri,
+            experiment_name=EXP,
+        )
     assert MlflowClient(tracking_uri).search_model_versions(f"name='{MODEL}'") == []
     assert MlflowClient(tracking_uri).get_run(first.run_id).data.tags["gates_passed"] == "false"
 
@@ -104,7 +149,14 @@ def test_alias_failure_leaves_no_half_registered_version(
 
     monkeypatch.setattr(MlflowClient, "set_registered_model_alias", refuse)
     with pytest.raises(ConnectionError):
-        registry.register(first.run_id, first.model_uri, MODEL, decision, tracking_uri, EXP)
+        registry.register(
+            first.run_id,
+            first.model_uri,
+            model_name=MODEL,
+            decision=decision,
+            tracking_uri=tracking_uri,
+            experiment_name=EXP,
+        )
     monkeypatch.undo()
     client = MlflowClient(tracking_uri)
     assert client.search_model_versions(f"name='{MODEL}'") == []
@@ -117,10 +169,22 @@ def test_failed_alias_move_keeps_the_previous_challenger(
 ):
     decision = evaluate_run(dataset_csv, first.run_id, tracking_uri)
     registry.register(
-        first.run_id, first.model_uri, MODEL, decision, tracking_uri, EXP
+        first.run_id,
+        first.model_uri,
+        model_name=MODEL,
+        decision=decision,
+        tracking_uri=tracking_uri,
+        experiment_name=EXP,
     )  # v1 champion
     second = train(dataset_csv, tracking_uri, max_iter=70)
-    registry.register(second.run_id, second.model_uri, MODEL, decision, tracking_uri, EXP)  # v2
+    registry.register(
+        second.run_id,
+        second.model_uri,
+        model_name=MODEL,
+        decision=decision,
+        tracking_uri=tracking_uri,
+        experiment_name=EXP,
+    )  # v2
     third = train(dataset_csv, tracking_uri, max_iter=90)
     original = MlflowClient.set_registered_model_alias
 
@@ -131,7 +195,14 @@ def test_failed_alias_move_keeps_the_previous_challenger(
 
     monkeypatch.setattr(MlflowClient, "set_registered_model_alias", fails_for_v3)
     with pytest.raises(ConnectionError):
-        registry.register(third.run_id, third.model_uri, MODEL, decision, tracking_uri, EXP)
+        registry.register(
+            third.run_id,
+            third.model_uri,
+            model_name=MODEL,
+            decision=decision,
+            tracking_uri=tracking_uri,
+            experiment_name=EXP,
+        )
     monkeypatch.undo()
     client = MlflowClient(tracking_uri)
     assert sorted(str(v.version) for v in client.search_model_versions(f"name='{MODEL}'")) == [
