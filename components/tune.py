@@ -46,13 +46,13 @@ def tune(
     with exit_on_error():
         best = run_tuning(
             experiment_yaml,
-            backend,
-            namespace,
-            tracking_uri or load_settings().mlflow_tracking_uri,
-            experiment_name,
-            repo,
-            data_rev,
-            timeout_seconds,
+            backend=backend,
+            namespace=namespace,
+            tracking_uri=tracking_uri or load_settings().mlflow_tracking_uri,
+            experiment_name=experiment_name,
+            repo=repo,
+            data_rev=data_rev,
+            timeout_seconds=timeout_seconds,
         )
         params = HyperParams.from_strings(best)
     return (

@@ -17,10 +17,11 @@ from mlstack.tune.spec import GROUP, PLURAL, VERSION, Experiment
 
 
 def for_cluster(
-    exp: Experiment, namespace: str, env: dict[str, str], image: str | None = None
+    exp: Experiment, namespace: str, env: dict[str, str], *, image: str | None = None
 ) -> dict[str, Any]:
     """The manifest to create: a unique name, the namespace, and the trial container's env values
-    (data repo and rev, tracking URI, parent run) filled in."""
+    (data repo and rev, tracking URI, parent run) filled in. Returns a new dict (``exp`` is left
+    as it is); raises nothing."""
     body = copy.deepcopy(exp.raw)
     meta = body.get("metadata", {})
     body["metadata"] = {**meta, "namespace": namespace or meta.get("namespace", "default")}
@@ -58,12 +59,16 @@ def custom_objects_api() -> Any:
 
 def run_in_cluster(
     body: dict[str, Any],
+    *,
     timeout_seconds: float,
     api: Any = None,
     poll_seconds: float = 10.0,
     sleep: Callable[[float], None] = time.sleep,
 ) -> dict[str, str]:
-    """Create the Experiment, wait for it to finish, return the best trial's parameters."""
+    """Create the Experiment, wait for it to finish, return the best trial's parameters.
+
+    Raises ``StackError`` when the API refuses or cannot be reached, or as ``wait`` does (the
+    Experiment failed or timed out); on any error or interrupt the Experiment is deleted."""
     from kubernetes.client.exceptions import ApiException
 
     api = api or custom_objects_api()

@@ -44,12 +44,14 @@ def observe(values: list[float], strategy: str) -> float:
 def median_stop(
     current: list[float],
     completed: list[list[float]],
+    *,
     maximize: bool,
     min_trials: int,
     start_step: int,
 ) -> bool:
     """Median stopping rule (Katib's medianstop): stop at step S when the trial's best value by S
-    is strictly worse than the median of the completed trials' running averages up to S."""
+    is strictly worse than the median of the completed trials' running averages up to S.
+    Returns whether to stop; never stops before ``start_step`` or ``min_trials`` completions."""
     step = len(current)
     if step < start_step or len(completed) < min_trials:
         return False
@@ -83,6 +85,7 @@ class ExperimentResult:
 
     @property
     def best(self) -> Trial | None:
+        """The succeeded trial with the best objective value; None when none succeeded."""
         done = [
             t
             for t in self.trials
@@ -97,6 +100,7 @@ class ExperimentResult:
         return max(done, key=key) if self.experiment.maximize else min(done, key=key)
 
     def render(self) -> str:
+        """The result as the few lines ``mlstack tune`` prints."""
         exp = self.experiment
         counts = {
             s: sum(t.status == s for t in self.trials)
@@ -148,6 +152,7 @@ class ExperimentResult:
         }
 
     def best_parameters(self) -> dict[str, str]:
+        """The best trial's parameter assignments; ``ExperimentError`` when no trial succeeded."""
         best = self.best
         if best is None:
             raise ExperimentError(f"experiment {self.experiment.name}: no trial succeeded")
@@ -343,9 +348,9 @@ class LocalTuner:
             return median_stop(
                 curve,
                 self.completed_curves,
-                self.exp.maximize,
-                int(early["min_trials_required"]),
-                int(early["start_step"]),
+                maximize=self.exp.maximize,
+                min_trials=int(early["min_trials_required"]),
+                start_step=int(early["start_step"]),
             )
 
     def conclude(self, trial: Trial, code: int, last: str) -> None:

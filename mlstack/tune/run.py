@@ -28,9 +28,10 @@ def parent_run(exp: Experiment, tracking_uri: str, experiment_name: str) -> Iter
 
 
 def trial_env_for(
-    tracking_uri: str, experiment_name: str, parent: str, repo: str, rev: str
+    *, tracking_uri: str, experiment_name: str, parent: str, repo: str, rev: str
 ) -> dict[str, str]:
-    """What every trial needs from the tune step: data version, split, tracking, parent run."""
+    """What every trial needs from the tune step: data version, split, tracking, parent run.
+    Returns the environment variables by name; raises ``StackError`` on bad settings."""
     from mlstack.settings import load_settings
 
     settings = load_settings()
@@ -69,7 +70,13 @@ def tune_local(
     import mlflow
 
     with parent_run(exp, tracking_uri, experiment_name) as parent:
-        env = trial_env_for(tracking_uri, experiment_name, parent, repo, data_rev)
+        env = trial_env_for(
+            tracking_uri=tracking_uri,
+            experiment_name=experiment_name,
+            parent=parent,
+            repo=repo,
+            rev=data_rev,
+        )
         result = LocalTuner(
             exp,
             env=env,
@@ -93,6 +100,7 @@ def tune_local(
 
 def tune(
     experiment_yaml: str,
+    *,
     backend: str,
     namespace: str,
     tracking_uri: str,
@@ -102,7 +110,11 @@ def tune(
     timeout_seconds: float,
 ) -> dict[str, str]:
     """The tune step: the Experiment in the cluster (``backend="cluster"``, through the Kubernetes
-    API) or with the local runner (``"local"``); returns the best trial's parameters."""
+    API) or with the local runner (``"local"``); returns the best trial's parameters.
+
+    Raises ``StackError`` for an unknown backend or an unreachable tracking server or cluster,
+    ``ExperimentError`` (a ``StackError``) for a manifest the runner does not support or an
+    experiment in which no trial succeeded."""
     import mlflow
 
     if backend not in ("cluster", "local"):
@@ -123,7 +135,13 @@ def tune(
             on_trial=report,
         ).best_parameters()
     with parent_run(exp, tracking_uri, experiment_name) as parent:
-        env = trial_env_for(tracking_uri, experiment_name, parent, repo, data_rev)
-        best = run_in_cluster(for_cluster(exp, namespace, env), timeout_seconds)
+        env = trial_env_for(
+            tracking_uri=tracking_uri,
+            experiment_name=experiment_name,
+            parent=parent,
+            repo=repo,
+            rev=data_rev,
+        )
+        best = run_in_cluster(for_cluster(exp, namespace, env), timeout_seconds=timeout_seconds)
         mlflow.log_params({f"best_{k}": v for k, v in best.items()})
     return best

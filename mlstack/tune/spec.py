@@ -69,6 +69,8 @@ class Parameter:
         return CategoricalDistribution(list(self.values))
 
     def grid(self) -> list[Any]:
+        """Every value of the parameter for the grid algorithm; ``ExperimentError`` for a
+        numeric parameter without ``feasibleSpace.step``."""
         if self.type in ("categorical", "discrete"):
             return list(self.values)
         if self.step is None:
@@ -79,6 +81,7 @@ class Parameter:
         return [int(v) for v in values] if self.type == "int" else [round(v, 12) for v in values]
 
     def format(self, value: Any) -> str:
+        """``value`` as the string Katib assigns to a trial for this parameter."""
         if self.type == "int":
             return str(int(value))
         if self.type == "double":
@@ -108,6 +111,7 @@ class Experiment:
 
     @property
     def metric_names(self) -> tuple[str, ...]:
+        """The objective metric's name, then the additional metrics'."""
         return (self.objective, *self.additional)
 
 
@@ -166,7 +170,8 @@ def _parameter(i: int, raw: dict[str, Any]) -> Parameter:
 
 
 def parse(doc: dict[str, Any]) -> Experiment:
-    """An Experiment manifest as the local runner understands it; unsupported fields are errors."""
+    """An Experiment manifest as the local runner understands it; unsupported fields are errors
+    (``ExperimentError``, naming the field)."""
     if doc.get("apiVersion") != f"{GROUP}/{VERSION}" or doc.get("kind") != "Experiment":
         raise ExperimentError(f"not a {GROUP}/{VERSION} Experiment")
     spec = _only(
@@ -302,6 +307,8 @@ def parse(doc: dict[str, Any]) -> Experiment:
 
 
 def load(path: str | Path) -> Experiment:
+    """The Experiment in the YAML file at ``path`` (``parse``); ``ExperimentError`` when it cannot
+    be read or is not one the local runner supports."""
     try:
         doc = yaml.safe_load(Path(path).read_text())
     except (OSError, yaml.YAMLError) as exc:
@@ -381,6 +388,9 @@ def parse_metrics(
 
 
 def trial_command(exp: Experiment, assignments: dict[str, str]) -> list[str]:
+    """The primary container's command and args with the trial's values substituted (``python``
+    is this interpreter); ``ExperimentError`` when there is no command or a placeholder is
+    unknown."""
     values = {tp: assignments[ref] for tp, ref in exp.trial_parameters.items()}
     container = substitute({k: exp.container.get(k, []) for k in ("command", "args")}, values)
     argv = [*container["command"], *container["args"]]

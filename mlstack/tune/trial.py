@@ -24,12 +24,14 @@ PRINTED = ("roc_auc", "f1", "average_precision")
 
 
 def metric_line(iterations: int, metrics: dict[str, float]) -> str:
+    """One line Katib's StdOut collector reads: a timestamp, the iterations, the metrics."""
     stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     values = " ".join(f"{k}={metrics[k]:.6f}" for k in PRINTED)
     return f"{stamp} iterations={iterations} {values}"
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The trial's arguments: the hyperparameters, and where its data comes from."""
     from mlstack.train.training import HyperParams
 
     d = HyperParams()
@@ -47,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> dict[str, float]:
+    """Train one trial and print its metric lines; returns the final held-out metrics. Raises
+    ``StackError`` when the data version cannot be read or the tracking server is unreachable."""
     from mlstack.data import versions
     from mlstack.train.training import HyperParams, TrainingLineage, split, train_and_log
 
@@ -92,6 +96,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """The entry point (``python -m mlstack.tune.trial``): a refusal is one line and exit 1."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     with exit_on_error():
         run(build_parser().parse_args(argv))

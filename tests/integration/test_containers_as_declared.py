@@ -443,7 +443,13 @@ def test_katib_trial_runs_to_completion_and_reports_what_the_collector_parses(
             mlflow_port = service_port(docs, "mlflow", "mlops")
             server = mlflow_server(tmp_path / "mlflow", mlflow_port, tracking)
         stack.callback(stop, server)
-        env = trial_env_for(tracking, "as-declared", "", f"{git_url}/{repo.name}", git(repo, "rev-parse", "HEAD"))  # fmt: skip
+        env = trial_env_for(
+            tracking_uri=tracking,
+            experiment_name="as-declared",
+            parent="",
+            repo=f"{git_url}/{repo.name}",
+            rev=git(repo, "rev-parse", "HEAD"),
+        )
         body = for_cluster(exp, "ml-training", env)
         assignments = {"learning_rate": "0.1", "max_iter": "50", "max_depth": "3",
                        "l2_regularization": "0.25", "class_weight": "balanced"}  # fmt: skip

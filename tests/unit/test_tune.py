@@ -245,11 +245,17 @@ def test_bad_algorithm_setting_value():
 def test_median_stop_rule():
     done = [[0.7, 0.8, 0.9], [0.6, 0.7, 0.8], [0.5, 0.6, 0.7]]
     # running averages up to step 2: 0.75, 0.65, 0.55 -> median 0.65
-    assert local.median_stop([0.5, 0.6], done, True, 3, 2)
-    assert not local.median_stop([0.5, 0.66], done, True, 3, 2)
-    assert not local.median_stop([0.1], done, True, 3, 2)  # before start_step
-    assert not local.median_stop([0.1, 0.1], done[:2], True, 3, 2)  # too few completed trials
-    assert local.median_stop([0.9, 0.9], [[0.5, 0.5]] * 3, False, 3, 2)  # minimize
+    assert local.median_stop([0.5, 0.6], done, maximize=True, min_trials=3, start_step=2)
+    assert not local.median_stop([0.5, 0.66], done, maximize=True, min_trials=3, start_step=2)
+    assert not local.median_stop(
+        [0.1], done, maximize=True, min_trials=3, start_step=2
+    )  # before start_step
+    assert not local.median_stop(
+        [0.1, 0.1], done[:2], maximize=True, min_trials=3, start_step=2
+    )  # too few completed trials
+    assert local.median_stop(
+        [0.9, 0.9], [[0.5, 0.5]] * 3, maximize=False, min_trials=3, start_step=2
+    )  # minimize
 
 
 def scripted(tmp_path: Path, body: str, parameters: list[dict], **fields) -> spec.Experiment:
@@ -561,10 +567,16 @@ def test_run_in_cluster_failure_and_timeout_are_clear():
         "conditions": [{"type": "Failed", "status": "True", "message": "too many failed trials"}]
     }
     with pytest.raises(StackError, match="failed: too many failed trials"):
-        cluster.run_in_cluster(body, 100, api=FakeCustomObjects([failed]), sleep=lambda s: None)
+        cluster.run_in_cluster(
+            body, timeout_seconds=100, api=FakeCustomObjects([failed]), sleep=lambda s: None
+        )
     with pytest.raises(StackError, match="did not finish in 30s"):
         cluster.run_in_cluster(
-            body, 30, api=FakeCustomObjects([RUNNING]), poll_seconds=10, sleep=lambda s: None
+            body,
+            timeout_seconds=30,
+            api=FakeCustomObjects([RUNNING]),
+            poll_seconds=10,
+            sleep=lambda s: None,
         )
 
 
@@ -577,4 +589,13 @@ def test_no_cluster_is_one_clear_error(tmp_path, monkeypatch):
 
 def test_tune_refuses_an_unknown_backend():
     with pytest.raises(StackError, match="backend must be 'cluster' or 'local'"):
-        run.tune(yaml.safe_dump(MANIFEST), "laptop", "ns", "", "e", ".", "HEAD", 1)
+        run.tune(
+            yaml.safe_dump(MANIFEST),
+            backend="laptop",
+            namespace="ns",
+            tracking_uri="",
+            experiment_name="e",
+            repo=".",
+            data_rev="HEAD",
+            timeout_seconds=1,
+        )
