@@ -32,9 +32,9 @@ def _run(args: argparse.Namespace, settings: Settings) -> None:
         params.setdefault("tune_backend", "local")
     summary = run_pipeline(
         settings,
-        args.rev,
-        params,
-        args.verbose,
+        rev=args.rev,
+        arguments=params,
+        verbose=args.verbose,
         ir_path=ir_path,
         runner=args.runner,
         # with -o json, stdout is the JSON document alone: the steps' progress goes to stderr

@@ -24,11 +24,11 @@ def _submit(args: argparse.Namespace, settings: Settings) -> None:
     client = remote.connect(args.endpoint)
     done = remote.submit(
         client,
-        args.endpoint,
-        ir_path,
-        params,
-        args.experiment or settings.experiment_name,
-        sha,
+        endpoint=args.endpoint,
+        ir_path=ir_path,
+        arguments=params,
+        experiment=args.experiment or settings.experiment_name,
+        git_sha=sha,
         wait_seconds=args.wait,
         service_account=settings.kfp_service_account,
     )
@@ -52,9 +52,9 @@ def _schedules(args: argparse.Namespace, settings: Settings) -> None:
     result = remote.sync(
         client,
         settings.repo_root,
-        experiment,
-        desired,
-        args.dry_run,
+        experiment=experiment,
+        desired=desired,
+        dry_run=args.dry_run,
         service_account=settings.kfp_service_account,
     )
     emit(args, result.render(), {"offline": False, "dry_run": args.dry_run, **result.to_dict()})

@@ -30,6 +30,8 @@ def read_ir(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def compile_pipeline(name: str, out: Path) -> None:
+    """Compile the pipeline ``name`` (an IR file name of ``pipelines()``) to ``out``, replaced
+    whole (never half-written); ``KeyError`` for an unknown name, KFP's errors pass through."""
     from kfp import compiler
 
     tmp = out.with_name(f".{out.stem}.tmp.yaml")
@@ -38,6 +40,7 @@ def compile_pipeline(name: str, out: Path) -> None:
 
 
 def compile_all(directory: Path | None = None) -> list[Path]:
+    """Compile every pipeline into ``directory`` (default: ``pipelines/``); returns the files."""
     directory = directory or code_root() / "pipelines"
     written = []
     for name in pipelines():

@@ -47,6 +47,7 @@ def run_container(
     client: docker.DockerClient,
     image: str,
     command: list[str],
+    *,
     volumes: dict[str, Any],
     **run_args: Any,
 ) -> int:
@@ -136,6 +137,7 @@ def local_remotes(repo: Path) -> list[Path]:
 
 
 def check_tracking_uri(tracking_uri: str) -> None:
+    """``StackError`` unless ``tracking_uri`` is an MLflow server (http or https)."""
     if not tracking_uri.startswith(("http://", "https://")):
         raise StackError(
             f"tracking URI {tracking_uri}: steps in containers need an MLflow server "
@@ -187,10 +189,13 @@ def ir_images(ir_path: Path) -> list[str]:
 
 
 def setup(
-    pipeline_root: Path, repo: Path, ir_path: Path, tracking_uri: str
+    pipeline_root: Path, repo: Path, *, ir_path: Path, tracking_uri: str
 ) -> tuple[DockerRunner, Path]:
     """Checked before anything is written: an MLflow server, an engine, the IR's images. Then the
-    runner for ``kfp.local.init`` and its cache root."""
+    runner for ``kfp.local.init`` and its cache root.
+
+    Returns (runner, cache root); raises ``StackError`` when the tracking URI is not a server, no
+    engine answers, or an image is missing."""
     check_tracking_uri(tracking_uri)
     client = engine()
     try:

@@ -135,6 +135,7 @@ class RunSummary:
         }
 
     def render(self) -> str:
+        """The summary as the lines ``mlstack pipeline run`` prints."""
         d = self.decision
         lines = [
             f"KFP run        {self.kfp_run_name}  ({self.run_dir})",
@@ -198,6 +199,7 @@ def _capture_run_name() -> Iterator[list[str]]:
 
 def run_pipeline(
     settings: Settings,
+    *,
     rev: str = "HEAD",
     arguments: dict[str, Any] | None = None,
     verbose: bool = False,
@@ -206,7 +208,11 @@ def run_pipeline(
     runner: str = "subprocess",
 ) -> RunSummary:
     """Run a compiled pipeline (the training one by default) locally on the data at ``rev``, its
-    steps in this environment or (``runner="docker"``) each in its image."""
+    steps in this environment or (``runner="docker"``) each in its image.
+
+    Returns the run's summary (steps executed and cached, metrics, the gates' decision, the
+    registered version). Raises ``StackError`` for an unknown runner, bad settings or a failed
+    step (its error line)."""
     from kfp import components, local
 
     out = out or sys.stdout
@@ -223,7 +229,9 @@ def run_pipeline(
         from mlstack.pipeline import containers
 
         root = settings.containers_pipeline_root
-        kfp_runner, cache_root = containers.setup(root, Path(repo), ir_path, tracking_uri)
+        kfp_runner, cache_root = containers.setup(
+            root, Path(repo), ir_path=ir_path, tracking_uri=tracking_uri
+        )
         running: contextlib.AbstractContextManager[object] = containers.exit_status_kept()
     else:
         root = settings.pipeline_root

@@ -58,6 +58,7 @@ class Submitted:
 
 def submit(
     client: Any,
+    *,
     endpoint: str,
     ir_path: Path,
     arguments: dict[str, Any],
@@ -67,7 +68,10 @@ def submit(
     service_account: str | None = None,
 ) -> Submitted:
     """Create a run of the compiled pipeline; the git SHA names the run (KFP v2 runs carry no
-    labels) and is the ``data_rev`` argument unless one is given."""
+    labels) and is the ``data_rev`` argument unless one is given.
+
+    Returns the run's id and UI address; with ``wait_seconds``, raises ``StackError`` when the
+    run does not succeed in that time (KFP's client errors pass through)."""
     name = f"{ir_path.stem}-{git_sha[:12]}-{time.strftime('%Y%m%d-%H%M%S')}"
     result = client.create_run_from_pipeline_package(
         str(ir_path),
@@ -99,11 +103,13 @@ class Schedule:
 
     @property
     def fingerprint(self) -> str:
+        """A short hash of the whole declaration: a changed schedule is replaced."""
         spec = json.dumps(self.__dict__, sort_keys=True, default=str)
         return hashlib.sha256(spec.encode()).hexdigest()[:16]
 
     @property
     def version_name(self) -> str:
+        """The KFP pipeline version's name: the IR's name and the pinned SHA."""
         return f"{Path(self.pipeline).stem}-{self.git_sha[:12]}"
 
 
@@ -111,7 +117,8 @@ _SCHEDULE_KEYS = {"name", "pipeline", "cron", "git_sha", "parameters", "max_conc
 
 
 def load_schedules(path: Path) -> tuple[str, list[Schedule]]:
-    """The experiment and the schedules a ``schedules.yaml`` declares; errors name the entry."""
+    """The experiment and the schedules a ``schedules.yaml`` declares; errors (``StackError``)
+    name the entry."""
     doc = yaml.safe_load(path.read_text()) or {}
     experiment = doc.get("experiment")
     if not experiment:
@@ -145,6 +152,7 @@ class Plan:
 
     @property
     def empty(self) -> bool:
+        """Whether the plan changes nothing."""
         return not (self.create or self.replace or self.delete)
 
     def to_dict(self) -> dict[str, Any]:
@@ -157,6 +165,7 @@ class Plan:
         }
 
     def render(self) -> str:
+        """The plan as the lines ``mlstack schedules sync`` prints."""
         lines = [f"+ create  {s.name} ({s.cron}, {s.version_name})" for s in self.create]
         lines += [f"~ replace {s.name} ({s.cron}, {s.version_name})" for s, _ in self.replace]
         lines += [f"- delete  {name}" for name, _ in self.delete]
@@ -186,6 +195,7 @@ def plan(desired: list[Schedule], actual: list[Any]) -> Plan:
 
 
 def list_recurring_runs(client: Any, experiment_id: str) -> list[Any]:
+    """Every recurring run of the experiment, all pages."""
     runs: list[Any] = []
     token = ""
     while True:
@@ -198,8 +208,9 @@ def list_recurring_runs(client: Any, experiment_id: str) -> list[Any]:
             return runs
 
 
-def ir_at(repo: Path, sha: str, pipeline: str, out: Path) -> Path:
-    """The compiled pipeline as committed at ``sha`` (the pinned pipeline version)."""
+def ir_at(repo: Path, sha: str, *, pipeline: str, out: Path) -> Path:
+    """The compiled pipeline as committed at ``sha`` (the pinned pipeline version), written to
+    ``out``; returns ``out``. ``StackError`` when git has no such file at ``sha``."""
     done = subprocess.run(
         ["git", "-C", str(repo), "show", f"{sha}:pipelines/{pipeline}"],
         capture_output=True,
@@ -214,12 +225,16 @@ def ir_at(repo: Path, sha: str, pipeline: str, out: Path) -> Path:
 def sync(
     client: Any,
     repo: Path,
+    *,
     experiment: str,
     desired: list[Schedule],
     dry_run: bool,
     service_account: str | None = None,
 ) -> Plan:
-    """Make KFP's recurring runs match ``desired``; with ``dry_run`` only return the plan."""
+    """Make KFP's recurring runs match ``desired``; with ``dry_run`` only return the plan.
+
+    Returns the plan (made or to make). Raises ``StackError`` when a pinned IR is not in git at
+    its SHA; KFP's client errors pass through."""
     try:
         experiment_id = client.get_experiment(experiment_name=experiment).experiment_id
     except Exception:
@@ -253,7 +268,7 @@ def sync(
 
 def _pipeline_version(client: Any, repo: Path, schedule: Schedule, tmp: Path) -> tuple[str, str]:
     """(pipeline id, version id) of the IR at the schedule's SHA, uploaded once per SHA."""
-    package = ir_at(repo, schedule.git_sha, schedule.pipeline, tmp / schedule.pipeline)
+    package = ir_at(repo, schedule.git_sha, pipeline=schedule.pipeline, out=tmp / schedule.pipeline)
     pipeline_name = Path(schedule.pipeline).stem
     pipeline_id = client.get_pipeline_id(pipeline_name)
     if pipeline_id is None:

@@ -153,7 +153,13 @@ def test_submit_names_the_run_by_sha_and_reports_a_failed_wait():
     client = KfpStandIn()
     ir = load_settings().ir_path
     done = remote.submit(
-        client, "http://kfp.example", ir, {"repo": "r"}, "churn", SHA, service_account="runner"
+        client,
+        endpoint="http://kfp.example",
+        ir_path=ir,
+        arguments={"repo": "r"},
+        experiment="churn",
+        git_sha=SHA,
+        service_account="runner",
     )
     assert done.url == "http://kfp.example/#/runs/details/run-42"
     _, call = client.calls[0]
@@ -161,7 +167,15 @@ def test_submit_names_the_run_by_sha_and_reports_a_failed_wait():
     assert call["service_account"] == "runner"
     assert call["run_name"].startswith(f"training-{SHA[:12]}-")
     with pytest.raises(StackError, match="run run-42 ended FAILED"):
-        remote.submit(client, "http://kfp.example", ir, {}, "churn", SHA, wait_seconds=60)
+        remote.submit(
+            client,
+            endpoint="http://kfp.example",
+            ir_path=ir,
+            arguments={},
+            experiment="churn",
+            git_sha=SHA,
+            wait_seconds=60,
+        )
 
 
 def test_plan_creates_replaces_deletes_and_leaves_unmanaged_runs_alone():
@@ -192,11 +206,18 @@ def test_sync_applies_the_plan_with_the_version_pinned_to_the_sha(data_repo: Pat
     sha = git(data_repo, "rev-parse", "HEAD")
     desired = [schedule(git_sha=sha)]
     client = KfpStandIn(recurring=[managed(schedule(name="old"), "r-old")])
-    dry = remote.sync(client, data_repo, "churn", desired, dry_run=True)
+    dry = remote.sync(client, data_repo, experiment="churn", desired=desired, dry_run=True)
     assert [s.name for s in dry.create] == [
         "weekly"
     ] and "create_recurring_run" not in client.names()
-    remote.sync(client, data_repo, "churn", desired, dry_run=False, service_account="runner")
+    remote.sync(
+        client,
+        data_repo,
+        experiment="churn",
+        desired=desired,
+        dry_run=False,
+        service_account="runner",
+    )
     assert ("delete_recurring_run", {"recurring_run_id": "r-old"}) in client.calls
     [created] = [c for n, c in client.calls if n == "create_recurring_run"]
     assert created["job_name"] == "weekly" and created["version_id"] == "v-1"
@@ -207,7 +228,7 @@ def test_sync_applies_the_plan_with_the_version_pinned_to_the_sha(data_repo: Pat
     assert uploaded["pipeline_version_name"] == f"training-{sha[:12]}"
     # applied again against what now exists: nothing to do
     again = KfpStandIn(recurring=[managed(desired[0], "r-new")])
-    assert remote.sync(again, data_repo, "churn", desired, dry_run=False).empty
+    assert remote.sync(again, data_repo, experiment="churn", desired=desired, dry_run=False).empty
     assert "create_recurring_run" not in again.names()
 
 
