@@ -17,7 +17,12 @@ def _promote(args: argparse.Namespace, settings: Settings) -> None:
     ref = args.version or args.alias
     uri = settings.mlflow_tracking_uri
     release = (
-        promote.resolve_release(settings.model_name, ref, uri, settings.artifacts_destination)
+        promote.resolve_release(
+            settings.model_name,
+            ref,
+            tracking_uri=uri,
+            artifacts_destination=settings.artifacts_destination,
+        )
         if ref
         else None
     )

@@ -40,7 +40,8 @@ def _retarget_patches(repo_url: str, revision: str) -> list[dict[str, Any]]:
 
 
 def root_application(repo_url: str, revision: str) -> dict[str, Any]:
-    """argocd/root.yaml, reading ``repo_url`` at ``revision`` all the way down."""
+    """argocd/root.yaml, reading ``repo_url`` at ``revision`` all the way down. Returns the
+    Application as data (unchanged for this repository at its own revision); raises nothing."""
     root: dict[str, Any] = yaml.safe_load((code_root() / "argocd" / "root.yaml").read_text())
     if repo_url == THIS_REPOSITORY and revision == root["spec"]["source"]["targetRevision"]:
         return root

@@ -46,7 +46,8 @@ class Release:
 def storage_location(uri: str, artifacts_destination: str) -> str:
     """Where KServe's storage initializer reads a model version from. A server that proxies
     artifacts hands out ``mlflow-artifacts:`` URIs, which only MLflow clients understand: they map
-    onto the server's ``--artifacts-destination``."""
+    onto the server's ``--artifacts-destination``. Returns the URI to read; ``StackError`` for a
+    proxied URI without ``artifacts_destination``."""
     if not uri.startswith("mlflow-artifacts:"):
         return uri
     if not artifacts_destination:
@@ -59,9 +60,13 @@ def storage_location(uri: str, artifacts_destination: str) -> str:
 
 
 def resolve_release(
-    model_name: str, ref: str, tracking_uri: str, artifacts_destination: str = ""
+    model_name: str, ref: str, *, tracking_uri: str, artifacts_destination: str = ""
 ) -> Release:
-    """The registry version behind ``ref`` (a number or an alias), if it passed the gates."""
+    """The registry version behind ``ref`` (a number or an alias), if it passed the gates.
+
+    Returns the release (version, the storage URI KServe reads, lineage). Raises ``StackError``
+    when the server is unreachable, there is no such version, it did not pass the gates, or its
+    artifacts are proxied and ``artifacts_destination`` is not given."""
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
@@ -88,6 +93,8 @@ def resolve_release(
 
 
 def overlay_file(manifests: Path, env: str) -> Path:
+    """The promotion patch of ``env``'s overlay; ``StackError`` for an unknown environment or a
+    missing file."""
     if env not in ENVIRONMENTS:
         raise StackError(f"unknown environment '{env}' (known: {', '.join(ENVIRONMENTS)})")
     path = manifests / "overlays" / env / "promotion.yaml"
@@ -153,9 +160,9 @@ def promote(
     manifests: Path,
     env: str,
     release: Release | None,
+    *,
     image: str | None = None,
     canary: int | None = None,
-    *,
     dry_run: bool = False,
 ) -> str:
     """Write ``release`` (and the image digest, the canary share) into the env's overlay; with no
@@ -190,7 +197,8 @@ def promote(
 
 def model_card(model_name: str, version: str, tracking_uri: str) -> str:
     """Markdown for a promotion PR: the version's held-out metrics against the current champion's
-    on the same split (what the evaluate step logged), and the version's lineage."""
+    on the same split (what the evaluate step logged), and the version's lineage. Returns the
+    Markdown; raises ``StackError`` when the version has no run."""
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri)

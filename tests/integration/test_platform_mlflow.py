@@ -103,8 +103,12 @@ def test_mlflow_server_as_deployed_postgres_s3_proxy_and_allowed_hosts(tmp_path,
         assert again.get_model_version_by_alias("churn-classifier", "champion").version == "1"
         assert again.get_metric_history(run.info.run_id, "roc_auc")[0].value == 0.9
         # promotion hands KServe an S3 location that really holds the model, not a proxy URI
-        release = promote.resolve_release("churn-classifier", "champion", f"http://localhost:{port}",
-                                  env["MLFLOW_ARTIFACTS_DESTINATION"])  # fmt: skip
+        release = promote.resolve_release(
+            "churn-classifier",
+            "champion",
+            tracking_uri=f"http://localhost:{port}",
+            artifacts_destination=env["MLFLOW_ARTIFACTS_DESTINATION"],
+        )
         bucket, _, key = release.storage_uri.removeprefix("s3://").partition("/")
         store.head_object(Bucket=bucket, Key=f"{key}/MLmodel")
     finally:

@@ -73,7 +73,7 @@ def rendered_isvc(manifests: Path, env: str) -> dict:
 
 
 def test_promote_writes_only_the_promotion_fields_and_keeps_comments(registered, manifests):
-    release = promote.resolve_release(MODEL, "champion", registered)
+    release = promote.resolve_release(MODEL, "champion", tracking_uri=registered)
     assert release.version == "1" and release.lineage["data_md5"] == "md5-xyz"
     path = manifests / "overlays/staging/promotion.yaml"
     before = path.read_text()
@@ -103,7 +103,7 @@ def test_promote_writes_only_the_promotion_fields_and_keeps_comments(registered,
 
 
 def test_second_identical_promotion_changes_nothing(registered, manifests):
-    release = promote.resolve_release(MODEL, "1", registered)
+    release = promote.resolve_release(MODEL, "1", tracking_uri=registered)
     assert promote.promote(manifests, "production", release, canary=10)
     path = manifests / "overlays/production/promotion.yaml"
     text, mtime = path.read_text(), path.stat().st_mtime_ns
@@ -117,10 +117,10 @@ def test_refusals(registered, manifests, dataset_csv):
     run = client.search_runs([client.get_experiment_by_name("p").experiment_id])[0]
     ungated = client.create_model_version(MODEL, f"runs:/{run.info.run_id}/model", run.info.run_id)
     with pytest.raises(StackError, match="not marked as having passed the quality gates"):
-        promote.resolve_release(MODEL, str(ungated.version), registered)
+        promote.resolve_release(MODEL, str(ungated.version), tracking_uri=registered)
     with pytest.raises(StackError, match="no version 'nope'"):
-        promote.resolve_release(MODEL, "nope", registered)
-    release = promote.resolve_release(MODEL, "1", registered)
+        promote.resolve_release(MODEL, "nope", tracking_uri=registered)
+    release = promote.resolve_release(MODEL, "1", tracking_uri=registered)
     with pytest.raises(StackError, match="pinned by digest"):
         promote.promote(
             manifests, "staging", release, image="ghcr.io/mlstack/churn-predictor:latest"
@@ -143,7 +143,9 @@ def test_a_failed_write_leaves_the_old_file(registered, manifests, monkeypatch):
 
     monkeypatch.setattr(os, "replace", broken_replace)
     with pytest.raises(OSError, match="disk full"):
-        promote.promote(manifests, "staging", promote.resolve_release(MODEL, "1", registered))
+        promote.promote(
+            manifests, "staging", promote.resolve_release(MODEL, "1", tracking_uri=registered)
+        )
     assert path.read_bytes() == before
     assert [p.name for p in path.parent.iterdir() if p.name.startswith(".")] == []
 
@@ -153,7 +155,10 @@ def test_rollback_is_git_revert(registered, manifests):
     path = manifests / "overlays/production/promotion.yaml"
     before = path.read_bytes()
     promote.promote(
-        manifests, "production", promote.resolve_release(MODEL, "1", registered), canary=25
+        manifests,
+        "production",
+        promote.resolve_release(MODEL, "1", tracking_uri=registered),
+        canary=25,
     )
     git(repo, "commit", "-qam", "promote churn-promote v1 to production")
     assert (
