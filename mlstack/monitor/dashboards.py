@@ -116,6 +116,8 @@ DASHBOARDS: dict[str, tuple[str, list[Panel]]] = {
 
 
 def dashboard(uid: str) -> dict[str, Any]:
+    """The Grafana dashboard ``uid`` (a key of ``DASHBOARDS``) as JSON data; ``KeyError`` for
+    another uid."""
     title, panels = DASHBOARDS[uid]
     return {
         "uid": uid,
@@ -150,10 +152,12 @@ def dashboard(uid: str) -> dict[str, Any]:
 
 
 def expressions() -> list[str]:
+    """Every PromQL expression the dashboards' panels query."""
     return [p.expr for _, panels in DASHBOARDS.values() for p in panels]
 
 
 def prometheus_rule(rules: dict[str, Any]) -> dict[str, Any]:
+    """The PrometheusRule whose spec is ``rules`` (rules.yaml), labelled for the operator."""
     return {
         "apiVersion": "monitoring.coreos.com/v1",
         "kind": "PrometheusRule",
@@ -182,6 +186,7 @@ def rendered(directory: Path | None = None) -> dict[Path, str]:
 
 
 def build(directory: Path | None = None) -> list[Path]:
+    """Write every generated file (``rendered``), each replaced whole; returns the paths."""
     written = []
     for path, text in rendered(directory).items():
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -193,6 +198,7 @@ def build(directory: Path | None = None) -> list[Path]:
 
 
 def stale(directory: Path | None = None) -> list[str]:
+    """The names of the generated files that are missing or differ from a fresh render."""
     return [
         p.name for p, text in rendered(directory).items() if not p.exists() or p.read_text() != text
     ]

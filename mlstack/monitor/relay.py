@@ -64,6 +64,8 @@ class Relay:
         return chosen
 
     def dispatch(self, alerts: list[dict[str, Any]]) -> None:
+        """Send ``alerts`` as one ``repository_dispatch`` event; raises ``RuntimeError`` on an
+        answer other than 204 (``urllib.error.URLError``/``OSError`` when unreachable)."""
         body = {
             "event_type": EVENT_TYPE,
             "client_payload": {
@@ -112,6 +114,9 @@ class Relay:
 
 
 def make_server(relay: Relay, host: str, port: int) -> ThreadingHTTPServer:
+    """The HTTP server (not yet serving): ``GET /healthz``, and ``POST /alertmanager``, which
+    answers 400 for a bad body, 413 for an oversized one, 502 when GitHub fails."""
+
     class Handler(BaseHTTPRequestHandler):
         def _reply(self, status: int, body: dict[str, Any]) -> None:
             data = json.dumps(body).encode()
@@ -171,6 +176,8 @@ def stop_on_signals(
 
 
 def main(argv: list[str] | None = None) -> None:
+    """The entry point (``python -m mlstack.monitor.relay``): serves until SIGTERM or SIGINT;
+    exits with one error line without a repository or a token."""
     parser = argparse.ArgumentParser(prog="python -m mlstack.monitor.relay", description=__doc__)
     parser.add_argument("--repo", default=os.environ.get("GITHUB_REPOSITORY", ""))
     parser.add_argument("--host", default="0.0.0.0")
