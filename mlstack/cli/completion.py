@@ -51,6 +51,7 @@ complete -o default -F _{prog} {prog}
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add the shell completion command(s) to the ``mlstack`` parser's sub-commands."""
     comp = sub.add_parser("completion", help="print a shell completion script")
     comp.add_argument(
         "shell", choices=("bash",), help="the shell (bash; zsh reads it through bashcompinit)"

@@ -47,6 +47,7 @@ def _add(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add the data command(s) to the ``mlstack`` parser's sub-commands."""
     data = sub.add_parser("data", help="DVC-versioned data").add_subparsers(
         dest="cmd", required=True
     )

@@ -63,6 +63,7 @@ def _root_app(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add the promote and root-app commands to the ``mlstack`` parser's sub-commands."""
     prom = sub.add_parser("promote", help="write a model version into an environment's overlay")
     prom.add_argument("--env", required=True, help="staging or production")
     ref = prom.add_mutually_exclusive_group()

@@ -21,6 +21,7 @@ def _build(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add the monitoring command(s) to the ``mlstack`` parser's sub-commands."""
     mon = sub.add_parser("monitoring", help="dashboards and the PrometheusRule, as code")
     mon_sub = mon.add_subparsers(dest="cmd", required=True)
     build = mon_sub.add_parser("build", help="write dashboards/*.json and prometheusrule.yaml")

@@ -53,6 +53,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add the pipeline command(s) to the ``mlstack`` parser's sub-commands."""
     pipe = sub.add_parser("pipeline", help="the training pipeline").add_subparsers(
         dest="cmd", required=True
     )

@@ -61,6 +61,7 @@ def _schedules(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add the run and schedules commands to the ``mlstack`` parser's sub-commands."""
     runs = sub.add_parser("run", help="the compiled pipeline on a KFP endpoint").add_subparsers(
         dest="cmd", required=True
     )

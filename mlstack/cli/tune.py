@@ -34,6 +34,7 @@ def _tune(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add the tune command(s) to the ``mlstack`` parser's sub-commands."""
     tune = sub.add_parser("tune", help="run the Katib Experiment locally (optuna)")
     tune.add_argument("--experiment", help="Experiment YAML (default katib/experiment.yaml)")
     tune.add_argument("--rev", default="HEAD", help="git rev of the data version")
