@@ -54,14 +54,17 @@ MIN_CLASS_SHARE = 0.05
 
 
 def feature_names() -> list[str]:
+    """The model's input columns, in order."""
     return [f.name for f in FEATURES]
 
 
 def numeric_features() -> list[str]:
+    """The numeric features' names, in order."""
     return [f.name for f in FEATURES if f.kind == "numeric"]
 
 
 def categorical_features() -> list[str]:
+    """The categorical features' names, in order."""
     return [f.name for f in FEATURES if f.kind == "categorical"]
 
 

@@ -96,16 +96,19 @@ class Settings:
 
     @property
     def state(self) -> Path:
+        """Where local runs keep their state (``MLSTACK_STATE_DIR``, else ``.mlstack/``)."""
         return self.state_dir or (self.repo_root / ".mlstack")
 
     @property
     def mlflow_tracking_uri(self) -> str:
+        """``MLFLOW_TRACKING_URI``, else a sqlite store in ``state``."""
         if self.tracking_uri:
             return self.tracking_uri
         return f"sqlite:///{self.state / 'mlflow.db'}"  # made when first used (tracking.connect)
 
     @property
     def pipeline_root(self) -> Path:
+        """kfp.local's pipeline root when the steps run in this environment."""
         return self.state / "kfp"
 
     @property
@@ -120,10 +123,12 @@ class Settings:
 
     @property
     def tuning_ir_path(self) -> Path:
+        """The compiled tuning pipeline that ships with this code."""
         return code_root() / "pipelines" / "tuning.yaml"
 
     @property
     def katib_experiment(self) -> Path:
+        """The Katib Experiment manifest the tune step and ``mlstack tune`` run."""
         return code_root() / "katib" / "experiment.yaml"
 
 
@@ -142,7 +147,10 @@ _ENV_FIELDS = {
 
 
 def load_settings(**overrides: object) -> Settings:
-    """Defaults, then ``MLSTACK_*`` and ``MLFLOW_TRACKING_URI`` from the environment, then overrides."""
+    """Defaults, then ``MLSTACK_*`` and ``MLFLOW_TRACKING_URI`` from the environment, then overrides.
+
+    Raises ``StackError`` naming the variable whose value does not parse, ``ValueError`` for an
+    unknown override (a programming error)."""
     values: dict[str, object] = {}
     for name, kind in _ENV_FIELDS.items():
         raw = os.environ.get(f"MLSTACK_{name.upper()}")
