@@ -31,6 +31,8 @@ class FeatureProfile:
 
     @property
     def n_bins(self) -> int:
+        """How many bins (``len(expected)``): numeric, the edges' intervals and missing;
+        categorical, the categories, unknown and missing."""
         return len(self.expected)
 
     def bin_numeric(self, values: np.ndarray) -> np.ndarray:
@@ -40,6 +42,8 @@ class FeatureProfile:
         return idx
 
     def bin_category(self, value: str | None) -> int:
+        """Bin index of a category: its own, the unknown bin for an unseen one, the last for
+        None (missing)."""
         if value is None:
             return self.n_bins - 1
         try:

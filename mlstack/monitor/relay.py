@@ -43,7 +43,8 @@ class Relay:
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def select(self, payload: dict[str, Any]) -> list[dict[str, Any]]:
-        """The alerts to dispatch: firing, ``retrain="true"``, not sent within the cooldown."""
+        """The alerts to dispatch: firing, ``retrain="true"``, not sent within the cooldown;
+        ``ValueError`` when ``alerts`` is not a list (the server answers 400)."""
         alerts = payload.get("alerts")
         if not isinstance(alerts, list):
             raise ValueError("'alerts' must be a list")

@@ -84,7 +84,8 @@ def exit_status_kept() -> Iterator[None]:
 
 
 def engine() -> docker.DockerClient:
-    """The container engine at ``DOCKER_HOST`` (docker's default socket when unset)."""
+    """The container engine at ``DOCKER_HOST`` (docker's default socket when unset);
+    ``StackError`` saying how to start one when none answers."""
     import docker
 
     try:
@@ -101,7 +102,8 @@ def engine() -> docker.DockerClient:
 
 
 def image_ids(client: docker.DockerClient, images: Sequence[str]) -> list[str]:
-    """The engine's ID of each image, pulled when it is not on this machine."""
+    """The engine's ID of each image, pulled when it is not on this machine; ``StackError``
+    when an image is missing and cannot be pulled."""
     import docker
 
     ids = []

@@ -25,7 +25,8 @@ MANAGED = "mlstack-sync:"  # description prefix of the recurring runs this modul
 
 
 def connect(endpoint: str) -> Any:
-    """A ``kfp.Client`` for ``endpoint``; the client checks the endpoint's health when made."""
+    """A ``kfp.Client`` for ``endpoint``; the client checks the endpoint's health when made, so
+    an unreachable endpoint is a ``StackError`` (one line, the reason in a few words)."""
     import warnings
 
     import kfp

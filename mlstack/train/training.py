@@ -50,7 +50,8 @@ class HyperParams:
 
     @classmethod
     def from_strings(cls, values: dict[str, str]) -> HyperParams:
-        """Typed from Katib's string assignments; missing names keep their defaults."""
+        """Typed from Katib's string assignments; missing names keep their defaults.
+        ``StackError`` for an unknown name (``ValueError`` for a value that does not parse)."""
         convert: dict[str, Callable[[str], object]] = {
             "float": float,
             "int": lambda v: int(float(v)),

@@ -47,7 +47,7 @@ class Parameter:
     log: bool = False
 
     def bounds(self) -> tuple[float, float]:
-        """(min, max) of an int or double parameter."""
+        """(min, max) of an int or double parameter; ``ExperimentError`` without both."""
         if self.min is None or self.max is None:
             raise ExperimentError(f"parameter '{self.name}': no feasibleSpace min and max")
         return self.min, self.max
@@ -345,7 +345,8 @@ _PLACEHOLDER = re.compile(r"\$\{([^}]*)\}")
 
 
 def substitute(value: Any, trial_values: dict[str, str]) -> Any:
-    """Replace ``${trialParameters.X}`` everywhere in ``value`` (strings, lists, mappings)."""
+    """Replace ``${trialParameters.X}`` everywhere in ``value`` (strings, lists, mappings);
+    ``ExperimentError`` for another placeholder or an unknown trial parameter."""
     if isinstance(value, str):
 
         def one(match: re.Match[str]) -> str:
