@@ -155,9 +155,33 @@ def main() -> None:
         data = tmp / "train.csv"
         generate.write_csv(generate.generate(DEFAULTS.data_rows, DEFAULTS.data_seed), data)
         lineage = TrainingLineage("local-run", DEFAULTS.data_path, "0" * 40, "local")
-        trained = train_and_log(data, HyperParams(), lineage, uri, "dashboards", 0.25, 42)
-        decision = evaluate(data, trained.run_id, MODEL, uri, "dashboards", Gates(), 0.25, 42)
-        registry.register(trained.run_id, trained.model_uri, MODEL, decision, uri, "dashboards")
+        trained = train_and_log(
+            data,
+            HyperParams(),
+            lineage=lineage,
+            tracking_uri=uri,
+            experiment_name="dashboards",
+            test_size=0.25,
+            split_seed=42,
+        )
+        decision = evaluate(
+            data,
+            trained.run_id,
+            model_name=MODEL,
+            tracking_uri=uri,
+            experiment_name="dashboards",
+            gates=Gates(),
+            test_size=0.25,
+            split_seed=42,
+        )
+        registry.register(
+            trained.run_id,
+            trained.model_uri,
+            model_name=MODEL,
+            decision=decision,
+            tracking_uri=uri,
+            experiment_name="dashboards",
+        )
         p_port, prom_port = free_port(), free_port()
         (tmp / "prometheus.yml").write_text(yaml.safe_dump({
             "global": {"scrape_interval": "1s"},
