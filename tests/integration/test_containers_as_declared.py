@@ -1,7 +1,8 @@
 """Every workload container of ours, started from its built image exactly as the rendered
 manifests declare it (command, args, env, user, security context, volumes, ports: taken from
 `kubectl kustomize`'s output through tests/support/podspec.py and admission.py, never retyped),
-then probed on its declared readiness and liveness endpoints and called for real.
+then probed on its declared readiness and liveness endpoints, called for real, and the servers
+stopped as the kubelet stops them (SIGTERM, SIGKILL after the grace period).
 
 Each runs in a pod of its own (tests/support/pods.py): its ports published on 127.0.0.1 only, the
 cluster's Service names resolving to the pod's loopback, where local stand-ins (moto for
@@ -26,7 +27,7 @@ from mlstack.settings import code_root
 from tests.support import admission
 from tests.support.images import ensure_images
 from tests.support.kube import render
-from tests.support.pods import Pod
+from tests.support.pods import Pod, alive
 from tests.support.podspec import (
     Image,
     PodContext,
@@ -122,6 +123,19 @@ def assert_confined_as_declared(pod: Pod, name: str, spec: dict, container: dict
         assert got["no_new_privs"] == 1, got
     if (security.get("seccompProfile") or {}).get("type") == "RuntimeDefault":
         assert got["seccomp"] == 2, got  # filter mode
+
+
+def assert_stops_on_sigterm(pod: Pod, name: str) -> list[tuple[int, str]]:
+    """The kubelet's stop (SIGTERM, SIGKILL when the grace period ends: a generous 60 s here)
+    ends the container by its own handling of SIGTERM: exit 0 or 143, never 137 (SIGKILL), and
+    no process of it is left. A container's PID 1 gets no default action for SIGTERM: a server
+    without a handler of its own is deaf to it and only dies of the SIGKILL. Returns the
+    processes the container had (host PIDs)."""
+    processes = pod.processes(name)
+    code = pod.stop(name, grace=60)
+    assert code in (0, 143), f"{name} exited {code} (137: SIGKILLed):\n{pod.logs(name)}"
+    assert alive(processes) == [], f"{name}: processes left after its stop"
+    return processes
 
 
 @pytest.fixture
@@ -261,6 +275,7 @@ def test_predictor_as_kserve_starts_it_answers_v1_and_v2(overlay, model_dir, bui
     out = {o["name"]: o for o in json.loads(body)["outputs"]}
     np.testing.assert_allclose(np.reshape(out["probabilities"]["data"], (-1, 2)), want, atol=1e-9)
     assert pod.state(name)["Running"]
+    assert_stops_on_sigterm(pod, name)  # KServe's ModelServer handles SIGTERM itself
 
 
 # ----------------------------------------------------------------------------- the drift relay
@@ -297,6 +312,7 @@ def test_relay_as_deployed_dispatches_a_firing_alert_to_github(built, pods, tmp_
         assert path == f"/repos/{repo}/dispatches"
         assert headers["Authorization"] == "Bearer test-dispatch-token"  # the mounted Secret
         assert sent["event_type"] == "drift-detected"
+        assert_stops_on_sigterm(pod, name)  # its own handler (mlstack/monitor/relay.py)
     finally:
         github.close()
 
@@ -371,6 +387,11 @@ def test_mlflow_server_as_deployed_on_postgres_and_s3(built, pods, tmp_path):
             keys_stored = [o["Key"] for o in store.list_objects_v2(Bucket=bucket).get("Contents", [])]  # fmt: skip
         assert any(k.endswith(f"{run.info.run_id}/artifacts/card.md") for k in keys_stored)
         assert pod.state(name)["Running"]
+        # `mlflow server` (PID 1) forwards SIGTERM to uvicorn's supervisor, which stops its
+        # workers: all of them ran, none is left
+        stopped = assert_stops_on_sigterm(pod, name)
+        workers = int(next(a.split("=", 1)[1] for a in container["args"] if a.startswith("--workers=")))  # fmt: skip
+        assert len(stopped) >= 2 + workers, stopped
 
 
 # ------------------------------------------------------------------------- the Katib trial

@@ -16,6 +16,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 from tests.conftest import free_port
 from tests.support.servers import call
@@ -128,6 +129,19 @@ class Pod:
                 )
             time.sleep(0.5)
 
+    def processes(self, name: str) -> list[tuple[int, str]]:
+        """A running container's processes as host PIDs, each with its start time (field 22 of
+        /proc/PID/stat), so that a PID reused later is not taken for one of them."""
+        pids = [int(word) for word in podman("top", name, "hpid").split()[1:]]  # under HPID
+        return [(pid, started) for pid in pids if (started := _start_time(pid))]
+
+    def stop(self, name: str, grace: float = 60) -> int:
+        """Stop a container as the kubelet does: its stop signal (SIGTERM unless the image says
+        otherwise), SIGKILL once ``grace`` seconds have passed; returns its exit code (137 when
+        it took the SIGKILL)."""
+        podman("stop", "--time", str(int(grace)), name, timeout=grace + 120)
+        return int(self.state(name)["ExitCode"])
+
     def wait_exit(self, name: str, timeout: float = 600) -> int:
         out = podman("wait", name, timeout=timeout)
         return int(out.strip().splitlines()[-1])
@@ -138,3 +152,17 @@ class Pod:
             subprocess.run(
                 [PODMAN, "rm", "--force", "--time", "0", name], capture_output=True, timeout=120
             )
+
+
+def _start_time(pid: int) -> str:
+    """A process's start time in clock ticks since boot; "" once it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    return stat.rsplit(")", 1)[1].split()[19]  # field 22: after the name, fields start at 3
+
+
+def alive(processes: Sequence[tuple[int, str]]) -> list[int]:
+    """Which of ``processes`` (``Pod.processes``) still run."""
+    return [pid for pid, started in processes if _start_time(pid) == started]
