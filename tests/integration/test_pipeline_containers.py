@@ -70,12 +70,7 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             env.setenv("DOCKER_HOST", url)
             yield built.engine
     finally:
-        service.terminate()
-        try:
-            service.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            service.kill()
-            service.wait()
+        servers.stop(service)
         log.close()
 
 
@@ -83,38 +78,8 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``mlflow server`` on 127.0.0.1, artifacts proxied (as the platform's): the steps' store."""
     root = tmp_path_factory.mktemp("mlflow")
-    port = free_port()
-    proc = servers.start(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-            "--backend-store-uri",
-            f"sqlite:///{root / 'mlflow.db'}",
-            "--artifacts-destination",
-            str(root / "artifacts"),
-            "--allowed-hosts",
-            f"127.0.0.1:{port},localhost:{port}",
-        ],
-        root / "server.log",
-        f"http://127.0.0.1:{port}/health",
-        env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
-        timeout=180,
-    )
-    yield f"http://127.0.0.1:{port}"
-    proc.terminate()
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    with servers.mlflow_server(root, free_port(), timeout=180) as uri:
+        yield uri
 
 
 def _image_id() -> str:

@@ -39,27 +39,33 @@ def call(url: str, body: bytes | dict | None = None, content_type: str = "applic
         return 0, {}, b""
 
 
-def registered_model(tmp: Path, model: str, lineage: TrainingLineage, max_iter: int = 80) -> str:
-    """Train on 1500 seeded rows and register the model as @champion in a sqlite store; its URI."""
-    uri = sqlite_store(tmp / "mlflow")
-    data = tmp / "train.csv"
-    generate.write_csv(generate.generate(1500, 7), data)
+def train_and_register(
+    data: Path,
+    *,
+    params: HyperParams,
+    lineage: TrainingLineage,
+    model: str,
+    tracking_uri: str,
+    experiment: str,
+    gates: Gates,
+) -> None:
+    """Train on ``data``, evaluate against ``gates`` and register the version: the pipeline's
+    train, evaluate and register steps called directly (split 0.25, seed 42)."""
     trained = train_and_log(
         data,
-        HyperParams(max_iter=max_iter),
+        params,
         lineage=lineage,
-        tracking_uri=uri,
-        experiment_name="tests",
+        tracking_uri=tracking_uri,
+        experiment_name=experiment,
         test_size=0.25,
         split_seed=42,
     )
-    gates = Gates(min_roc_auc=0.5, min_f1=0.1)
     decision = evaluate(
         data,
         trained.run_id,
         model_name=model,
-        tracking_uri=uri,
-        experiment_name="tests",
+        tracking_uri=tracking_uri,
+        experiment_name=experiment,
         gates=gates,
         test_size=0.25,
         split_seed=42,
@@ -69,8 +75,24 @@ def registered_model(tmp: Path, model: str, lineage: TrainingLineage, max_iter: 
         trained.model_uri,
         model_name=model,
         decision=decision,
+        tracking_uri=tracking_uri,
+        experiment_name=experiment,
+    )
+
+
+def registered_model(tmp: Path, model: str, lineage: TrainingLineage, max_iter: int = 80) -> str:
+    """Train on 1500 seeded rows and register the model as @champion in a sqlite store; its URI."""
+    uri = sqlite_store(tmp / "mlflow")
+    data = tmp / "train.csv"
+    generate.write_csv(generate.generate(1500, 7), data)
+    train_and_register(
+        data,
+        params=HyperParams(max_iter=max_iter),
+        lineage=lineage,
+        model=model,
         tracking_uri=uri,
-        experiment_name="tests",
+        experiment="tests",
+        gates=Gates(min_roc_auc=0.5, min_f1=0.1),
     )
     return uri
 
@@ -128,9 +150,11 @@ def mlflow_server_argv(port: int, root: Path) -> list[str]:
 
 
 @contextlib.contextmanager
-def mlflow_server(root: Path, port: int) -> Iterator[str]:
-    """A local MLflow tracking server for the duration of the context; yields its URI."""
+def mlflow_server(root: Path, port: int, timeout: float = 120) -> Iterator[str]:
+    """A local MLflow tracking server for the duration of the context (up within ``timeout``
+    seconds); yields its URI."""
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
     uri = f"http://127.0.0.1:{port}"
-    with running(mlflow_server_argv(port, root), root / "mlflow.log", f"{uri}/health", env=env):
+    argv = mlflow_server_argv(port, root)
+    with running(argv, root / "mlflow.log", f"{uri}/health", env=env, timeout=timeout):
         yield uri

@@ -11,12 +11,11 @@ from mlflow import MlflowClient
 from mlstack.deploy import promote
 from mlstack.errors import StackError
 from mlstack.settings import Gates, code_root
-from mlstack.train import registry
-from mlstack.train.evaluation import evaluate
-from mlstack.train.training import HyperParams, TrainingLineage, train_and_log
+from mlstack.train.training import HyperParams, TrainingLineage
 from tests.conftest import git
 from tests.support.cli import run_cli
 from tests.support.kube import render
+from tests.support.servers import train_and_register
 
 MODEL = "churn-promote"
 DIGEST = "ghcr.io/mlstack/churn-predictor@sha256:" + "a" * 64
@@ -27,32 +26,14 @@ def registered(dataset_csv: Path, tracking_uri: str) -> str:
     lineage = TrainingLineage(
         "md5-xyz", "data/churn.csv", "b" * 40, "kfp-run-9", "churn-training-x"
     )
-    trained = train_and_log(
+    train_and_register(
         dataset_csv,
-        HyperParams(max_iter=40),
+        params=HyperParams(max_iter=40),
         lineage=lineage,
+        model=MODEL,
         tracking_uri=tracking_uri,
-        experiment_name="p",
-        test_size=0.25,
-        split_seed=42,
-    )
-    decision = evaluate(
-        dataset_csv,
-        trained.run_id,
-        model_name=MODEL,
-        tracking_uri=tracking_uri,
-        experiment_name="p",
+        experiment="p",
         gates=Gates(),
-        test_size=0.25,
-        split_seed=42,
-    )
-    registry.register(
-        trained.run_id,
-        trained.model_uri,
-        model_name=MODEL,
-        decision=decision,
-        tracking_uri=tracking_uri,
-        experiment_name="p",
     )
     return tracking_uri
 
