@@ -16,6 +16,11 @@ TAG_GIT_SHA = "git_sha"
 TAG_KFP_RUN_ID = "kfp_run_id"
 TAG_KFP_RUN_NAME = "kfp_run_name"
 TAG_GATES_PASSED = "gates_passed"
+# per gate: "gate.<name>" = pass|fail and "gate_threshold.<name>" = the threshold the run used
+TAG_GATE_PREFIX = "gate."
+TAG_THRESHOLD_PREFIX = "gate_threshold."
+# sha256 over the model directory's files (mlstack.train.artifacts), recorded by evaluate
+TAG_MODEL_DIGEST = "model_digest"
 LINEAGE_TAGS = (TAG_DATA_MD5, TAG_DATA_PATH, TAG_GIT_SHA, TAG_KFP_RUN_ID, TAG_KFP_RUN_NAME)
 
 
