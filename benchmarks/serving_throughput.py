@@ -36,7 +36,8 @@ import joblib
 from mlstack.data import generate
 from mlstack.data import profile as profiles
 from mlstack.schema import TARGET
-from mlstack.train.training import SKOPS_TRUSTED_TYPES, HyperParams, build_model, features
+from mlstack.train.artifacts import SKOPS_TRUSTED_TYPES
+from mlstack.train.training import HyperParams, build_model, features
 from serving.codec import NAMES, Batch
 from serving.compiled import compile_model
 
@@ -193,7 +194,7 @@ def main() -> None:
     model = build_model(HyperParams())
     model.fit(features(df), df[TARGET])
     mlflow.sklearn.save_model(
-        model, str(work / "model"), skops_trusted_types=SKOPS_TRUSTED_TYPES,
+        model, str(work / "model"), skops_trusted_types=list(SKOPS_TRUSTED_TYPES),
         metadata={"reference_profile": profiles.to_dict(profiles.build(df))},
     )  # fmt: skip
     (work / "mlserver").mkdir()

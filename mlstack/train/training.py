@@ -38,6 +38,7 @@ from mlstack.schema import (
     numeric_features,
 )
 from mlstack.train import tracking
+from mlstack.train.artifacts import SKOPS_TRUSTED_TYPES
 
 
 @dataclass(frozen=True)
@@ -166,14 +167,6 @@ def compute_metrics(model: Pipeline, df: pd.DataFrame) -> dict[str, float]:
     return out
 
 
-# skops (MLflow's default sklearn format) loads only reviewed types; these are the ones this
-# model adds, and the files are written by this code only.
-SKOPS_TRUSTED_TYPES = [
-    "numpy.dtype",
-    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
-]
-
-
 def _pip_requirements() -> list[str]:
     # given explicitly: inferring them costs seconds per log_model
     return [f"{pkg}=={version(pkg)}" for pkg in ("mlflow", "scikit-learn", "pandas", "numpy")]
@@ -253,7 +246,8 @@ def train_and_log(
             signature=infer_signature(example, model.predict_proba(example)[:, 1]),
             input_example=example,
             pip_requirements=_pip_requirements(),
-            skops_trusted_types=SKOPS_TRUSTED_TYPES,
+            # skops (MLflow's default sklearn format); the loader trusts this list, not MLmodel's
+            skops_trusted_types=list(SKOPS_TRUSTED_TYPES),
             # travels with the model files, so a predictor needs nothing else
             metadata={
                 "reference_profile": profile.to_dict(profile.build(train)),
