@@ -70,21 +70,10 @@ def cpu_limit() -> int | None:
     return max(1, -(-int(quota) // int(period)))
 
 
-def bind(host: str) -> None:
-    """KServe's REST server always binds 0.0.0.0; make it bind ``host`` instead."""
-    from kserve.protocol.rest.server import RESTServer
-
-    class BoundRESTServer(RESTServer):
-        def __init__(self, *args, **kwargs):  # type: ignore[no-untyped-def]
-            super().__init__(*args, **kwargs)
-            self.config.host = host
-
-    model_server.RESTServer = BoundRESTServer  # type: ignore[misc]
-
-
 def main() -> None:
     from threadpoolctl import threadpool_limits
 
+    from serving import surface
     from serving.model import ChurnModel
 
     args, _ = build_parser().parse_known_args()
@@ -112,9 +101,8 @@ def main() -> None:
             drift_window=args.drift_window,
         )
         model.load()
-        if args.host != "0.0.0.0":
-            bind(args.host)
-        model_server.ModelServer().start([model])
+        # on args.host, without the repository extension, readiness = answering (surface.py)
+        surface.serve([model], host=args.host)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,12 @@ class ModelLineage:
     mlflow_run_id: str = ""
     kfp_run_id: str = ""
     extra: dict[str, str] = field(default_factory=dict)
+
+
+@functools.cache
+def _probe() -> Batch:
+    """One fixed row for the readiness probe."""
+    return Batch.from_frame(generate.generate(1, seed=20240))
 
 
 class ChurnModel(Model):
@@ -98,6 +105,19 @@ class ChurnModel(Model):
             monitoring.TRAINING_METRIC.labels(self.name, self.model_version, metric).set(value)
         self.ready = True
         return self.ready
+
+    async def healthy(self) -> bool:
+        """Ready means answering: loaded and registered, and a probe row gets two finite
+        probabilities (what ``/v2/health/ready``, ``/v2/models/<name>/ready`` and
+        ``/v1/models/<name>`` report)."""
+        if not self.ready:
+            return False
+        try:
+            proba = np.asarray(self.predict_proba(_probe()))
+        except Exception:
+            log.exception("readiness probe: the model did not answer")
+            return False
+        return proba.shape == (1, 2) and bool(np.isfinite(proba).all())
 
     def predict_proba(self, batch: Batch) -> np.ndarray:
         if self.compiled is not None:

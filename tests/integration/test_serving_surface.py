@@ -1,0 +1,251 @@
+"""What a client can reach on the predictor, over HTTP: no model lifecycle routes, versioned V2
+routes for the served version, readiness that means the model answers, and no 5xx anywhere in
+its own OpenAPI (schemathesis)."""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from mlstack.data import generate
+from mlstack.settings import Gates
+from mlstack.train.tracking import sqlite_store
+from mlstack.train.training import HyperParams, TrainingLineage
+from serving.codec import NAMES, Batch
+from tests.conftest import free_port
+from tests.support.servers import call, running, train_and_register
+
+MODEL = "churn-surface"
+SERVED = "1"
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("surface")
+    uri = sqlite_store(tmp / "mlflow")
+    data = tmp / "train.csv"
+    generate.write_csv(generate.generate(1500, 7), data)
+    train_and_register(
+        data,
+        params=HyperParams(max_iter=80),
+        lineage=TrainingLineage("md5-abc", "data/churn.csv", "b" * 40, ""),
+        model=MODEL,
+        tracking_uri=uri,
+        experiment="tests",
+        gates=Gates(),  # the repository's own gates: version 1 becomes @champion
+    )
+    return tmp, uri
+
+
+@pytest.fixture(scope="module")
+def server(store):
+    tmp, uri = store
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    with running(
+        [sys.executable, "-m", "serving", "--model_uri", f"models:/{MODEL}@champion",
+         "--model_name", MODEL, "--host", "127.0.0.1", "--http_port", str(port),
+         "--enable_grpc", "false"],
+        tmp / "server.log",
+        f"{base}/v2/health/ready",
+        env={**os.environ, "MLFLOW_TRACKING_URI": uri},
+    ):  # fmt: skip
+        yield base
+
+
+def one_row_v2() -> dict:
+    batch = Batch.from_frame(generate.generate(3, 41))
+    rows = batch.to_frame()[NAMES].astype(object).where(batch.to_frame()[NAMES].notna(), "")
+    flat = [str(v) for v in rows.to_numpy().ravel()]
+    return {
+        "inputs": [{"name": "rows", "shape": [len(rows), 8], "datatype": "BYTES", "data": flat}]
+    }
+
+
+def predicts(base: str) -> bool:
+    status, _, body = call(f"{base}/v2/models/{MODEL}/infer", one_row_v2())
+    assert status in (200, 404, 503), body
+    return status == 200
+
+
+@pytest.mark.reliability("unload-by-client")
+def test_no_client_request_can_unload_or_load_the_model(server):
+    base = server
+    assert predicts(base)
+    for action in ("unload", "load"):
+        for body in (b"", {"parameters": {}}):
+            status, _, text = call(f"{base}/v2/repository/models/{MODEL}/{action}", body)
+            assert status == 404, text  # not mounted
+        assert call(f"{base}/v2/repository/models/{MODEL}/{action}")[0] == 404
+    assert call(f"{base}/v2/repository/index", {})[0] == 404
+    status, _, text = call(f"{base}/v1/models/{MODEL}:explain", {"instances": []})
+    assert status == 405, text  # no explainer: not mounted (KServe would answer 501)
+    paths = json.loads(call(f"{base}/openapi.json")[2])["paths"]
+    assert not [p for p in paths if "repository" in p or ":explain" in p], sorted(paths)
+    assert json.loads(call(f"{base}/v2")[2])["extensions"] == []
+    # still serving, still ready
+    assert predicts(base)
+    assert call(f"{base}/v2/health/ready")[0] == 200
+    assert call(f"{base}/v2/models/{MODEL}/ready")[0] == 200
+
+
+@pytest.mark.reliability("versioned-route")
+def test_versioned_routes_answer_for_the_served_version_and_404_for_others(server):
+    base = server
+    versioned = f"{base}/v2/models/{MODEL}/versions/{SERVED}"
+    status, _, meta = call(versioned)
+    assert status == 200, meta
+    assert json.loads(meta) == json.loads(call(f"{base}/v2/models/{MODEL}")[2])
+    assert json.loads(meta)["versions"] == [SERVED]
+    assert json.loads(call(f"{versioned}/ready")[2]) == {"name": MODEL, "ready": True}
+    status, headers, body = call(f"{versioned}/infer", one_row_v2())
+    assert status == 200, body
+    assert headers["x-model-version"] == SERVED
+    assert json.loads(body)["model_version"] == SERVED
+    plain = json.loads(call(f"{base}/v2/models/{MODEL}/infer", one_row_v2())[2])
+    assert json.loads(body)["outputs"] == plain["outputs"]
+    want = f"Model {MODEL} has no version '2' here: this server serves version '{SERVED}'"
+    for url, payload in (
+        (f"{base}/v2/models/{MODEL}/versions/2", None),
+        (f"{base}/v2/models/{MODEL}/versions/2/ready", None),
+        (f"{base}/v2/models/{MODEL}/versions/2/infer", one_row_v2()),
+        (f"{base}/v2/models/{MODEL}?model_version=2", None),  # KServe's query form
+        (f"{base}/v2/models/{MODEL}/ready?model_version=2", None),
+        (f"{base}/v2/models/{MODEL}/infer?model_version=2", one_row_v2()),
+    ):
+        status, _, text = call(url, payload)
+        assert status == 404, (url, text)
+        assert want in json.loads(text)["error"], text
+    status, _, text = call(f"{base}/v2/models/nope/versions/{SERVED}/ready")
+    assert status == 404 and "nope" in text.decode()
+    assert call(f"{base}/v2/models/{MODEL}/infer?model_version={SERVED}", one_row_v2())[0] == 200
+
+
+class _InProcess:
+    """The predictor's REST server (serving.surface) in a thread of this process, so the test can
+    take the model away or break it the way a crash would, then ask over HTTP."""
+
+    def __init__(self, model, port: int):
+        from kserve.model_repository import ModelRepository
+
+        from serving import surface
+
+        class Local(surface.SurfaceRESTServer):
+            host = "127.0.0.1"
+
+        self.registry = ModelRepository()
+        self.registry.update(model)
+        model.start()
+        dataplane = surface.ServingDataPlane(self.registry, [model.name])
+        self.rest = Local(
+            "kserve.model_server:app",
+            dataplane,
+            surface.SealedRepository(self.registry),
+            port,
+        )
+        self.thread = threading.Thread(target=self.rest.run, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.rest._server.should_exit = True
+        self.thread.join(timeout=60)
+        assert not self.thread.is_alive()
+
+
+def _until(check, timeout: float = 60) -> bool:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
+@pytest.mark.reliability("readiness-after-unload")
+def test_readiness_follows_whether_the_model_answers(store, tmp_path):
+    from serving.model import ChurnModel
+
+    _, uri = store
+    mlflow.set_tracking_uri(uri)
+    model_dir = mlflow.artifacts.download_artifacts(
+        artifact_uri=f"models:/{MODEL}/{SERVED}", dst_path=str(tmp_path)
+    )
+    model = ChurnModel(MODEL, Path(model_dir), SERVED)
+    model.load()
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    probes = (
+        f"{base}/v2/health/ready",
+        f"{base}/v2/models/{MODEL}/ready",
+        f"{base}/v1/models/{MODEL}",
+    )
+    with _InProcess(model, port) as served:
+        assert _until(lambda: call(probes[0])[0] == 200)
+        assert predicts(base) and [call(p)[0] for p in probes] == [200, 200, 200]
+        # broken: the model no longer answers (its fitted objects gone)
+        pipeline, compiled = model.pipeline, model.compiled
+        model.pipeline = model.compiled = None
+        assert [call(p)[0] for p in probes] == [503, 503, 503]
+        model.pipeline, model.compiled = pipeline, compiled
+        assert [call(p)[0] for p in probes] == [200, 200, 200]
+        # unloaded (what KServe's repository extension did for any client): not ready, not found
+        served.registry.unload(MODEL)
+        assert not predicts(base)
+        status, _, text = call(probes[0])
+        assert status == 503, text
+        assert [call(p)[0] for p in probes[1:]] == [404, 404]
+
+
+@pytest.mark.slow
+@pytest.mark.reliability("schemathesis-no-5xx")
+def test_schemathesis_over_the_predictors_openapi_finds_no_5xx(server):
+    """Every operation of the server's own /openapi.json, positive and negative cases from a
+    fixed seed, with the real model name and the served version in the path: no answer is 5xx."""
+    import schemathesis
+    from hypothesis import HealthCheck, Phase, given, seed, settings
+    from schemathesis import GenerationMode
+
+    base = server
+    schema = schemathesis.openapi.from_url(f"{base}/openapi.json", timeout=30)
+    statuses: collections.Counter = collections.Counter()
+    errors: list[str] = []
+    operations = [result.ok() for result in schema.get_all_operations()]
+    for op in operations:
+        params = {"model_name": MODEL, "model_version": SERVED}
+        params = {k: v for k, v in params.items() if f"{{{k}}}" in op.path}
+        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+
+            @seed(20240)
+            @settings(
+                max_examples=150,
+                database=None,
+                deadline=None,
+                derandomize=True,
+                phases=[Phase.explicit, Phase.generate],
+                suppress_health_check=list(HealthCheck),
+            )
+            @given(op.as_strategy(mode, path_parameters=params))
+            def exercise(case, op=op):
+                response = case.call(base_url=base, timeout=30)
+                statuses[f"{op.method.upper()} {op.path} {response.status_code}"] += 1
+                if response.status_code >= 500:
+                    errors.append(f"{case.as_curl_command()} -> {response.text[:300]}")
+
+            exercise()
+    print(
+        f"{sum(statuses.values())} requests:", json.dumps(dict(sorted(statuses.items())), indent=1)
+    )
+    assert not errors, "\n".join(errors[:20])
+    assert len(operations) >= 14 and sum(statuses.values()) >= 500
+    assert "POST /v2/models/{model_name}/versions/{{model_version}}/infer 400" in statuses
