@@ -218,3 +218,22 @@ def _load_skops(model_dir: Path, path: Path) -> Pipeline:
     if not isinstance(obj, Pipeline):
         raise _refuse(model_dir, f"{SKOPS_FILE} holds a {type(obj).__name__}, not a Pipeline")
     return obj
+
+
+def load_logged_model(artifact_uri: str, expected_digest: str | None) -> LoadedModel:
+    """Download a logged model (``runs:/<id>/model``, ``models:/<name>/<version>``, ...) to a
+    temporary directory and load it with ``load_model``; the directory is removed afterwards.
+
+    Returns the loaded model (its ``digest`` is that of the downloaded files). Raises
+    ``StackError`` when MLflow cannot download it, or as ``load_model`` does."""
+    import tempfile
+
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    with tempfile.TemporaryDirectory(prefix="mlstack-model-") as tmp:
+        try:
+            local = mlflow.artifacts.download_artifacts(artifact_uri=artifact_uri, dst_path=tmp)
+        except MlflowException as exc:
+            raise StackError(f"cannot download the model {artifact_uri}: {exc.message}") from None
+        return load_model(Path(local), expected_digest)
