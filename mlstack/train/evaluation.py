@@ -8,7 +8,7 @@ from pathlib import Path
 
 from mlstack.errors import StackError
 from mlstack.settings import Gates
-from mlstack.train import tracking
+from mlstack.train import artifacts, tracking
 from mlstack.train.training import compute_metrics, held_out
 
 CHAMPION = "champion"
@@ -109,6 +109,33 @@ def champion_version(model_name: str) -> str | None:
         raise
 
 
+def _run_model(run_id: str) -> artifacts.LoadedModel:
+    """The run's model through the project's loader; its digest recorded on the run
+    (``model_digest``: what registration copies and promote and the predictor check). A run that
+    already has one (a retried step) must still hold the same files."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient()
+    try:
+        recorded = client.get_run(run_id).data.tags.get(tracking.TAG_MODEL_DIGEST) or None
+    except MlflowException as exc:
+        raise StackError(f"cannot load the model of run {run_id}: {exc.message}") from None
+    loaded = artifacts.load_logged_model(f"runs:/{run_id}/model", recorded)
+    client.set_tag(run_id, tracking.TAG_MODEL_DIGEST, loaded.digest)
+    return loaded
+
+
+def _version_model(model_name: str, version: str) -> artifacts.LoadedModel:
+    """A registry version through the project's loader, checked against the digest its version
+    carries (a version registered before digests were recorded has none: format checks only)."""
+    from mlflow import MlflowClient
+
+    mv = MlflowClient().get_model_version(model_name, version)
+    expected = (mv.tags or {}).get(tracking.TAG_MODEL_DIGEST) or None
+    return artifacts.load_logged_model(f"models:/{model_name}/{version}", expected)
+
+
 def evaluate(
     dataset_path: str | Path,
     run_id: str,
@@ -130,16 +157,11 @@ def evaluate(
 
     tracking.connect(tracking_uri, experiment_name)
     test = held_out(dataset_path, test_size, split_seed)
-    try:
-        challenger_model = mlflow.sklearn.load_model(f"runs:/{run_id}/model")
-    except mlflow.exceptions.MlflowException as exc:
-        raise StackError(f"cannot load the model of run {run_id}: {exc.message}") from None
-    challenger = compute_metrics(challenger_model, test)
+    challenger = compute_metrics(_run_model(run_id).pipeline, test)
     version = champion_version(model_name)
     champion = None
     if version is not None:
-        champion_model = mlflow.sklearn.load_model(f"models:/{model_name}@{CHAMPION}")
-        champion = compute_metrics(champion_model, test)
+        champion = compute_metrics(_version_model(model_name, version).pipeline, test)
     decision = decide(challenger, champion, gates, champion_version=version)
     client = mlflow.MlflowClient()
     if champion is not None:
