@@ -1,6 +1,7 @@
 """Every manifest checked offline: rendered, validated strictly, and its validators proven to bite."""
 
 import functools
+import ipaddress
 import subprocess
 import sys
 from pathlib import Path
@@ -116,6 +117,56 @@ def test_network_policy_denies_by_default_and_admits_serving_and_monitoring(over
     assert sources == {"knative-serving", "kourier-system", "istio-system", "monitoring"}
     monitor = by_kind(docs, "PodMonitor")["spec"]
     assert monitor["podMetricsEndpoints"][0]["path"] == "/metrics"
+
+
+def egress_allows(policy: dict, port: int, *, ip: str = "", namespace: str = "") -> bool:
+    """Whether a NetworkPolicy's egress rules admit TCP to ``port`` at an address outside the
+    cluster (``ip``) or at a pod of ``namespace`` (what Kubernetes evaluates: any rule whose peers
+    and ports both match)."""
+    for rule in policy.get("egress", []):
+        ports = rule.get("ports")
+        if ports and not any(
+            p["port"] == port and p.get("protocol", "TCP") == "TCP" for p in ports
+        ):
+            continue
+        for peer in rule.get("to", []):
+            block = peer.get("ipBlock")
+            if ip and block:
+                address = ipaddress.ip_address(ip)
+                cidr = ipaddress.ip_network(block["cidr"])
+                excepted = [ipaddress.ip_network(e) for e in block.get("except", [])]
+                if (
+                    address.version == cidr.version
+                    and address in cidr
+                    and not any(address.version == e.version and address in e for e in excepted)
+                ):
+                    return True
+            selector = peer.get("namespaceSelector", {}).get("matchLabels", {})
+            if namespace and selector.get("kubernetes.io/metadata.name") == namespace:
+                return True
+    return False
+
+
+@pytest.mark.reliability("object-store-egress")
+def test_storage_initializer_reaches_the_object_store_and_nothing_private(overlay):
+    _, docs = overlay
+    policy = by_kind(docs, "NetworkPolicy")["spec"]
+    # DNS, the in-cluster MinIO, and a cloud object store over HTTPS (S3 and GCS addresses)
+    assert egress_allows(policy, 53, namespace="kube-system")
+    assert egress_allows(policy, 9000, namespace="mlops")
+    for store in ("52.216.8.35", "142.250.74.123", "2600:1fa0:80b4:db49::1"):
+        assert egress_allows(policy, 443, ip=store), store
+    # only HTTPS leaves the cluster; never the metadata endpoint, private or shared ranges
+    assert not egress_allows(policy, 80, ip="52.216.8.35")
+    assert not egress_allows(policy, 22, ip="52.216.8.35")
+    for private in ("169.254.169.254", "10.96.0.1", "172.20.0.5", "192.168.1.1", "100.64.0.1"):
+        assert not egress_allows(policy, 443, ip=private), private
+    assert not egress_allows(policy, 443, ip="fd00::1")
+    assert not egress_allows(policy, 9000, namespace="default")
+    # the evaluator bites: the policy before this rule existed let no S3 download out
+    before = {**policy, "egress": [r for r in policy["egress"] if "ipBlock" not in r["to"][0]]}
+    assert not egress_allows(before, 443, ip="52.216.8.35")
+    assert egress_allows(before, 9000, namespace="mlops")
 
 
 # --- Argo CD ------------------------------------------------------------------------------------
