@@ -1,8 +1,9 @@
 """Start the churn predictor: ``python -m serving [kserve flags] [--model_uri … | --model_dir …]``.
 
 In the cluster KServe runs the image with ``--model_name`` and the model in ``/mnt/models``; the
-version comes from ``--model_version`` (or ``MODEL_VERSION``), which the overlay sets beside
-``storageUri``. Locally ``mlstack serve`` runs this with ``--model_uri models:/<name>@<alias>``
+version comes from ``--model_version`` (or ``MODEL_VERSION``) and the digest its files must have
+from ``--model_digest`` (or ``MODEL_DIGEST``), which the overlay sets beside ``storageUri``; a
+model the project's loader refuses ends the process with one ``error:`` line. Locally ``mlstack serve`` runs this with ``--model_uri models:/<name>@<alias>``
 and ``--host 127.0.0.1``.
 """
 
@@ -17,7 +18,9 @@ from pathlib import Path
 
 from kserve import model_server
 
+from mlstack.errors import exit_on_error
 from mlstack.settings import DEFAULTS
+from mlstack.train.tracking import TAG_MODEL_DIGEST
 
 _MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))$")
 
@@ -31,6 +34,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--model_uri", help="models:/<name>@<alias> or models:/<name>/<version> (overrides dir)"
     )
     parser.add_argument("--model_version", default=os.environ.get("MODEL_VERSION", ""))
+    parser.add_argument(
+        "--model_digest",
+        default=os.environ.get("MODEL_DIGEST", ""),
+        help="sha256:<hex> the model's files must have (the version's model_digest tag); "
+        "a --model_uri download uses the tag when this is empty",
+    )
     parser.add_argument("--host", default="0.0.0.0", help="REST bind address (0.0.0.0 in a pod)")
     parser.add_argument("--max_batch_size", type=int, default=256)
     parser.add_argument("--drift_window", type=int, default=1000, help="rows in the PSI window")
@@ -38,8 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def download_model(model_uri: str, dst: Path) -> tuple[Path, str]:
-    """Download a registry version (by alias or number) to ``dst``; returns (dir, version)."""
+def download_model(model_uri: str, dst: Path) -> tuple[Path, str, str]:
+    """Download a registry version (by alias or number) to ``dst``; returns (dir, version, the
+    version's ``model_digest`` tag or "")."""
     import mlflow
     from mlflow import MlflowClient
 
@@ -56,7 +66,7 @@ def download_model(model_uri: str, dst: Path) -> tuple[Path, str]:
     path = mlflow.artifacts.download_artifacts(
         artifact_uri=f"models:/{name}/{mv.version}", dst_path=str(dst)
     )
-    return Path(path), str(mv.version)
+    return Path(path), str(mv.version), (mv.tags or {}).get(TAG_MODEL_DIGEST, "")
 
 
 def cpu_limit() -> int | None:
@@ -89,17 +99,21 @@ def main() -> None:
         if args.model_uri
         else contextlib.nullcontext("")
     )
-    with scratch as tmp:
-        model_dir, version = Path(args.model_dir), args.model_version
+    with scratch as tmp, exit_on_error():
+        model_dir, version, digest = Path(args.model_dir), args.model_version, args.model_digest
         if args.model_uri:
-            model_dir, version = download_model(args.model_uri, Path(tmp))
+            model_dir, version, tagged = download_model(args.model_uri, Path(tmp))
+            digest = digest or tagged
         model = ChurnModel(
             args.model_name,
             model_dir,
             version or "unknown",
             max_batch_size=args.max_batch_size,
             drift_window=args.drift_window,
+            expected_digest=digest or None,
         )
+        # a model the project's loader refuses (format, trusted types, digest): one error line,
+        # exit 1, no server
         model.load()
         # on args.host, without the repository extension, readiness = answering (surface.py)
         surface.serve([model], host=args.host)

@@ -16,7 +16,9 @@ from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
 from mlstack.data import generate
 from mlstack.data import profile as profiles
+from mlstack.errors import StackError
 from mlstack.schema import DECISION_THRESHOLD
+from mlstack.train import artifacts
 from serving import codec, monitoring
 from serving.codec import Batch, InputError
 from serving.compiled import CompiledModel, compile_model, verify
@@ -56,9 +58,13 @@ class ChurnModel(Model):
         model_version: str,
         max_batch_size: int = 256,
         drift_window: int = 1000,
+        expected_digest: str | None = None,
     ):
         super().__init__(name, return_response_headers=True)
         self.model_dir = model_dir
+        # the model_digest evaluate recorded (MODEL_DIGEST / --model_digest); None: not checked
+        self.expected_digest = expected_digest
+        self.digest = ""
         self.model_version = model_version
         self.max_batch_size = max_batch_size
         self.drift_window_size = drift_window
@@ -69,23 +75,36 @@ class ChurnModel(Model):
         self.lineage: ModelLineage | None = None
 
     def load(self) -> bool:
-        import mlflow
-
-        mlmodel = mlflow.models.Model.load(str(self.model_dir))
-        meta = mlmodel.metadata or {}
-        self.pipeline = mlflow.sklearn.load_model(str(self.model_dir))
+        """Load through the project's loader (``mlstack.train.artifacts.load_model``: skops only,
+        the project's trusted types, the digest checked when one is expected); ``StackError``
+        for anything it refuses, before the server starts."""
+        if not self.expected_digest:
+            log.warning(
+                "no expected model digest (MODEL_DIGEST / --model_digest): the files in %s are "
+                "not checked against the ones evaluated",
+                self.model_dir,
+            )
+        loaded = artifacts.load_model(self.model_dir, self.expected_digest or None)
+        self.digest = loaded.digest
+        self.pipeline = loaded.pipeline
         compiled = compile_model(self.pipeline)
         probe = Batch.from_frame(generate.generate(500, seed=12345, drift=True))
         if compiled is not None and verify(compiled, self.pipeline, probe):
             self.compiled = compiled
         else:
             log.warning("fast path unavailable for this model: serving through sklearn")
-        if "reference_profile" in meta:
-            reference = profiles.from_dict(meta["reference_profile"])
+        if loaded.reference_profile is not None:
+            try:
+                reference = profiles.from_dict(loaded.reference_profile)
+            except (KeyError, TypeError, ValueError) as exc:
+                raise StackError(
+                    f"the model in {self.model_dir} has an unreadable reference_profile: {exc!r}"
+                ) from None
             self.drift = monitoring.DriftWindow(reference, self.drift_window_size)
             monitoring.DRIFT.windows[self.name] = self.drift
-        self.threshold = float(meta.get("decision_threshold", DECISION_THRESHOLD))
-        lineage = meta.get("lineage", {})
+        if loaded.decision_threshold is not None:
+            self.threshold = loaded.decision_threshold
+        lineage = loaded.lineage
         self.lineage = ModelLineage(
             model_version=self.model_version,
             data_md5=lineage.get("data_md5", ""),
@@ -101,7 +120,7 @@ class ChurnModel(Model):
             self.lineage.mlflow_run_id,
             self.lineage.kfp_run_id,
         ).set(1)
-        for metric, value in (meta.get("metrics") or {}).items():
+        for metric, value in loaded.metrics.items():
             monitoring.TRAINING_METRIC.labels(self.name, self.model_version, metric).set(value)
         self.ready = True
         return self.ready
