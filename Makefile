@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 export MLFLOW_DISABLE_TELEMETRY := true
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup setup-test tools images run serve test test-fast lint compile bench bench-serving cluster-up cluster-down clean
+.PHONY: setup setup-test tools images locks run serve test test-fast lint compile bench bench-serving cluster-up cluster-down clean
 
 ## the environment the main job needs (make run, make serve, the CLI)
 setup: $(VENV)/.installed
@@ -56,6 +56,11 @@ tools:
 images:
 	scripts/images.sh tools
 	scripts/images.sh build
+
+## the images' hashed requirement locks (locks/*.txt) from pyproject.toml, locks/*.in and
+## constraints.txt: run after changing either (uv, pinned, in .mlstack/locktools; docs/images.md)
+locks:
+	scripts/locks.sh
 
 ## lint, then every test (the slow end-to-end ones and the containers included)
 test: setup-test tools lint images

@@ -52,3 +52,29 @@ def test_hadolint_rejects_a_broken_dockerfile(tmp_path: Path):
     assert done.returncode != 0
     for rule in ("DL3007", "DL3008", "DL3009", "DL3003"):
         assert rule in done.stdout
+
+
+def env_of(text: str) -> dict[str, str]:
+    """The final stage's ENV settings (``ENV K=V \\`` continuations joined)."""
+    stage = re.split(r"^FROM .*$", text, flags=re.M)[-1]
+    joined = re.sub(r"\\\n\s*", " ", stage)
+    found: dict[str, str] = {}
+    for line in re.findall(r"^ENV (.+)$", joined, re.M):
+        found.update(pair.split("=", 1) for pair in line.split())
+    return found
+
+
+@pytest.mark.reliability("dockerfile-pickle-off")
+@pytest.mark.parametrize("path", DOCKERFILES, ids=lambda p: p.parent.name)
+def test_every_image_turns_mlflow_pickle_loading_off(path: Path):
+    from mlflow.environment_variables import MLFLOW_ALLOW_PICKLE_DESERIALIZATION as allow
+
+    env = env_of(path.read_text())
+    # the name MLflow reads, set to a value it reads as "no"
+    assert env.get(allow.name) == "false"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(allow.name, env[allow.name])
+        assert allow.get() is False
+    # the parser sees a removed line
+    edited = path.read_text().replace(f"{allow.name}=false", f"{allow.name}_X=false")
+    assert allow.name not in env_of(edited)
