@@ -74,6 +74,8 @@ secret mlstack-s3 "access-key-id=mlstack-$(openssl rand -hex 6)" "secret-access-
 secret mlstack-mlflow-postgres "password=$pg_password" \
   "uri=postgresql+psycopg2://mlflow:${pg_password}@mlflow-postgres.mlops.svc.cluster.local:5432/mlflow"
 secret mlstack-github "dispatch-token=${GITHUB_DISPATCH_TOKEN:-none}"
+# what Alertmanager sends the drift relay and the relay expects (manifests/monitoring)
+secret mlstack-alert-relay "webhook-token=$(openssl rand -hex 32)"
 # the in-cluster clones of REPO_URL (the pipeline's ingest step, the Katib trials) read it with
 # this token (manifests/platform's git-credentials ExternalSecrets); empty for a public repository.
 # Applied each time: it is the caller's, not generated here.

@@ -16,6 +16,8 @@ import json
 import os
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from datetime import datetime
 from pathlib import Path
 
@@ -48,6 +50,7 @@ STORE = {
     ("mlstack-s3", "access-key-id"): "test-access-key",
     ("mlstack-s3", "secret-access-key"): "test-secret-key",
     ("mlstack-github", "dispatch-token"): "test-dispatch-token",
+    ("mlstack-alert-relay", "webhook-token"): "test-webhook-token",
 }
 
 
@@ -281,6 +284,17 @@ def test_predictor_as_kserve_starts_it_answers_v1_and_v2(overlay, model_dir, bui
 # ----------------------------------------------------------------------------- the drift relay
 
 
+def post_json(url: str, body: dict, authorization: str) -> tuple[int, dict]:
+    """(status, JSON answer) of a POST with an Authorization header."""
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST", headers={
+        "Content-Type": "application/json", "Authorization": authorization})  # fmt: skip
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
 def test_relay_as_deployed_dispatches_a_firing_alert_to_github(built, pods, tmp_path):
     from tests.support.stand_ins import FakeGitHub
 
@@ -305,8 +319,10 @@ def test_relay_as_deployed_dispatches_a_firing_alert_to_github(built, pods, tmp_
                  "labels": {"alertname": "ChurnFeatureDrift", "retrain": "true",
                             "model_name": "churn-classifier", "feature": "tenure_months"},
                  "annotations": {"summary": "drift"}}  # fmt: skip
-        status, _, body = call(pod.url(8080, "/alertmanager"), {"alerts": [alert]})
-        assert (status, json.loads(body)) == (200, {"dispatched": 1}), body
+        hook = pod.url(8080, "/alertmanager")
+        assert call(hook, {"alerts": [alert]})[0] == 401  # without Alertmanager's credential
+        status, body = post_json(hook, {"alerts": [alert]}, "Bearer test-webhook-token")
+        assert (status, body) == (200, {"dispatched": 1}), body
         [(path, headers, sent)] = github.requests
         repo = next(e["value"] for e in container["env"] if e["name"] == "GITHUB_REPOSITORY")
         assert path == f"/repos/{repo}/dispatches"

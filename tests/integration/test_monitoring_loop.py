@@ -77,7 +77,9 @@ def test_drift_fires_and_reaches_github_as_repository_dispatch(tmp_path):
     predictor = f"http://127.0.0.1:{p_port}"
     github = FakeGitHub()
     relay = make_server(
-        Relay("acme/churn", "test-token", github.url, cooldown_seconds=3600), "127.0.0.1", 0
+        Relay("acme/churn", "test-token", "test-credential", github.url, cooldown_seconds=3600),
+        "127.0.0.1",
+        0,
     )
     threading.Thread(target=relay.serve_forever, daemon=True).start()
     relay_url = f"http://127.0.0.1:{relay.server_port}/alertmanager"
@@ -85,7 +87,11 @@ def test_drift_fires_and_reaches_github_as_repository_dispatch(tmp_path):
     (tmp_path / "alertmanager.yml").write_text(yaml.safe_dump({
         "route": {"receiver": "drop", "group_wait": "1s", "group_interval": "1s", "repeat_interval": "1h",
                   "routes": [{"matchers": ['retrain="true"'], "receiver": "relay"}]},
-        "receivers": [{"name": "drop"}, {"name": "relay", "webhook_configs": [{"url": relay_url}]}],
+        "receivers": [{"name": "drop"}, {"name": "relay", "webhook_configs": [{
+            "url": relay_url,
+            # what the operator writes from the AlertmanagerConfig's httpConfig.authorization
+            "http_config": {"authorization": {"type": "Bearer", "credentials": "test-credential"}},
+        }]}],
     }))  # fmt: skip
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump({
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},

@@ -1,24 +1,15 @@
-"""Alert rules with promtool unit tests, dashboards as code, the relay's logic."""
+"""Alert rules with promtool unit tests, dashboards as code, the relay's wiring."""
 
 import json
-import os
 import shutil
-import signal
 import subprocess
-import sys
-import threading
-import urllib.error
-import urllib.request
+from pathlib import PurePosixPath
 
-import pytest
 import yaml
 
 from mlstack.monitor import dashboards
-from mlstack.monitor.relay import Relay, make_server
 from mlstack.settings import code_root
-from tests.conftest import free_port
 from tests.support.kube import render
-from tests.support.servers import start, stop
 
 MON = code_root() / "manifests" / "monitoring"
 PROMTOOL = shutil.which("promtool")
@@ -113,95 +104,36 @@ def test_dashboards_ship_as_sidecar_configmaps():
         assert board["uid"] == uid and all(p["targets"][0]["expr"] for p in board["panels"])
 
 
-# --- the relay's logic -----------------------------------------------------------------------------
+# --- the relay's wiring (its behaviour: tests/unit/test_relay.py) ---------------------------------
 
 
-def alert(status="firing", retrain="true", fingerprint="f1", feature="monthly_charges"):
-    labels = {
-        "alertname": "ChurnFeatureDrift",
-        "model_name": "churn-classifier",
-        "feature": feature,
-    }
-    if retrain:
-        labels["retrain"] = retrain
-    return {
-        "status": status,
-        "labels": labels,
-        "annotations": {"summary": "drift"},
-        "fingerprint": fingerprint,
-    }
-
-
-def test_relay_selects_firing_retrain_alerts_once_per_cooldown():
-    now = [1000.0]
-    relay = Relay("acme/churn", "t", cooldown_seconds=60, clock=lambda: now[0])
-    payload = {
-        "alerts": [
-            alert(),
-            alert(status="resolved", fingerprint="f2"),
-            alert(retrain=None, fingerprint="f3"),
-        ]
-    }
-    assert [a["fingerprint"] for a in relay.select(payload)] == ["f1"]
-    assert relay.select(payload) == []  # Alertmanager's repeat, within the cooldown
-    now[0] += 61
-    assert [a["fingerprint"] for a in relay.select(payload)] == ["f1"]
-    with pytest.raises(ValueError, match="'alerts' must be a list"):
-        relay.select({"alerts": "x"})
-
-
-def test_relay_http_refuses_bad_input_and_reports_github_failures(tmp_path):
-    relay = Relay("acme/churn", "t", api_url="http://127.0.0.1:9", cooldown_seconds=60)
-    server = make_server(relay, "127.0.0.1", 0)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_port}"
-    try:
-
-        def post(path, data: bytes):
-            req = urllib.request.Request(url + path, data=data, method="POST")
-            try:
-                with urllib.request.urlopen(req, timeout=10) as r:
-                    return r.status, json.loads(r.read())
-            except urllib.error.HTTPError as e:
-                return e.code, json.loads(e.read())
-
-        assert post("/alertmanager", b"{not json")[0] == 400
-        assert post("/alertmanager", b"[1]") == (400, {"error": "body must be a JSON object"})
-        assert post("/nope", b"{}")[0] == 404
-        assert post(
-            "/alertmanager", json.dumps({"alerts": [alert(status="resolved")]}).encode()
-        ) == (
-            200,
-            {"dispatched": 0},
-        )
-        status, body = post("/alertmanager", json.dumps({"alerts": [alert()]}).encode())
-        assert status == 502 and "GitHub dispatch failed" in body["error"]
-        assert relay.select({"alerts": [alert()]}) != []  # not marked sent: the next repeat retries
-    finally:
-        server.shutdown()
-
-
-def test_relay_needs_its_token(monkeypatch):
-    from mlstack.monitor.relay import main
-
-    monkeypatch.delenv("GITHUB_TOKEN", raising=False)
-    with pytest.raises(SystemExit, match="GITHUB_TOKEN"):
-        main(["--repo", "acme/churn"])
-
-
-def test_relay_stops_cleanly_on_sigterm(tmp_path):
-    """The kubelet's SIGTERM ends the relay's process with exit 0 (without a handler it would die
-    of the signal here, and be deaf to it as a container's PID 1: tests/integration's
-    test_containers_as_declared.py stops the container as declared)."""
-    port = free_port()
-    env = {**os.environ, "GITHUB_TOKEN": "t", "GITHUB_API_URL": "http://127.0.0.1:9"}
-    cmd = [sys.executable, "-m", "mlstack.monitor.relay", "--repo", "acme/churn",
-           "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
-    log = tmp_path / "relay.log"
-    proc = start(cmd, log, f"http://127.0.0.1:{port}/healthz", env=env, timeout=60)
-    try:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=60) == 0, log.read_text()
-    finally:
-        stop(proc)
-    assert log.read_text().splitlines()[-1] == "relay: stopped"
+def test_alertmanager_sends_the_credential_the_relay_expects_from_one_secret():
+    """The AlertmanagerConfig's webhook sends, as its bearer credential, the Secret key the relay
+    reads as RELAY_WEBHOOK_TOKEN_FILE, and an ExternalSecret makes that Secret in monitoring."""
+    docs = render(MON)
+    [config] = [d for d in docs if d["kind"] == "AlertmanagerConfig"]
+    [hook] = config["spec"]["receivers"][0]["webhookConfigs"]
+    auth = hook["httpConfig"]["authorization"]
+    assert auth.get("type", "Bearer") == "Bearer"
+    secret, key = auth["credentials"]["name"], auth["credentials"]["key"]
+    [relay] = [
+        d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "retrain-relay"
+    ]
+    pod = relay["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    path = PurePosixPath(env["RELAY_WEBHOOK_TOKEN_FILE"])
+    [mount] = [m for m in container["volumeMounts"] if PurePosixPath(m["mountPath"]) == path.parent]
+    [volume] = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    assert (volume["secret"]["secretName"], path.name) == (secret, key)
+    assert "items" not in volume["secret"]  # the key is the file's name
+    platform = render(code_root() / "manifests" / "platform" / "base")
+    [made] = [
+        d
+        for d in platform
+        if d["kind"] == "ExternalSecret"
+        and d["metadata"]["namespace"] == config["metadata"].get("namespace", "monitoring")
+        and d["spec"]["target"]["name"] == secret
+    ]
+    assert [d["secretKey"] for d in made["spec"]["data"]] == [key]
+    assert config["metadata"]["namespace"] == relay["metadata"]["namespace"] == "monitoring"

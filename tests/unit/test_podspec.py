@@ -31,6 +31,7 @@ STORE = {
     ("mlstack-mlflow-postgres", "uri"): "postgresql+psycopg2://mlflow@db/mlflow",
     ("mlstack-mlflow-postgres", "password"): "pw",
     ("mlstack-github", "dispatch-token"): "gh-token",
+    ("mlstack-alert-relay", "webhook-token"): "webhook-token",
 }
 TRAINING = Image("ghcr.io/mlstack/churn-training:0.1.0", "10001")
 PREDICTOR = Image(
@@ -152,7 +153,7 @@ def test_minio_bucket_job_runs_as_the_pods_user_with_its_script(platform, tmp_pa
     assert env_of(argv) == {"AWS_ACCESS_KEY_ID": "key-id", "AWS_SECRET_ACCESS_KEY": "secret-key"}
 
 
-def test_relay_gets_its_command_and_the_token_file_from_its_secret(tmp_path):
+def test_relay_gets_its_command_and_its_two_secret_files(tmp_path):
     docs = render(ROOT / "manifests" / "monitoring")
     pod = admission.workload_pod(admission.find(docs, "Deployment", "retrain-relay", "monitoring"))
     platform = render(ROOT / "manifests" / "platform" / "base")
@@ -162,9 +163,14 @@ def test_relay_gets_its_command_and_the_token_file_from_its_secret(tmp_path):
     command = json.loads(flag_values(argv, "--entrypoint")[0])
     assert command[:3] == ["python", "-m", "mlstack.monitor.relay"]
     assert after_image(argv, TRAINING) == []  # command given, no args: no CMD either
-    assert flag_values(argv, "--volume") == [f"{tmp_path / 'github-token'}:/var/run/secrets/github:ro"]  # fmt: skip
+    assert flag_values(argv, "--volume") == [
+        f"{tmp_path / 'github-token'}:/var/run/secrets/github:ro",
+        f"{tmp_path / 'webhook-token'}:/var/run/secrets/webhook:ro",
+    ]
     token = Path(env_of(argv)["GITHUB_TOKEN_FILE"])
     assert (tmp_path / "github-token" / token.name).read_text() == "gh-token"
+    credential = Path(env_of(argv)["RELAY_WEBHOOK_TOKEN_FILE"])
+    assert (tmp_path / "webhook-token" / credential.name).read_text() == "webhook-token"
     assert flag_values(argv, "--user") == ["10001"] and "--read-only" in argv
 
 
