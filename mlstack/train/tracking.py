@@ -21,7 +21,31 @@ TAG_GATE_PREFIX = "gate."
 TAG_THRESHOLD_PREFIX = "gate_threshold."
 # sha256 over the model directory's files (mlstack.train.artifacts), recorded by evaluate
 TAG_MODEL_DIGEST = "model_digest"
+# on a model version: "pending" from its creation until its alias is set and read back, then
+# "complete" (mlstack.train.registry); a pending version is what a failed registration left
+TAG_REGISTRATION = "registration"
 LINEAGE_TAGS = (TAG_DATA_MD5, TAG_DATA_PATH, TAG_GIT_SHA, TAG_KFP_RUN_ID, TAG_KFP_RUN_NAME)
+
+
+# MLflow's HTTP client retries a failed call 7 times with a doubling backoff and waits 120 s for
+# each answer: a server that died mid-run kept a step busy for minutes. Bounded here (each
+# overridable by its environment variable): 3 tries, about 2 s apart, 20 s for each answer. A
+# call to a server that is gone (connection refused) fails within ~5 s, one to a server that
+# accepts but never answers within ~65 s; a failing step makes at most two such calls (the
+# failed one and ending its run FAILED) before its one error line.
+HTTP_LIMITS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
+}
+
+
+def bound_http_retries() -> None:
+    """Set ``HTTP_LIMITS`` in this process's environment, where not set already (MLflow reads
+    them at each call)."""
+    for name, value in HTTP_LIMITS.items():
+        os.environ.setdefault(name, value)
 
 
 def check_reachable(tracking_uri: str, timeout: float = 3.0) -> None:
@@ -58,7 +82,8 @@ def local_artifact_root(tracking_uri: str) -> Path | None:
 
 def connect(tracking_uri: str, experiment_name: str) -> str:
     """Point MLflow at ``tracking_uri`` and make sure the experiment exists; returns its id.
-    Raises ``StackError`` when the server does not answer (``check_reachable``).
+    Raises ``StackError`` when the server does not answer (``check_reachable``). MLflow's HTTP
+    retries and timeouts are bounded first (``bound_http_retries``).
 
     A sqlite store gets its artifacts beside the database (not ``./mlruns`` of whatever the
     working directory is); a server decides its own artifact location.
@@ -66,6 +91,7 @@ def connect(tracking_uri: str, experiment_name: str) -> str:
     import mlflow
 
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    bound_http_retries()
     check_reachable(tracking_uri)
     mlflow.set_tracking_uri(tracking_uri)
     experiment = mlflow.get_experiment_by_name(experiment_name)

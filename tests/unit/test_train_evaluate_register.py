@@ -181,11 +181,12 @@ def test_failed_alias_move_keeps_the_previous_challenger(
         second.run_id,
         second.model_uri,
         model_name=MODEL,
-        decision=decision,
+        decision=evaluate_run(dataset_csv, second.run_id, tracking_uri),
         tracking_uri=tracking_uri,
         experiment_name=EXP,
     )  # v2
     third = train(dataset_csv, tracking_uri, max_iter=90)
+    decision = evaluate_run(dataset_csv, third.run_id, tracking_uri)  # against champion v1
     original = MlflowClient.set_registered_model_alias
 
     def fails_for_v3(self, name, alias, version):
