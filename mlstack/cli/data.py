@@ -1,4 +1,4 @@
-"""``mlstack data``: DVC-versioned data (generate, bootstrap, add)."""
+"""``mlstack data``: DVC-versioned data (generate, bootstrap, add, status)."""
 
 from __future__ import annotations
 
@@ -46,6 +46,15 @@ def _add(args: argparse.Namespace, settings: Settings) -> None:
     print(f"new data version {version.md5} pushed and committed as {version.git_sha[:12]}")
 
 
+def _status(args: argparse.Namespace, settings: Settings) -> None:
+    from mlstack.data import versions
+
+    got = versions.status(settings.repo_root, settings.data_path)
+    if got.recovered:
+        print(f"an interrupted 'data add' was cleaned up: {got.recovered}")
+    print(f"{got.path} md5 {got.md5} committed as {got.git_sha[:12]}; workspace: {got.workspace}")
+
+
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add the data command(s) to the ``mlstack`` parser's sub-commands."""
     data = sub.add_parser("data", help="DVC-versioned data").add_subparsers(
@@ -68,3 +77,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     add.add_argument("--remote", help="DVC remote (default: MLSTACK_DVC_REMOTE, else the default)")
     add.set_defaults(func=_add)
+    stat = data.add_parser(
+        "status", help="the committed version; finishes or rolls back an interrupted add"
+    )
+    stat.set_defaults(func=_status)
