@@ -45,6 +45,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.message import Message
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -342,7 +343,10 @@ class _DeadlineReader(io.RawIOBase):
 
 
 class _BoundedServer(ThreadingHTTPServer):
-    """A thread per connection, at most ``max_connections`` at once (more are closed)."""
+    """A thread per connection, at most ``max_connections`` at once (more are closed); closing
+    the server does not wait for them (a slow client must not delay a SIGTERM's exit)."""
+
+    block_on_close = False
 
     def __init__(self, address: tuple[str, int], handler: Any, max_connections: int) -> None:
         self._slots = threading.BoundedSemaphore(max_connections)
@@ -402,6 +406,29 @@ def make_server(
                 self.wfile.flush()
             except OSError:  # the client left: nothing to answer
                 self.close_connection = True
+
+        def send_error(
+            self, code: int, message: str | None = None, explain: str | None = None
+        ) -> None:
+            """http.server's own refusals, as 4xx: a method other than GET and POST is 405 (not
+            501), an HTTP version other than 1.x is 400 (not 505)."""
+            if code == HTTPStatus.NOT_IMPLEMENTED:
+                code, message = HTTPStatus.METHOD_NOT_ALLOWED, "only GET and POST"
+            elif code == HTTPStatus.HTTP_VERSION_NOT_SUPPORTED:
+                code, message = HTTPStatus.BAD_REQUEST, "only HTTP/1.0 and HTTP/1.1"
+                self.request_version = "HTTP/1.0"  # not read yet: the answer gets a status line
+            super().send_error(code, message, explain)
+
+        def parse_request(self) -> bool:
+            """http.server's parsing, and 400 for what it lets through: a header line without a
+            colon or before the first header, a folded (multi-line) header value."""
+            if not super().parse_request():
+                return False
+            folded = any("\r" in v or "\n" in v for v in self.headers.values())
+            if self.headers.defects or folded:
+                self.send_error(HTTPStatus.BAD_REQUEST, "malformed header line")
+                return False
+            return True
 
         def _discard_body(self) -> None:
             """Read a refused request's body (when its length is valid) so that closing the

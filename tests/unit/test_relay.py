@@ -74,8 +74,8 @@ def post(port: int, body: bytes | dict, *, auth: str | None = f"Bearer {CREDENTI
 
 
 def raw(port: int, data: bytes, timeout: float = 60) -> tuple[int, dict]:
-    """(status, JSON answer) of bytes written as they are, the sending side then closed; status
-    0 when the relay closed the connection without an answer."""
+    """(status, JSON answer; {} for http.server's own HTML refusals) of bytes written as they
+    are, the sending side then closed; status 0 when the relay closed without an answer."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
         s.sendall(data)
         s.shutdown(socket.SHUT_WR)
@@ -85,7 +85,7 @@ def raw(port: int, data: bytes, timeout: float = 60) -> tuple[int, dict]:
     head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
     if not head:
         return 0, {}
-    return int(head.split(b" ", 2)[1]), json.loads(body) if body else {}
+    return int(head.split(b" ", 2)[1]), json.loads(body) if body.startswith(b"{") else {}
 
 
 def request(body: bytes, *headers: str, length: int | None = None) -> bytes:
@@ -276,6 +276,12 @@ BAD_REQUESTS = [
     ("unknown status", request(json.dumps({"alerts": [alert(status="up")]}).encode()), 400),
     ("labels not strings", request(json.dumps({"alerts": [{**alert(), "labels": {"a": 1}}]}).encode()), 400),
     ("no labels", request(json.dumps({"alerts": [{**alert(), "labels": {}}]}).encode()), 400),
+    ("PUT", request(GOOD).replace(b"POST ", b"PUT ", 1), 405),
+    ("an invented method", request(GOOD).replace(b"POST ", b"BREW ", 1), 405),
+    ("HTTP/2.0", request(GOOD).replace(b"HTTP/1.1", b"HTTP/2.0", 1), 400),
+    ("a header line without a colon", request(GOOD, "X-Broken"), 400),
+    ("a folded header", request(GOOD, "X-Folded: a", " b"), 400),
+    ("a header before the first", request(GOOD).replace(b"\r\nHost:", b"\r\n Lead: 1\r\nHost:", 1), 400),
     ("annotations a list", request(json.dumps({"alerts": [{**alert(), "annotations": []}]}).encode()), 400),
 ]  # fmt: skip
 
