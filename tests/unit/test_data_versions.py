@@ -236,6 +236,12 @@ def test_a_corrupted_cache_object_is_refused_by_read_version_and_the_ingest_step
     assert f"the pointer names {md5}" in err_text
     assert not Path(dataset.path).exists()
 
+    # the repair the line names: drop the cache object, fetch it again from the remote
+    obj.unlink()
+    subprocess.run([sys.executable, "-m", "dvc", "fetch", "-q"], cwd=data_repo, check=True)
+    got = versions.read_version(str(data_repo), "data/churn.csv", rev="HEAD", out=out)
+    assert got.md5 == md5 == hashlib.md5(out.read_bytes()).hexdigest()
+
 
 @pytest.mark.reliability("failed-commit")
 @pytest.mark.parametrize("cause", ["pre-commit hook", "no git identity"])
