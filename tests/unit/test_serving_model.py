@@ -73,3 +73,23 @@ def test_drift_window_slides(fitted):
     # bigger than the window
     window.update(Batch.from_frame(generate.generate(1000, 9, drift=True)))
     assert window.filled == 300 and window.psi()["monthly_charges"] > 0.25
+
+
+def test_the_repository_extension_handed_to_kserve_refuses_load_and_unload():
+    """What a gRPC RepositoryModelLoad/Unload reaches (REST does not mount them at all)."""
+    import asyncio
+
+    from kserve import Model
+    from kserve.model_repository import ModelRepository
+
+    from serving.surface import SealedRepository
+
+    registry = ModelRepository()
+    model = Model("served")
+    model.load()
+    registry.update(model)
+    sealed = SealedRepository(registry)
+    for action in (sealed.unload, sealed.load):
+        with pytest.raises(NotImplementedError, match="not offered here"):
+            asyncio.run(action("served"))
+    assert registry.get_model("served") is model and asyncio.run(registry.is_model_ready("served"))
