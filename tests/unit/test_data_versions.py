@@ -453,3 +453,26 @@ def test_data_add_killed_inside_git_commit_is_finished_or_undone_by_the_next_com
         assert _state(data_repo) == before
         assert "nothing was committed" in done.stdout
     assert "workspace: matches" in done.stdout
+
+
+@pytest.mark.reliability("stale-index-lock")
+def test_a_git_index_lock_left_by_a_killed_git_is_one_line_and_nothing_changes(
+    data_repo: Path, tmp_path: Path
+):
+    before = _state(data_repo)
+    lock = data_repo / ".git/index.lock"
+    lock.write_text("")
+    new = tmp_path / "new.csv"
+    generate.write_csv(generate.generate(400, 51), new)
+    env = {"MLSTACK_REPO_ROOT": str(data_repo)}
+
+    done = run_cli("data", "add", str(new), env=env)
+
+    assert done.returncode == 1
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith("error: git add")
+    assert f"{lock} exists" in done.stderr and "remove that file and run again" in done.stderr
+    lock.unlink()
+    assert _state(data_repo) == before
+    done = run_cli("data", "add", str(new), env=env)  # after the repair it names
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().endswith(git(data_repo, "rev-parse", "--short=12", "HEAD"))
