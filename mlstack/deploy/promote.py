@@ -24,6 +24,8 @@ from mlstack.train import tracking
 ENVIRONMENTS = ("staging", "production")
 STORAGE_URI = "/spec/predictor/containers/0/env/0/value"
 MODEL_VERSION = "/spec/predictor/containers/0/env/1/value"
+# the predictor refuses files with another digest (env appended after OMP_NUM_THREADS)
+MODEL_DIGEST = "/spec/predictor/containers/0/env/3/value"
 IMAGE = "/spec/predictor/containers/0/image"
 CANARY = "/spec/predictor/canaryTrafficPercent"
 ANNOTATIONS = {
@@ -41,6 +43,7 @@ class Release:
     version: str
     storage_uri: str
     lineage: dict[str, str]
+    digest: str = ""  # the version's model_digest (sha256 of its files), for MODEL_DIGEST
 
 
 def storage_location(uri: str, artifacts_destination: str) -> str:
@@ -177,6 +180,7 @@ def promote(
         values = {
             STORAGE_URI: release.storage_uri,
             MODEL_VERSION: release.version,
+            MODEL_DIGEST: release.digest,
             ANNOTATIONS["model_version"]: release.version,
             **{ANNOTATIONS[k]: v for k, v in release.lineage.items()},
         }

@@ -150,7 +150,11 @@ def test_minio_bucket_job_runs_as_the_pods_user_with_its_script(platform, tmp_pa
     assert json.loads(flag_values(argv, "--entrypoint")[0]) == ["python", "-c"]
     [script] = after_image(argv, TRAINING)
     assert script.startswith("import boto3")
-    assert env_of(argv) == {"AWS_ACCESS_KEY_ID": "key-id", "AWS_SECRET_ACCESS_KEY": "secret-key"}
+    assert env_of(argv) == {
+        "AWS_ACCESS_KEY_ID": "key-id",
+        "AWS_SECRET_ACCESS_KEY": "secret-key",
+        "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false",
+    }
 
 
 def test_relay_gets_its_command_and_its_two_secret_files(tmp_path):
