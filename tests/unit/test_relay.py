@@ -339,6 +339,18 @@ def test_relay_cuts_off_slow_clients_and_keeps_serving(github):
     assert len(github.requests) == 1
 
 
+def test_relay_closes_connections_over_its_limit_and_serves_again_after(github):
+    with serving(github.url, read_timeout=2, request_deadline=4, max_connections=2) as (_, port):
+        idle = [socket.create_connection(("127.0.0.1", port), timeout=60) for _ in range(2)]
+        time.sleep(0.5)  # both accepted and holding their slots
+        with socket.create_connection(("127.0.0.1", port), timeout=60) as third:
+            assert third.recv(4096) == b""  # closed at once, unanswered: no slot
+        for s in idle:
+            assert s.recv(4096) == b""  # cut off at their deadline, slots freed
+            s.close()
+        assert post(port, {"alerts": [alert()]}) == (200, {"dispatched": 1})
+
+
 # --- GitHub failing: Alertmanager must retry -----------------------------------------------------
 
 
