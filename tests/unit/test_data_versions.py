@@ -476,3 +476,26 @@ def test_a_git_index_lock_left_by_a_killed_git_is_one_line_and_nothing_changes(
     done = run_cli("data", "add", str(new), env=env)  # after the repair it names
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().endswith(git(data_repo, "rev-parse", "--short=12", "HEAD"))
+
+
+@pytest.mark.reliability("uncommitted-pointer-sha")
+def test_an_add_of_data_whose_pointer_is_not_committed_commits_it_and_reports_the_new_sha(
+    data_repo: Path, tmp_path: Path
+):
+    """The pointer in the workspace already names the new data (an add that died before its
+    commit, without a journal; or a bare ``dvc add``): the add must still commit and push it, and
+    report the new commit, never the one that last changed the pointer."""
+    before = git(data_repo, "rev-parse", "HEAD")
+    new = tmp_path / "new.csv"
+    generate.write_csv(generate.generate(400, 61), new)
+    (data_repo / "data/churn.csv").write_bytes(new.read_bytes())
+    subprocess.run([sys.executable, "-m", "dvc", "add", "-q", "data/churn.csv"], cwd=data_repo)
+    assert versions.pointer_md5(data_repo / POINTER) == versions._md5(new)
+
+    version = versions.add_version(data_repo, new, data_path="data/churn.csv", message="v2")
+
+    head = git(data_repo, "rev-parse", "HEAD")
+    assert version.git_sha == head != before
+    assert version.md5 == _committed_md5(data_repo) == versions._md5(new)
+    assert (tmp_path / "remote/files/md5" / version.md5[:2] / version.md5[2:]).is_file()
+    assert git(data_repo, "status", "--porcelain", "--untracked-files=all") == ""
