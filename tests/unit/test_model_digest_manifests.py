@@ -66,3 +66,24 @@ def test_every_workload_running_our_images_refuses_pickle(source):
         env = {e["name"]: e.get("value") for e in container.get("env", [])}
         assert env.get("MLFLOW_ALLOW_PICKLE_DESERIALIZATION") == "false", (source, name)
     assert ours, f"{source} runs none of our images"  # the check looked at something
+
+
+@pytest.mark.reliability("trial-allows-pickle")
+def test_the_katib_trial_and_the_compiled_tuning_pipeline_refuse_pickle():
+    import json
+
+    import yaml
+
+    from mlstack.pipeline.compile import read_ir
+    from mlstack.settings import load_settings
+
+    def trial_env(experiment: dict) -> dict:
+        pod = experiment["spec"]["trialTemplate"]["trialSpec"]["spec"]["template"]["spec"]
+        [container] = [c for c in pod["containers"] if c["image"].startswith(OURS)]
+        return {e["name"]: e.get("value") for e in container["env"]}
+
+    experiment = yaml.safe_load((ROOT / "katib" / "experiment.yaml").read_text())
+    assert trial_env(experiment)["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] == "false"
+    ir, _ = read_ir(load_settings().tuning_ir_path)
+    compiled = ir["root"]["inputDefinitions"]["parameters"]["experiment_yaml"]["defaultValue"]
+    assert trial_env(json.loads(compiled))["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] == "false"
