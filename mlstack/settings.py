@@ -37,13 +37,55 @@ def code_root() -> Path:
 
 @dataclass(frozen=True)
 class Gates:
-    """Quality gates a trained model must pass before it is registered."""
+    """Quality gates a trained model must pass before it is registered.
+
+    The defaults are also the floors (``GATE_FLOORS``): a run may tighten a threshold, never
+    loosen it (``gate_floor_violation``); evaluate refuses looser ones and promote refuses a
+    version whose run recorded looser ones."""
 
     min_roc_auc: float = 0.75
     min_f1: float = 0.40
     # the challenger may be worse than the champion's primary metric by at most this much
     max_regression: float = 0.01
     primary_metric: str = "roc_auc"
+
+
+# The floors kept in the repository: changed only by a commit here, never by a run's parameters.
+GATE_FLOORS = Gates()
+# thresholds a run may only raise (at least the floor) and ones it may only lower (at most)
+GATE_AT_LEAST = ("min_roc_auc", "min_f1")
+GATE_AT_MOST = ("max_regression",)
+
+
+def gate_thresholds(gates: Gates) -> dict[str, float]:
+    """The numeric thresholds of ``gates`` by name (what evaluate records on the run)."""
+    return {name: float(getattr(gates, name)) for name in GATE_AT_LEAST + GATE_AT_MOST}
+
+
+def gate_floor_violation(thresholds: dict[str, float]) -> str | None:
+    """The first threshold looser than its floor (or missing), described in one phrase; None when
+    every threshold is at least as strict as ``GATE_FLOORS``."""
+    floors = gate_thresholds(GATE_FLOORS)
+    for name in GATE_AT_LEAST + GATE_AT_MOST:
+        value = thresholds.get(name)
+        if value is None or value != value:  # missing or NaN
+            return f"no {name} threshold recorded (floor {floors[name]})"
+        if value < floors[name] if name in GATE_AT_LEAST else value > floors[name]:
+            return f"{name}={value} is looser than its floor {floors[name]}"
+    return None
+
+
+def check_gate_floors(gates: Gates) -> None:
+    """Refuse gates looser than the floors kept in the repository: ``StackError`` naming the
+    threshold and its floor."""
+    problem = gate_floor_violation(gate_thresholds(gates))
+    if problem is None and gates.primary_metric != GATE_FLOORS.primary_metric:
+        problem = f"primary_metric={gates.primary_metric} differs from {GATE_FLOORS.primary_metric}"
+    if problem is not None:
+        raise StackError(
+            f"gate threshold {problem} (mlstack.settings.GATE_FLOORS): a run may tighten the "
+            "gates, never loosen them; change the floor by a commit to mlstack/settings.py"
+        )
 
 
 @dataclass(frozen=True)

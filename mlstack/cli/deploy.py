@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from mlstack.cli.output import add_output_option, emit
+from mlstack.errors import StackError
 from mlstack.settings import Settings
 
 
@@ -22,10 +23,21 @@ def _promote(args: argparse.Namespace, settings: Settings) -> None:
             ref,
             tracking_uri=uri,
             artifacts_destination=settings.artifacts_destination,
+            allow_local_storage=args.allow_local_storage,
         )
         if ref
         else None
     )
+    if args.model_card and release is not None and not args.dry_run:
+        # the card first: a card that cannot be written stops the promotion before the overlay
+        card = promote.model_card(release.model_name, release.version, uri)
+        try:
+            promote.write_atomic(Path(args.model_card), card)
+        except OSError as exc:
+            raise StackError(
+                f"cannot write the model card to {args.model_card}: {exc.strerror or exc} "
+                "(nothing promoted: give --model-card a path in a writable directory)"
+            ) from None
     diff = promote.promote(
         manifests, args.env, release, image=args.image, canary=args.canary, dry_run=args.dry_run
     )
@@ -49,9 +61,6 @@ def _promote(args: argparse.Namespace, settings: Settings) -> None:
     }
     text = f"{verb} {where} -> {what}"
     emit(args, f"{diff}{text}" if args.dry_run else text, data)
-    if args.model_card and release is not None and not args.dry_run:
-        card = promote.model_card(release.model_name, release.version, uri)
-        Path(args.model_card).write_text(card)
 
 
 def _root_app(args: argparse.Namespace, settings: Settings) -> None:
@@ -75,6 +84,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     prom.add_argument("--model-card", help="also write the version's model card (markdown) here")
     prom.add_argument(
         "--dry-run", action="store_true", help="print the diff it would make, write nothing"
+    )
+    prom.add_argument(
+        "--allow-local-storage",
+        action="store_true",
+        help="accept a version whose files are on this machine (file://): a local try-out that "
+        "no cluster can serve",
     )
     add_output_option(prom)
     prom.set_defaults(func=_promote)

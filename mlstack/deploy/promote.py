@@ -8,11 +8,13 @@ changes nothing when nothing differs. Rollback is ``git revert`` of the promotio
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import io
 import os
 import re
-import tempfile
+import secrets
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,15 +65,25 @@ def storage_location(uri: str, artifacts_destination: str) -> str:
 
 
 def resolve_release(
-    model_name: str, ref: str, *, tracking_uri: str, artifacts_destination: str = ""
+    model_name: str,
+    ref: str,
+    *,
+    tracking_uri: str,
+    artifacts_destination: str = "",
+    allow_local_storage: bool = False,
 ) -> Release:
-    """The registry version behind ``ref`` (a number or an alias), if it passed the gates.
+    """The registry version behind ``ref`` (a number or an alias), if policy allows promoting it
+    (``mlstack.deploy.policy.verify_version``: its run, source, recorded gates and thresholds,
+    storage URI and digest). Nothing is written here: ``promote`` writes only what this returned.
 
     Returns the release (version, the storage URI KServe reads, lineage). Raises ``StackError``
-    when the server is unreachable, there is no such version, it did not pass the gates, or its
-    artifacts are proxied and ``artifacts_destination`` is not given."""
+    when the server is unreachable, there is no such version, any policy check fails, or its
+    artifacts are proxied and ``artifacts_destination`` is not given; ``allow_local_storage``
+    accepts a ``file://`` location (a local try-out no cluster can serve)."""
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
+
+    from mlstack.deploy import policy
 
     tracking.check_reachable(tracking_uri)
     client = MlflowClient(tracking_uri)
@@ -89,10 +101,17 @@ def resolve_release(
             f"refusing to promote {model_name} v{mv.version}: it is not marked as having passed "
             "the quality gates"
         )
-    lineage = {key: mv.tags.get(key, "") for key in ANNOTATIONS if key != "model_version"}
-    return Release(
-        model_name, str(mv.version), storage_location(uri, artifacts_destination), lineage
+    storage_uri = storage_location(uri, artifacts_destination)
+    verified = policy.verify_version(
+        client,
+        mv,
+        tracking_uri=tracking_uri,
+        storage_uri=storage_uri,
+        allow_local_storage=allow_local_storage,
     )
+    lineage = {key: mv.tags.get(key, "") for key in ANNOTATIONS if key != "model_version"}
+    # the digest of the files just checked: the predictor refuses any others (MODEL_DIGEST)
+    return Release(model_name, str(mv.version), storage_uri, lineage, digest=verified.digest)
 
 
 def overlay_file(manifests: Path, env: str) -> Path:
@@ -145,18 +164,83 @@ def edit(path: Path, values: dict[str, object], *, dry_run: bool = False) -> str
     )
     if dry_run:
         return diff
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        os.chmod(tmp, path.stat().st_mode & 0o777)  # mkstemp makes 0600
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, text)
     return diff
+
+
+@contextlib.contextmanager
+def _directory_lock(directory: Path) -> Iterator[int]:
+    """An exclusive ``flock`` on ``directory`` (no lock where the OS has none): while it is held,
+    a temporary file of ``write_atomic`` in it belongs to no live writer. Yields the directory's
+    file descriptor."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        try:
+            import fcntl
+
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except ImportError:  # not POSIX
+            pass
+        yield fd
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _remove_debris(path: Path) -> None:
+    """Temporary files of an earlier write to ``path`` that was killed before its rename."""
+    for stale in path.parent.glob(f".{path.name}.*"):
+        stale.unlink(missing_ok=True)
+
+
+def _write_fd(fd: int, data: bytes, mode: int) -> None:
+    os.fchmod(fd, mode)  # the creation modes are masked by the umask (mkstemp makes 0600)
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+    os.fsync(fd)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` (mode kept, 0644 for a new file): readers see the old or
+    the new content, never a mix, and a kill at any moment leaves no partial file.
+
+    On Linux the content goes into an unnamed ``O_TMPFILE`` in the same directory, which gets a
+    name (``.<name>.<random>``) only once complete and is then renamed over ``path``; elsewhere,
+    a named temporary file. A kill between naming and renaming leaves a complete temporary file,
+    which the next write removes (under a lock on the directory, so never a live writer's).
+    Raises ``OSError`` when the directory cannot be written."""
+    data = text.encode()
+    mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
+    with _directory_lock(path.parent) as directory:
+        _remove_debris(path)
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}"
+        try:
+            fd = os.open(path.parent, os.O_TMPFILE | os.O_WRONLY, 0o600)
+        except (AttributeError, OSError):  # not Linux, or a file system without O_TMPFILE
+            fd = -1
+        named = False
+        if fd >= 0:
+            try:
+                _write_fd(fd, data, mode)
+                # a directory fd makes os.link call linkat(..., AT_SYMLINK_FOLLOW), which links
+                # the open file itself rather than the /proc symbolic link to it
+                os.link(f"/proc/self/fd/{fd}", tmp.name, dst_dir_fd=directory)
+                named = True
+            except OSError:  # no /proc, or a file system that refuses: a named temp file
+                pass
+            finally:
+                os.close(fd)
+        try:
+            if not named:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                try:
+                    _write_fd(fd, data, mode)
+                finally:
+                    os.close(fd)
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
 
 def promote(

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from mlstack.errors import StackError
-from mlstack.settings import Gates
+from mlstack.settings import Gates, check_gate_floors, gate_thresholds
 from mlstack.train import artifacts, tracking
 from mlstack.train.training import compute_metrics, held_out
 
@@ -149,12 +149,14 @@ def evaluate(
 ) -> Decision:
     """Score the run's model and the current champion on the same held-out split; decide gates.
 
-    The comparison is logged to the run (``champion_*`` metrics, ``gates_passed`` tag). Returns
-    the decision (``decide``); raises ``StackError`` when the tracking server is unreachable or
-    the run has no loadable model.
+    The comparison is logged to the run (``champion_*`` metrics, ``gate_threshold.*``,
+    ``gates_passed`` and ``gate.*`` tags). Returns the decision (``decide``); raises
+    ``StackError`` when ``gates`` are looser than the floors (``GATE_FLOORS``), the tracking
+    server is unreachable or the run has no loadable model.
     """
     import mlflow
 
+    check_gate_floors(gates)  # before anything is read or logged: a run may not loosen the gates
     tracking.connect(tracking_uri, experiment_name)
     test = held_out(dataset_path, test_size, split_seed)
     challenger = compute_metrics(_run_model(run_id).pipeline, test)
@@ -167,6 +169,8 @@ def evaluate(
     if champion is not None:
         for key, value in champion.items():
             client.log_metric(run_id, f"champion_{key}", value)
+    for name, threshold in gate_thresholds(gates).items():
+        client.set_tag(run_id, f"{tracking.TAG_THRESHOLD_PREFIX}{name}", repr(threshold))
     client.set_tag(run_id, tracking.TAG_GATES_PASSED, str(decision.passed).lower())
     for gate in decision.gates:
         client.set_tag(run_id, f"gate.{gate.name}", "pass" if gate.passed else "fail")

@@ -11,13 +11,16 @@ import boto3
 import pytest
 from mlflow import MlflowClient
 
+from mlstack.data import generate
 from mlstack.deploy import promote
-from mlstack.settings import code_root
+from mlstack.errors import StackError
+from mlstack.settings import Gates, code_root
 from mlstack.train import tracking
+from mlstack.train.training import HyperParams, TrainingLineage
 from tests.conftest import free_port
 from tests.support import stand_ins
 from tests.support.kube import render
-from tests.support.servers import start, stop
+from tests.support.servers import start, stop, train_and_register
 
 pytestmark = pytest.mark.slow
 
@@ -102,13 +105,26 @@ def test_mlflow_server_as_deployed_postgres_s3_proxy_and_allowed_hosts(tmp_path,
         again = MlflowClient(tracking_uri=f"http://localhost:{port}")
         assert again.get_model_version_by_alias("churn-classifier", "champion").version == "1"
         assert again.get_metric_history(run.info.run_id, "roc_auc")[0].value == 0.9
+        uri = f"http://localhost:{port}"
+        dest = env["MLFLOW_ARTIFACTS_DESTINATION"]
+        # that hand-made version (no logged model, no evaluation) is not promotable
+        with pytest.raises(StackError, match="is not a model logged by a training run"):
+            promote.resolve_release("churn-classifier", "champion", tracking_uri=uri,
+                                    artifacts_destination=dest)  # fmt: skip
+        # one the pipeline's steps registered is: its digest checked through the proxy, and
         # promotion hands KServe an S3 location that really holds the model, not a proxy URI
+        data = tmp_path / "churn.csv"
+        generate.write_csv(generate.generate(1500, 7), data)
+        train_and_register(
+            data, params=HyperParams(max_iter=40), lineage=TrainingLineage("md5", "d", "a" * 40,
+            "kfp"), model="churn-promoted", tracking_uri=uri, experiment="platform", gates=Gates(),
+        )  # fmt: skip
+        with pytest.raises(StackError, match="set MLSTACK_ARTIFACTS_DESTINATION"):
+            promote.resolve_release("churn-promoted", "champion", tracking_uri=uri)
         release = promote.resolve_release(
-            "churn-classifier",
-            "champion",
-            tracking_uri=f"http://localhost:{port}",
-            artifacts_destination=env["MLFLOW_ARTIFACTS_DESTINATION"],
+            "churn-promoted", "champion", tracking_uri=uri, artifacts_destination=dest
         )
+        assert release.storage_uri.startswith("s3://mlflow-artifacts/")
         bucket, _, key = release.storage_uri.removeprefix("s3://").partition("/")
         store.head_object(Bucket=bucket, Key=f"{key}/MLmodel")
     finally:

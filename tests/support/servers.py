@@ -92,7 +92,7 @@ def registered_model(tmp: Path, model: str, lineage: TrainingLineage, max_iter: 
         model=model,
         tracking_uri=uri,
         experiment="tests",
-        gates=Gates(min_roc_auc=0.5, min_f1=0.1),
+        gates=Gates(),  # the floors: a run may not loosen them
     )
     return uri
 

@@ -54,7 +54,9 @@ def rendered_isvc(manifests: Path, env: str) -> dict:
 
 
 def test_promote_writes_only_the_promotion_fields_and_keeps_comments(registered, manifests):
-    release = promote.resolve_release(MODEL, "champion", tracking_uri=registered)
+    release = promote.resolve_release(
+        MODEL, "champion", tracking_uri=registered, allow_local_storage=True
+    )
     assert release.version == "1" and release.lineage["data_md5"] == "md5-xyz"
     path = manifests / "overlays/staging/promotion.yaml"
     before = path.read_text()
@@ -84,7 +86,7 @@ def test_promote_writes_only_the_promotion_fields_and_keeps_comments(registered,
 
 
 def test_second_identical_promotion_changes_nothing(registered, manifests):
-    release = promote.resolve_release(MODEL, "1", tracking_uri=registered)
+    release = promote.resolve_release(MODEL, "1", tracking_uri=registered, allow_local_storage=True)
     assert promote.promote(manifests, "production", release, canary=10)
     path = manifests / "overlays/production/promotion.yaml"
     text, mtime = path.read_text(), path.stat().st_mtime_ns
@@ -98,10 +100,12 @@ def test_refusals(registered, manifests, dataset_csv):
     run = client.search_runs([client.get_experiment_by_name("p").experiment_id])[0]
     ungated = client.create_model_version(MODEL, f"runs:/{run.info.run_id}/model", run.info.run_id)
     with pytest.raises(StackError, match="not marked as having passed the quality gates"):
-        promote.resolve_release(MODEL, str(ungated.version), tracking_uri=registered)
+        promote.resolve_release(
+            MODEL, str(ungated.version), tracking_uri=registered, allow_local_storage=True
+        )
     with pytest.raises(StackError, match="no version 'nope'"):
-        promote.resolve_release(MODEL, "nope", tracking_uri=registered)
-    release = promote.resolve_release(MODEL, "1", tracking_uri=registered)
+        promote.resolve_release(MODEL, "nope", tracking_uri=registered, allow_local_storage=True)
+    release = promote.resolve_release(MODEL, "1", tracking_uri=registered, allow_local_storage=True)
     with pytest.raises(StackError, match="pinned by digest"):
         promote.promote(
             manifests, "staging", release, image="ghcr.io/mlstack/churn-predictor:latest"
@@ -125,7 +129,9 @@ def test_a_failed_write_leaves_the_old_file(registered, manifests, monkeypatch):
     monkeypatch.setattr(os, "replace", broken_replace)
     with pytest.raises(OSError, match="disk full"):
         promote.promote(
-            manifests, "staging", promote.resolve_release(MODEL, "1", tracking_uri=registered)
+            manifests,
+            "staging",
+            promote.resolve_release(MODEL, "1", tracking_uri=registered, allow_local_storage=True),
         )
     assert path.read_bytes() == before
     assert [p.name for p in path.parent.iterdir() if p.name.startswith(".")] == []
@@ -138,7 +144,7 @@ def test_rollback_is_git_revert(registered, manifests):
     promote.promote(
         manifests,
         "production",
-        promote.resolve_release(MODEL, "1", tracking_uri=registered),
+        promote.resolve_release(MODEL, "1", tracking_uri=registered, allow_local_storage=True),
         canary=25,
     )
     git(repo, "commit", "-qam", "promote churn-promote v1 to production")
@@ -160,14 +166,17 @@ def test_rollback_is_git_revert(registered, manifests):
 
 def test_promote_command_line(registered, manifests):
     env = {"MLFLOW_TRACKING_URI": registered, "MLSTACK_MODEL_NAME": MODEL}
+    local = "--allow-local-storage"  # a sqlite store's file:// artifacts: no cluster reads them
     done = run_cli(
-        "promote", "--env", "staging", "--alias", "champion", "--manifests", str(manifests), env=env
-    )
+        "promote", "--env", "staging", "--alias", "champion", "--manifests", str(manifests), local,
+        env=env,
+    )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("wrote ") and "churn-promote v1" in done.stdout
     again = run_cli(
-        "promote", "--env", "staging", "--version", "1", "--manifests", str(manifests), env=env
-    )
+        "promote", "--env", "staging", "--version", "1", "--manifests", str(manifests), local,
+        env=env,
+    )  # fmt: skip
     assert again.returncode == 0 and again.stdout.startswith("unchanged:")
 
 
@@ -193,7 +202,7 @@ def test_command_line_image_only_and_model_card(registered, manifests, tmp_path)
     card = tmp_path / "card.md"
     done = run_cli(
         *base, "--env", "production", "--version", "1", "--canary", "10", "--model-card", str(card),
-        env=env,
+        "--allow-local-storage", env=env,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert card.read_text().startswith(f"## {MODEL} v1")
@@ -218,7 +227,8 @@ def test_promote_dry_run_shows_the_diff_and_writes_nothing(registered, manifests
     env = {"MLFLOW_TRACKING_URI": registered, "MLSTACK_MODEL_NAME": MODEL}
     overlay = promote.overlay_file(manifests, "staging")
     before = overlay.read_bytes()
-    base = ("promote", "--env", "staging", "--alias", "champion", "--manifests", str(manifests))
+    base = ("promote", "--env", "staging", "--alias", "champion", "--manifests", str(manifests),
+            "--allow-local-storage")  # fmt: skip
     text = run_cli(*base, "--dry-run", env=env)
     assert text.returncode == 0, text.stderr
     assert text.stdout.startswith(f"--- a/{overlay.name}\n+++ b/{overlay.name}\n")
