@@ -11,7 +11,12 @@
 #   + Debian's python3 and pip (scripts/base/Dockerfile) → localhost/mlstack/python:3.11-bookworm-debian
 # BASE_IMAGE=<image> forces a base.
 #
-# usage: scripts/images.sh [build] [training|predictor|mlflow]...  build (all by default)
+# Each build ends with the image's SBOM (CycloneDX JSON), made inside the built image from its
+# installed environment by CycloneDX's tool (locks/sbom.txt, hash-checked, mounted read-only, never
+# installed into the image): .mlstack/sbom/<key>.cdx.json. The image workflow scans it with Trivy.
+#
+# usage: scripts/images.sh [build] [training|predictor|mlflow]...  build (all by default) + SBOMs
+#        scripts/images.sh sbom [KEY|KEY=IMAGE]...   the SBOMs of built (or pulled) images
 #        scripts/images.sh list           the images' names, one a line
 #        scripts/images.sh names [SHA]    key=image lines (key_repository=..., key_sha=... with SHA)
 #        scripts/images.sh engine         the engine builds use
@@ -26,6 +31,8 @@ DEBIAN_IMAGE="localhost/debian:bookworm-min"
 STANDIN_IMAGE="localhost/mlstack/python:3.11-bookworm-debian"
 CONTAINERS_CONF="${CONTAINERS_CONF:-/etc/containers/containers.conf}"
 STATE=".mlstack"
+SBOM_DIR="$STATE/sbom"
+SBOM_TOOL="$STATE/sbom-tool"
 KEYS=(training predictor mlflow)
 declare -A DOCKERFILE=(
   [training]=components/Dockerfile
@@ -206,6 +213,7 @@ build() {
     say "building $image from $dockerfile on $BASE with $ENGINE"
     "$ENGINE" build "${args[@]}" --build-arg "BASE_IMAGE=$BASE" -f "$dockerfile" -t "$image" .
     say "$image built in $((SECONDS - start)) s"
+    sbom_of "$key" "$image"
     after="$(image_id "$image")"
     # the image this build replaced, unless a container still uses it (rmi then refuses)
     if [ -n "$before" ] && [ "$before" != "$after" ]; then
@@ -214,14 +222,68 @@ build() {
   done
 }
 
+# CycloneDX's Python tool, installed once (again when locks/sbom.txt changes) by the pip of image
+# $1 (its Python, so compiled wheels match) into $SBOM_TOOL, every file checked against the lock
+sbom_tool() {
+  if [ -f "$SBOM_TOOL/sbom.txt" ] && cmp -s locks/sbom.txt "$SBOM_TOOL/sbom.txt"; then
+    return 0
+  fi
+  local args=()
+  if [ "$ENGINE" = podman ]; then
+    args=(--network host)
+    [ -d /etc/ssl/certs ] && args+=(-v /etc/ssl/certs:/etc/ssl/certs:ro)
+  fi
+  rm -rf "$SBOM_TOOL"
+  mkdir -p "$SBOM_TOOL/lib"
+  "$ENGINE" run --rm "${args[@]}" --user 0 --entrypoint pip \
+    -v "$PWD/locks/sbom.txt:/tmp/sbom.txt:ro" -v "$PWD/$SBOM_TOOL/lib:/out" "$1" \
+    install --quiet --no-cache-dir --require-hashes --no-deps --target /out -r /tmp/sbom.txt >&2 ||
+    die "could not install the SBOM tool (locks/sbom.txt)"
+  cp locks/sbom.txt "$SBOM_TOOL/sbom.txt"
+}
+
+# The SBOM of image $2 (key $1): cyclonedx-py run by the image's own Python as the image's user,
+# offline, over that interpreter's environment (the tool's path is not in it). --no-validate: the
+# tool's own JSON-schema check takes about a minute an image here; the tests read the document.
+SBOM_PY='import runpy, sys
+sys.path.insert(0, "/opt/sbom-tool")
+sys.argv = ["cyclonedx-py", "environment", "--output-format", "JSON", "--output-reproducible",
+            "--no-validate", "--output-file", "-", sys.executable]
+runpy.run_module("cyclonedx_py", run_name="__main__", alter_sys=True)'
+sbom_of() {
+  local out="$SBOM_DIR/$1.cdx.json"
+  sbom_tool "$2"
+  mkdir -p "$SBOM_DIR"
+  "$ENGINE" run --rm --network none --entrypoint python -v "$PWD/$SBOM_TOOL/lib:/opt/sbom-tool:ro" \
+    "$2" -c "$SBOM_PY" >"$out.tmp" || { rm -f "$out.tmp"; die "SBOM of $2 failed"; }
+  mv "$out.tmp" "$out"
+  say "SBOM of $2: $out"
+}
+
+sbom() {  # each argument: a key (its image as built here) or key=image (pulled when absent)
+  local keys=("$@") key image
+  [ "${#keys[@]}" -gt 0 ] || keys=("${KEYS[@]}")
+  ENGINE="$(engine)"
+  for key in "${keys[@]}"; do
+    image="${key#*=}"
+    key="${key%%=*}"
+    [ -n "${DOCKERFILE[$key]:-}" ] || die "unknown image '$key' (one of: ${KEYS[*]})"
+    [ "$image" != "$key" ] || image="$(image_of "$key")"
+    exists "$image" || "$ENGINE" pull -q "$image" >/dev/null ||
+      die "$image is neither built here nor pullable: scripts/images.sh build $key"
+    sbom_of "$key" "$image"
+  done
+}
+
 command="${1:-build}"
 [ "$#" -gt 0 ] && shift
 case "$command" in
   build) build "$@" ;;
+  sbom) sbom "$@" ;;
   names) names "$@" ;;
   list) list ;;
   engine) engine ;;
   tools) tools ;;
   training|predictor|mlflow) build "$command" "$@" ;;
-  *) die "unknown command '$command' (build, list, names, engine, tools)" ;;
+  *) die "unknown command '$command' (build, sbom, list, names, engine, tools)" ;;
 esac

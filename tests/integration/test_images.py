@@ -1,11 +1,18 @@
 """The images `make images` builds (scripts/images.sh) start and work as their non-root users."""
 
+import json
+import re
 import subprocess
+from pathlib import Path
 
+import jsonschema
 import pytest
+import yaml
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT7
 
 from mlstack.settings import DEFAULTS
-from tests.support.images import Images, ensure_images
+from tests.support.images import ROOT, Images, ensure_images
 
 pytestmark = pytest.mark.slow
 
@@ -79,3 +86,122 @@ def test_mlflow_image_is_the_pinned_mlflow_with_its_drivers(images):
         images.mlflow, "-c", "import psycopg2, boto3", options=["--entrypoint", "python"]
     )
     assert drivers.returncode == 0, drivers.stderr
+
+
+# MLflow's sklearn loader on a model directory whose MLmodel names the pickle format: what an
+# artifact that runs code at load looks like (the payload here is a harmless dict)
+PICKLED_MODEL = """
+import pathlib, pickle, tempfile
+import mlflow.sklearn
+from mlflow.environment_variables import MLFLOW_ALLOW_PICKLE_DESERIALIZATION as allow
+d = pathlib.Path(tempfile.mkdtemp())
+(d / "model.pkl").write_bytes(pickle.dumps({"ran": True}))
+(d / "MLmodel").write_text(
+    "flavors:\\n  sklearn:\\n    pickled_model: model.pkl\\n"
+    "    serialization_format: pickle\\n    sklearn_version: 1.9.1\\n"
+)
+print(allow.get())
+try:
+    print("loaded", mlflow.sklearn.load_model(str(d)))
+except Exception as e:
+    print("refused", type(e).__name__, str(e).splitlines()[0])
+"""
+
+
+@pytest.mark.reliability("image-pickle-refused")
+@pytest.mark.parametrize("key", ["training", "predictor", "mlflow"])
+def test_image_refuses_to_unpickle_a_model(images, key):
+    image = getattr(images, key)
+    env = inspect(images, image, ".Config.Env")
+    assert "MLFLOW_ALLOW_PICKLE_DESERIALIZATION=false" in env
+    done = images.run(image, "-c", PICKLED_MODEL, options=["--entrypoint", "python"])
+    assert done.returncode == 0, done.stderr
+    allowed, outcome = done.stdout.strip().splitlines()[-2:]
+    assert allowed == "False"
+    assert outcome.startswith("refused MlflowException Deserializing this model is disallowed")
+
+
+def installed(images: Images, image: str) -> tuple[list[dict], set[tuple[str, str]]]:
+    """``pip list --format=json`` in the image, and every distribution its interpreter's path
+    holds (a shadowed base copy included), as (normalized name, version)."""
+    listed = images.run(
+        image, "-m", "pip", "list", "--format=json", options=["--entrypoint", "python"]
+    )
+    assert listed.returncode == 0, listed.stderr
+    every = images.run(
+        image,
+        "-c",
+        "import importlib.metadata as m, json;"
+        "print(json.dumps([[d.metadata['Name'], d.version] for d in m.distributions()]))",
+        options=["--entrypoint", "python"],
+    )
+    assert every.returncode == 0, every.stderr
+    return json.loads(listed.stdout), {(norm(n), v) for n, v in json.loads(every.stdout)}
+
+
+def norm(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def workflow_sbom_path(key: str) -> Path:
+    """The file the image workflow's Trivy step scans for image ``key``."""
+    workflow = yaml.safe_load((ROOT / ".github/workflows/build-images.yml").read_text())
+    job = workflow["jobs"]["scan"]
+    assert key in job["strategy"]["matrix"]["image"]
+    [trivy] = [s for s in job["steps"] if s.get("with", {}).get("scan-type") == "sbom"]
+    return ROOT / trivy["with"]["scan-ref"].replace("${{ matrix.image }}", key)
+
+
+def cyclonedx_errors(document: dict) -> list[str]:
+    """The document checked against CycloneDX 1.6's JSON schema, as the SBOM tool scripts/images.sh
+    installed (locks/sbom.txt) ships it: offline, every $ref resolved from those files."""
+    schemas = {
+        path.name: json.loads(path.read_text())
+        for path in (ROOT / ".mlstack/sbom-tool/lib/cyclonedx/schema/_res").glob("*.schema.json")
+    }
+    registry = Registry().with_resources(
+        (f"http://cyclonedx.org/schema/{name}", Resource.from_contents(s, DRAFT7))
+        for name, s in schemas.items()
+    )
+    validator = jsonschema.Draft7Validator(
+        schemas["bom-1.6.SNAPSHOT.schema.json"], registry=registry
+    )
+    return [error.message for error in validator.iter_errors(document)]
+
+
+@pytest.mark.reliability("sbom-lists-installed")
+@pytest.mark.parametrize("key", ["training", "predictor", "mlflow"])
+def test_sbom_lists_exactly_what_the_image_has_installed(images, key):
+    image = getattr(images, key)
+    # what scripts/images.sh wrote with the build, where the workflow's Trivy step reads it
+    path = workflow_sbom_path(key)
+    sbom = json.loads(path.read_text())
+    assert (sbom["bomFormat"], sbom["specVersion"]) == ("CycloneDX", "1.6")
+    assert cyclonedx_errors(sbom) == []
+    broken = json.loads(json.dumps(sbom))
+    broken["components"][0]["version"] = 1
+    assert len(cyclonedx_errors(broken)) == 1
+    components = {(norm(c["name"]), c["version"]) for c in sbom["components"]}
+    # each with the PyPI package URL a scanner looks up (the project's own package, installed from
+    # its source, is not on PyPI and has none)
+    for c in sbom["components"]:
+        purl = re.fullmatch(r"pkg:pypi/(.+)@(.+)", c.get("purl", ""))
+        if purl is None:
+            assert c["name"] == "mlstack", c
+        else:
+            assert (norm(purl[1]), purl[2]) == (norm(c["name"]), c["version"]), c
+    listed, every = installed(images, image)
+    # every package pip reports is in the SBOM at its version, and the SBOM names nothing the
+    # image does not hold (the SBOM tool itself is not in it)
+    assert {(norm(p["name"]), p["version"]) for p in listed} <= components
+    assert components <= every
+    assert not {n for n, _ in components} & {"cyclonedx-bom", "cyclonedx-python-lib"}
+    # the locked closure is what is installed (and, in the project's images, the project)
+    lock = (ROOT / "locks" / f"{key}.txt").read_text()
+    pinned = {(norm(n), v) for n, v in re.findall(r"(?m)^([A-Za-z0-9][\w.-]*)==(\S+) \\$", lock)}
+    assert pinned <= components
+    if key != "mlflow":
+        assert ("mlstack", "0.1.0") in components
+    # a package installed after the SBOM was made is seen as missing from it
+    stale = components - {next(iter(sorted(pinned)))}
+    assert not {(norm(p["name"]), p["version"]) for p in listed} <= stale
