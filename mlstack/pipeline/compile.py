@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from mlstack.errors import StackError
-from mlstack.settings import code_root
+from mlstack.settings import (
+    GATE_AT_LEAST,
+    GATE_AT_MOST,
+    GATE_FLOORS,
+    check_gate_floors,
+    code_root,
+)
 
 _TYPES = {"NUMBER_DOUBLE": float, "NUMBER_INTEGER": int, "STRING": str, "BOOLEAN": bool}
 
@@ -66,7 +73,8 @@ def stale(directory: Path | None = None) -> list[str]:
 def parse_params(pairs: list[str], ir_path: Path) -> dict[str, Any]:
     """``key=value`` pairs typed by the pipeline's own input definitions in ``ir_path``.
 
-    Raises ``StackError`` naming the pair that is malformed, unknown or of the wrong type."""
+    Raises ``StackError`` naming the pair that is malformed, unknown or of the wrong type, or a
+    gate threshold looser than its floor (``mlstack.settings.check_gate_floors``)."""
     spec, _ = read_ir(ir_path)
     defs = spec["root"]["inputDefinitions"]["parameters"]
     out: dict[str, Any] = {}
@@ -81,4 +89,8 @@ def parse_params(pairs: list[str], ir_path: Path) -> dict[str, Any]:
             out[key] = raw.lower() in ("1", "true", "yes") if kind is bool else kind(raw)
         except ValueError:
             raise StackError(f"--param {key}: {raw!r} is not a {kind.__name__}") from None
+    # refused here, before any step runs (the evaluate step refuses them too)
+    gates = {k: v for k, v in out.items() if k in GATE_AT_LEAST + GATE_AT_MOST}
+    if gates:
+        check_gate_floors(replace(GATE_FLOORS, **gates))
     return out

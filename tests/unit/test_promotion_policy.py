@@ -131,6 +131,22 @@ def test_evaluate_refuses_gates_looser_than_the_floors(dataset_csv, tracking_uri
     assert tags["gate_threshold.max_regression"] == "0.01"
 
 
+@pytest.mark.reliability("lowered-gate-param")
+def test_the_command_line_refuses_looser_gates_before_any_step(tmp_path):
+    env = {"MLSTACK_STATE_DIR": str(tmp_path / "state")}
+    for argv in (
+        ("pipeline", "run", "--param", "min_roc_auc=0", "--param", "max_regression=1"),
+        ("pipeline", "run", "--tuning", "--param", "min_f1=0.1"),
+        ("run", "submit", "--endpoint", "http://127.0.0.1:9", "--param", "max_regression=1"),
+    ):
+        done = run_cli(*argv, env=env)
+        assert done.returncode == 1, done.stdout + done.stderr
+        [line] = done.stderr.strip().splitlines()
+        assert line.startswith("error: gate threshold ") and "is looser than its floor" in line
+        assert "a run may tighten the gates, never loosen them" in line
+    assert not (tmp_path / "state").exists()  # no step ran, nothing was stored
+
+
 def test_the_evaluate_component_refuses_in_one_line(dataset_csv, tracking_uri, tmp_path, capsys):
     from kfp.dsl import Dataset, Metrics
 
