@@ -77,6 +77,8 @@ def check_cluster_readable(uri: str) -> None:
     elif scheme == "mlflow-artifacts":
         why = "is served through the MLflow server's artifact proxy, which KServe cannot read"
         fix = "set MLSTACK_ARTIFACTS_DESTINATION to the server's --artifacts-destination"
+    elif scheme in CLUSTER_SCHEMES:
+        why = "names no bucket or host"
     elif scheme in ("http", "https"):
         why = "is a plain http(s) URL, which KServe's storage initializer reads as one file"
     else:
