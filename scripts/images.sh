@@ -264,6 +264,11 @@ sbom() {  # each argument: a key (its image as built here) or key=image (pulled 
   local keys=("$@") key image
   [ "${#keys[@]}" -gt 0 ] || keys=("${KEYS[@]}")
   ENGINE="$(engine)"
+  mkdir -p "$STATE"
+  if command -v flock >/dev/null; then  # the build's lock: one writer of the SBOM tool and files
+    exec 9>"$STATE/images.lock"
+    flock 9
+  fi
   for key in "${keys[@]}"; do
     image="${key#*=}"
     key="${key%%=*}"
