@@ -35,7 +35,9 @@ DVC_SECRET_KEYS = (
 GIT_SECRET_KEYS = (TOKEN_ENV, USERNAME_ENV)
 
 
-def ingest_and_validate(repo: Any, data_path: Any, data_rev: Any) -> dsl.PipelineTask:
+def ingest_and_validate(
+    repo: Any, data_path: Any, data_rev: Any, *, test_size: Any, split_seed: Any
+) -> dsl.PipelineTask:
     ingested = ingest(repo=repo, data_path=data_path, data_rev=data_rev)
     # optional (each key too): without the Secret (the local runner, a cluster reading a public
     # remote) the step reads the repository's default remote; real S3 needs no endpoint key
@@ -53,7 +55,10 @@ def ingest_and_validate(repo: Any, data_path: Any, data_rev: Any) -> dsl.Pipelin
         secret_key_to_env={key: key for key in GIT_SECRET_KEYS},
         optional=True,
     )
-    validated = validate(dataset=ingested.outputs["dataset"])
+    # the split the train step will make must hold every class on both sides
+    validated = validate(
+        dataset=ingested.outputs["dataset"], test_size=test_size, split_seed=split_seed
+    )
     ingested.validated = validated  # type: ignore[attr-defined]
     return ingested
 
@@ -97,6 +102,9 @@ def train_evaluate_register(
         min_f1=min_f1,
         max_regression=max_regression,
     )
+    # never from the cache: the decision depends on the registry's champion now, and a cached
+    # result could name runs and versions a lost or reset store no longer has
+    evaluated.set_caching_options(False)
     with dsl.If(evaluated.outputs["Output"] == True, name="gates-passed"):  # noqa: E712 (KFP DSL)
         register(
             mlflow_run_id=trained.outputs["mlflow_run_id"],
@@ -105,7 +113,7 @@ def train_evaluate_register(
             decision=evaluated.outputs["decision"],
             tracking_uri=tracking_uri,
             experiment_name=experiment_name,
-        )
+        ).set_caching_options(False)  # it re-checks the registry (a rerun finds its version)
     return TrainingOutputs(
         trained.outputs["mlflow_run_id"],
         ingested.outputs["data_md5"],

@@ -34,7 +34,9 @@ def training_pipeline(
 ) -> TrainingOutputs:
     """``repo`` is a git URL (or a local path when run locally); ``data_rev`` a commit SHA, so
     that a cached step is reused only for the very same data."""
-    ingested = ingest_and_validate(repo, data_path, data_rev)
+    ingested = ingest_and_validate(
+        repo, data_path, data_rev, test_size=test_size, split_seed=split_seed
+    )
     return train_evaluate_register(
         ingested,
         {

@@ -43,7 +43,9 @@ def tuning_pipeline(
     min_f1: float = DEFAULTS.gates.min_f1,
     max_regression: float = DEFAULTS.gates.max_regression,
 ) -> TrainingOutputs:
-    ingested = ingest_and_validate(repo, data_path, data_rev)
+    ingested = ingest_and_validate(
+        repo, data_path, data_rev, test_size=test_size, split_seed=split_seed
+    )
     tuned = tune(
         experiment_yaml=experiment_yaml,
         backend=tune_backend,

@@ -103,6 +103,16 @@ def find_violations(df: pd.DataFrame) -> list[Violation]:
     return out
 
 
+def split_violations(df: pd.DataFrame, test_size: float, split_seed: int) -> list[Violation]:
+    """The target's classes on each side of the train/held-out split that train and evaluate
+    will make (``mlstack.train.training.split``): every class on both sides."""
+    from mlstack.train.training import split_missing_classes
+
+    if TARGET not in df.columns or df[TARGET].isna().any():
+        return []  # already a violation of its own
+    return [Violation(TARGET, "split", d) for d in split_missing_classes(df, test_size, split_seed)]
+
+
 def summarize(df: pd.DataFrame) -> dict[str, float]:
     """A few figures about a valid dataset, for the step's metrics."""
     return {
@@ -113,9 +123,15 @@ def summarize(df: pd.DataFrame) -> dict[str, float]:
 
 
 def validate_file(
-    dataset_path: str | Path, report_path: str | Path | None = None
+    dataset_path: str | Path,
+    report_path: str | Path | None = None,
+    *,
+    test_size: float | None = None,
+    split_seed: int | None = None,
 ) -> dict[str, float]:
-    """Validate a dataset CSV; raise ``DataValidationError`` on any violation.
+    """Validate a dataset CSV; raise ``DataValidationError`` on any violation. With
+    ``test_size`` and ``split_seed`` (the pipeline's), also the split train will make: every
+    class on its train and its held-out side (``split_violations``).
 
     Writes a JSON report (also on failure) when ``report_path`` is given, and returns the summary
     (``summarize``).
@@ -125,6 +141,8 @@ def validate_file(
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise DataValidationError([Violation("*", "format", f"not a readable CSV: {exc}")]) from exc
     violations = find_violations(df)
+    if not violations and test_size is not None and split_seed is not None:
+        violations = split_violations(df, test_size, split_seed)
     summary = summarize(df) if not violations else {}
     report = {
         "valid": not violations,

@@ -3,13 +3,17 @@
 The IR (``pipelines/training.yaml``) is the same file a cluster runs; only the runner differs:
 ``SubprocessRunner(use_venv=False)`` (this environment, outputs under ``.mlstack/kfp``) or, with
 ``runner="docker"``, ``DockerRunner`` (each step in its image, ``mlstack.pipeline.containers``,
-outputs under ``.mlstack/kfp-containers``); caching on.
+outputs under ``.mlstack/kfp-containers``); caching on, except for evaluate and register (the IR
+turns it off: their result depends on the registry as it is now). A cached step whose result
+names an MLflow run the store no longer has (a lost or reset store) is not trusted: its cache
+entry is dropped before the run, and the step runs again.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import json
 import re
 import sys
 import time
@@ -111,6 +115,7 @@ class RunSummary:
     seconds: float
     executed: list[str] = field(default_factory=list)
     cached: list[str] = field(default_factory=list)
+    registered_now: bool = False  # the version was created by this run (not an earlier one)
 
     def to_dict(self) -> dict[str, Any]:
         """The summary as plain data (``mlstack pipeline run -o json``)."""
@@ -131,7 +136,7 @@ class RunSummary:
             "passed": d.passed,
             "model_version": self.model_version,
             "alias": self.alias,
-            "registered_now": bool(self.model_version) and "register" not in self.cached,
+            "registered_now": self.registered_now,
         }
 
     def render(self) -> str:
@@ -153,13 +158,12 @@ class RunSummary:
             )
         for gate in d.gates:
             lines.append(f"gate {gate.name:<13} {'PASS' if gate.passed else 'FAIL'}  {gate.detail}")
-        if self.model_version and "register" in self.cached:
-            lines.append(
-                f"registered     earlier (step from cache): version {self.model_version}, "
-                f"alias @{self.alias}"
-            )
+        # an earlier registration's alias may have moved on to a later version since
+        alias = f"alias @{self.alias}" if self.alias else "no alias now (a later version has it)"
+        if self.model_version and not self.registered_now:
+            lines.append(f"registered     earlier: version {self.model_version}, {alias}")
         elif self.model_version:
-            lines.append(f"registered     version {self.model_version}, alias @{self.alias}")
+            lines.append(f"registered     version {self.model_version}, {alias}")
         else:
             lines.append("registered     nothing (gates failed)")
         return "\n".join(lines)
@@ -175,6 +179,48 @@ def _step_names(ir_path: Path) -> list[str]:
             if "executorLabel" in spec["components"].get(task["componentRef"]["name"], {}):
                 names.append(task["taskInfo"]["name"])
     return sorted(set(names))
+
+
+def _run_exists(client: Any, run_id: str) -> bool:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return bool(client.get_run(run_id).info.lifecycle_stage != "deleted")
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"):
+            return False
+        raise StackError(f"cannot read MLflow run {run_id}: {exc.message}") from None
+
+
+def drop_stale_cache_entries(cache_root: Path, tracking_uri: str) -> list[str]:
+    """Remove the local cache's entries whose outputs name an MLflow run (``mlflow_run_id``) that
+    the store at ``tracking_uri`` does not have (or has deleted): such a step runs again instead
+    of handing on a run that does not exist.
+
+    Returns the run ids whose entries were dropped. Raises ``StackError`` when the store cannot
+    be read."""
+    from mlflow import MlflowClient
+
+    named: dict[Path, str] = {}
+    for entry in sorted(cache_root.glob("*.json")) if cache_root.is_dir() else []:
+        try:
+            outputs = json.loads(entry.read_text())
+        except (OSError, ValueError):
+            continue  # kfp.local treats it as a miss itself
+        run_id = outputs.get("mlflow_run_id") if isinstance(outputs, dict) else None
+        if isinstance(run_id, str) and run_id:
+            named[entry] = run_id
+    if not named:
+        return []
+    store = tracking_uri.removeprefix("sqlite:///")
+    gone = store != tracking_uri and not Path(store).exists()  # no store file: no run at all
+    client = None if gone else MlflowClient(tracking_uri=tracking_uri)
+    dropped: list[str] = []
+    for entry, run_id in named.items():
+        if client is None or not _run_exists(client, run_id):
+            entry.unlink(missing_ok=True)
+            dropped.append(run_id)
+    return dropped
 
 
 @contextlib.contextmanager
@@ -238,6 +284,12 @@ def run_pipeline(
         root.mkdir(parents=True, exist_ok=True)
         kfp_runner, cache_root = local.SubprocessRunner(use_venv=False), None
         running = contextlib.nullcontext()
+    cache_dir = Path(cache_root) if cache_root else root / ".kfp_cache"  # kfp.local's default
+    for run_id in drop_stale_cache_entries(cache_dir, tracking_uri):
+        out.write(
+            f"cache: a cached step names MLflow run {run_id}, which {tracking_uri} does not "
+            "have: that step runs again\n"
+        )
     local.init(
         runner=kfp_runner,
         pipeline_root=str(root),
@@ -258,7 +310,7 @@ def run_pipeline(
     progress = _Progress(out, verbose)
     where = "in containers" if runner == "docker" else "locally"
     out.write(f"Running {ir_path.name} {where} on {settings.data_path}@{sha[:12]}\n")
-    started = time.monotonic()
+    started, started_ms = time.monotonic(), int(time.time() * 1000)
     try:
         with (
             contextlib.redirect_stdout(progress),
@@ -283,7 +335,12 @@ def run_pipeline(
 
     decision = Decision.from_json(task.outputs["decision"])
     mlflow_run_id = task.outputs["mlflow_run_id"]
-    version, alias = _registration(tracking_uri, settings.model_name, mlflow_run_id)
+    version, alias, created_ms = _registration(tracking_uri, settings.model_name, mlflow_run_id)
+    if decision.passed and version is None:
+        raise StackError(
+            f"the gates passed but '{settings.model_name}' has no version of MLflow run "
+            f"{mlflow_run_id} in {tracking_uri}: rerun 'mlstack pipeline run'"
+        )
     steps = _step_names(ir_path)
     executed = [s for s in steps if s in progress.executed]
     cached = [s for s in steps if s not in progress.executed and (s != "register" or version)]
@@ -300,15 +357,25 @@ def run_pipeline(
         seconds=seconds,
         executed=executed,
         cached=cached,
+        registered_now=version is not None and created_ms >= started_ms,
     )
 
 
-def _registration(tracking_uri: str, model_name: str, run_id: str) -> tuple[str | None, str | None]:
+def _registration(
+    tracking_uri: str, model_name: str, run_id: str
+) -> tuple[str | None, str | None, int]:
+    """The run's version, its aliases and when it was created (ms); raises ``StackError`` when
+    the run itself is not in the store (a step's result that names a run that does not exist)."""
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=tracking_uri)
+    if not _run_exists(client, run_id):
+        raise StackError(
+            f"the pipeline's result names MLflow run {run_id}, which {tracking_uri} does not "
+            "have (a lost or reset store?): rerun 'mlstack pipeline run'"
+        )
     found = client.search_model_versions(f"name='{model_name}' and run_id='{run_id}'")
     if not found:
-        return None, None
+        return None, None, 0
     mv = client.get_model_version(model_name, found[0].version)
-    return str(mv.version), ", ".join(sorted(mv.aliases)) or None
+    return str(mv.version), ", ".join(sorted(mv.aliases)) or None, int(mv.creation_timestamp)

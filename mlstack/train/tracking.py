@@ -93,6 +93,8 @@ def connect(tracking_uri: str, experiment_name: str) -> str:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     bound_http_retries()
     check_reachable(tracking_uri)
+    if tracking_uri.startswith("sqlite:///"):  # a lost store's directory too
+        Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(tracking_uri)
     experiment = mlflow.get_experiment_by_name(experiment_name)
     if experiment is not None:

@@ -105,6 +105,22 @@ def split(df: pd.DataFrame, test_size: float, seed: int) -> tuple[pd.DataFrame, 
     return df[~held], df[held]
 
 
+def split_missing_classes(df: pd.DataFrame, test_size: float, seed: int) -> list[str]:
+    """Which side of ``split`` lacks which class, one phrase each (empty when both sides have
+    every class): a model trained without a class, or scored without one (roc_auc undefined),
+    is no model to register."""
+    out: list[str] = []
+    for side, part in zip(("train", "held-out"), split(df, test_size, seed), strict=True):
+        present = set(pd.unique(part[TARGET])) if TARGET in part else set()
+        missing = [f"{c} ({CLASS_NAMES[c]})" for c in CLASSES if c not in present]
+        if missing:
+            out.append(
+                f"the {side} split (test_size {test_size}, split_seed {seed}: {len(part)} of "
+                f"{len(df)} rows) has no rows of class {', '.join(missing)}"
+            )
+    return out
+
+
 def features(df: pd.DataFrame) -> pd.DataFrame:
     """Model input: the schema's features, numeric as float64 and categories as objects, NaN for
     missing in both (what the imputers recognise)."""
@@ -199,13 +215,17 @@ def train_and_log(
     the last, which is what a Katib trial prints for its metrics collector and early stopping.
 
     Returns the MLflow run id, the logged model's URI and the held-out metrics. Raises
-    ``StackError`` when the tracking server is unreachable (pandas' and MLflow's own errors on a
-    bad dataset or store pass through).
+    ``StackError`` when a split would lack a class, when the tracking server is unreachable, or
+    when logging fails (the server died: within the bounds of ``tracking.HTTP_LIMITS``; the run
+    is ended FAILED when MLflow still answers). pandas' errors on a bad dataset pass through.
     """
-    import mlflow
-    from mlflow.models import infer_signature
+    from mlflow.exceptions import MlflowException
+    from requests.exceptions import RequestException
 
     df = pd.read_csv(dataset_path)
+    lacking = split_missing_classes(df, test_size, split_seed)
+    if lacking:  # the validate step refuses such data first; a Katib trial gets here directly
+        raise StackError(f"cannot train on {dataset_path}: {'; '.join(lacking)}")
     train, test = split(df, test_size, split_seed)
     model = build_model(params)
     x, y = features(train), train[TARGET].to_numpy()
@@ -224,6 +244,39 @@ def train_and_log(
     experiment_id = tracking.connect(tracking_uri, experiment_name)
     example = features(train.head(5))
     tags = {key: value for key, value in asdict(lineage).items() if value}
+    try:
+        return _log_run(
+            model, metrics, params, train, test, example,
+            lineage=lineage, tags=tags, experiment_id=experiment_id, parent_run_id=parent_run_id,
+            test_size=test_size, split_seed=split_seed,
+        )  # fmt: skip
+    except (MlflowException, RequestException) as exc:
+        # the run, if it was created, was ended FAILED on the way out (when MLflow still answers)
+        text = str(getattr(exc, "message", exc)).strip()
+        raise StackError(
+            f"logging the training run to MLflow at {tracking_uri} failed: "
+            f"{text.splitlines()[0] if text else type(exc).__name__}"
+        ) from None
+
+
+def _log_run(
+    model: Pipeline,
+    metrics: dict[str, float],
+    params: HyperParams,
+    train: pd.DataFrame,
+    test: pd.DataFrame,
+    example: pd.DataFrame,
+    *,
+    lineage: TrainingLineage,
+    tags: dict[str, str],
+    experiment_id: str,
+    parent_run_id: str | None,
+    test_size: float,
+    split_seed: int,
+) -> TrainResult:
+    import mlflow
+    from mlflow.models import infer_signature
+
     with mlflow.start_run(
         experiment_id=experiment_id,
         tags=tags,
@@ -275,5 +328,6 @@ __all__ = [
     "features",
     "held_out",
     "split",
+    "split_missing_classes",
     "train_and_log",
 ]

@@ -40,12 +40,17 @@ def test_cold_run_cached_rerun_new_data_and_corrupt_data(settings, data_repo: Pa
     for needle in ("roc_auc", "gate min_roc_auc", "PASS", "version 1, alias @champion", "md5"):
         assert needle in rendered
 
-    # same data, same parameters: every step is a cache hit, evaluate and register included
+    # same data, same parameters: ingest, validate and train are cache hits; evaluate and
+    # register never are (they read the registry as it is now) and find version 1 again
     second = run_pipeline(settings, out=io.StringIO())
-    assert second.executed == [] and second.cached == STEPS
+    assert second.executed == ["evaluate", "register"]
+    assert second.cached == ["ingest", "train", "validate"]
     assert second.mlflow_run_id == first.mlflow_run_id
-    assert "registered     earlier (step from cache): version 1" in second.render()
-    assert "registered     version" in first.render()
+    assert (second.model_version, second.alias) == ("1", "champion")
+    assert first.registered_now and not second.registered_now
+    assert "registered     earlier: version 1, alias @champion" in second.render()
+    assert "registered     version 1, alias @champion" in first.render()
+    assert len(client.search_model_versions(f"name='{settings.model_name}'")) == 1
     assert second.kfp_run_name != first.kfp_run_name
 
     # a new data version: everything runs again and is compared with the champion

@@ -59,13 +59,16 @@ def test_ingest_of_a_bad_rev_is_one_error_line(data_repo: Path, tmp_path: Path, 
 def test_validate_logs_the_summary_and_refuses_a_broken_file(ingested, tmp_path: Path, capsys):
     dataset, *_ = ingested
     report = artifact(Metrics, tmp_path / "report.json")
-    validate.python_func(dataset=dataset, report=report)
+    validate.python_func(dataset=dataset, test_size=0.25, split_seed=42, report=report)
     assert report.metadata["rows"] > 0 and 0 < report.metadata["positive_share"] < 1
     broken = tmp_path / "broken.csv"
     broken.write_text(",".join(columns()) + "\n" + ",".join(["oops"] * len(columns())) + "\n")
     with pytest.raises(SystemExit):
         validate.python_func(
-            dataset=artifact(Dataset, broken), report=artifact(Metrics, tmp_path / "bad.json")
+            dataset=artifact(Dataset, broken),
+            test_size=0.25,
+            split_seed=42,
+            report=artifact(Metrics, tmp_path / "bad.json"),
         )
     assert capsys.readouterr().err.startswith("error: ")
     assert json.loads((tmp_path / "bad.json").read_text())["valid"] is False

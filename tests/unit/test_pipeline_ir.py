@@ -50,6 +50,19 @@ def test_training_ir_shape():
     assert "/work/" not in text and "/tmp/" not in text
 
 
+def test_evaluate_and_register_never_come_from_the_cache_and_validate_gets_the_split():
+    for ir in (IR, TUNING_IR):
+        spec, _ = read_ir(ir)
+        root = spec["root"]["dag"]["tasks"]
+        register = spec["components"]["comp-condition-1"]["dag"]["tasks"]["register"]
+        assert not root["evaluate"]["cachingOptions"].get("enableCache")
+        assert not register["cachingOptions"].get("enableCache")
+        assert root["train"]["cachingOptions"]["enableCache"] is True
+        validate = root["validate"]["inputs"]["parameters"]
+        for name in ("test_size", "split_seed"):
+            assert validate[name] == {"componentInputParameter": name}
+
+
 def test_tuning_ir_feeds_the_best_parameters_to_train():
     spec, _ = read_ir(TUNING_IR)
     root = spec["root"]["dag"]["tasks"]

@@ -1,3 +1,5 @@
+import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -100,3 +102,54 @@ def test_validate_file_returns_a_summary(good, tmp_path: Path):
     summary = validate_file(path)
     assert summary["rows"] == 600
     assert 0.1 < summary["positive_share"] < 0.5
+
+
+def positives_only_in_training(rows: int = 200, test_size: float = 0.25, seed: int = 42):
+    """``rows`` valid rows whose positives all fall on the train side of the pipeline's split."""
+    from mlstack.schema import TARGET
+    from mlstack.train.training import split
+
+    pool = pd.read_csv(io.StringIO(generate.generate(3000, 11).to_csv(index=False)))  # as read
+    train, _ = split(pool, test_size, seed)
+    positives = train[train[TARGET] == 1].head(rows // 5)
+    negatives = pool[pool[TARGET] == 0].head(rows - len(positives))
+    return pd.concat([positives, negatives]).sample(frac=1, random_state=1)
+
+
+@pytest.mark.reliability("held-out-split-lacks-a-class")
+def test_data_whose_held_out_split_lacks_a_class_is_refused_naming_the_split(tmp_path: Path):
+    from mlstack.train.training import split
+
+    path = tmp_path / "small.csv"
+    positives_only_in_training().to_csv(path, index=False)
+    df = pd.read_csv(path)
+    assert len(df) == 200 and find_violations(df) == []  # valid but for the split
+    assert split(df, 0.25, 42)[1]["churned"].sum() == 0
+    assert validate_file(path)["rows"] == 200  # without the split: what passed before
+    with pytest.raises(DataValidationError) as err:
+        validate_file(path, tmp_path / "report.json", test_size=0.25, split_seed=42)
+    message = str(err.value)
+    assert "column 'churned': split: the held-out split (test_size 0.25, split_seed 42" in message
+    assert "no rows of class 1 (churned)" in message and "train split" not in message
+    assert json.loads((tmp_path / "report.json").read_text())["violations"][0]["rule"] == "split"
+    # another seed that gives both sides both classes is accepted
+    assert validate_file(path, test_size=0.25, split_seed=7)["rows"] == 200
+
+
+def test_training_refuses_such_data_in_one_line_instead_of_a_nan_metric(tmp_path: Path):
+    from mlstack.errors import StackError
+    from mlstack.train.training import HyperParams, TrainingLineage, train_and_log
+
+    path = tmp_path / "small.csv"
+    positives_only_in_training().to_csv(path, index=False)
+    with pytest.raises(StackError, match="held-out split .* has no rows of class 1"):
+        train_and_log(
+            path,
+            HyperParams(max_iter=5),
+            lineage=TrainingLineage(),
+            tracking_uri=f"sqlite:///{tmp_path / 'never.db'}",
+            experiment_name="never",
+            test_size=0.25,
+            split_seed=42,
+        )
+    assert not (tmp_path / "never.db").exists()  # refused before any MLflow call
