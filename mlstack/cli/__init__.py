@@ -10,6 +10,7 @@ from importlib.metadata import PackageNotFoundError, version
 from mlstack.cli import completion, data, deploy, monitor, pipeline, remote, serve, tune
 from mlstack.errors import StackError
 from mlstack.settings import environment_variables, load_settings
+from mlstack.train import tracking
 
 GROUPS = (data, pipeline, tune, deploy, remote, monitor, serve, completion)
 
@@ -79,6 +80,7 @@ def main(argv: list[str] | None = None) -> None:
     unexpected exception; 130 on Ctrl-C. Bare ``mlstack`` prints the help."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+    tracking.bound_http_retries()  # every MLflow call of every command, and of the steps it runs
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "completion", False):  # reads no settings: works in any environment

@@ -220,7 +220,8 @@ def find_version(model_name: str, ref: str, tracking_uri: str) -> str:
     """The registry version behind ``ref`` (a version number or an alias).
 
     Returns the version number; raises ``StackError`` in one line when the tracking server is
-    unreachable or no such version exists (for instance before the first pipeline run)."""
+    unreachable or fails (within ``tracking.HTTP_LIMITS``), or no such version exists (for
+    instance before the first pipeline run)."""
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
@@ -232,11 +233,18 @@ def find_version(model_name: str, ref: str, tracking_uri: str) -> str:
     store = tracking_uri.removeprefix("sqlite:///")
     if store != tracking_uri and not Path(store).exists():
         raise missing  # a store never written: nothing registered (and nothing to create here)
+    tracking.bound_http_retries()
     tracking.check_reachable(tracking_uri)
     client = MlflowClient(tracking_uri)
     try:
         if ref.isdigit():
             return str(client.get_model_version(model_name, ref).version)
         return str(client.get_model_version_by_alias(model_name, ref).version)
-    except MlflowException:
-        raise missing from None
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+            raise missing from None
+        text = str(exc.message).strip()
+        raise StackError(
+            f"MLflow at {tracking_uri} failed to look up {what} of model '{model_name}': "
+            f"{text.splitlines()[0] if text else exc.error_code}"
+        ) from None

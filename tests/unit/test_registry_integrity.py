@@ -3,7 +3,11 @@ moved by an outside writer, a stale lock; what a version carries. A real sqlite 
 
 from __future__ import annotations
 
+import os
+import subprocess
 import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -14,6 +18,7 @@ from mlstack.settings import Gates
 from mlstack.train import registry, tracking
 from mlstack.train.evaluation import Decision, evaluate
 from mlstack.train.training import HyperParams, TrainingLineage, TrainResult, train_and_log
+from tests.support.cli import cli_argv
 
 EXP, MODEL = "integrity", "integrity-model"
 LINEAGE = TrainingLineage("abc123", "data/churn.csv", "e" * 40, "kfp-id-9", "churn-training-y")
@@ -185,3 +190,51 @@ def test_the_version_carries_lineage_gates_thresholds_and_digest(dataset_csv, tr
     for key in tracking.LINEAGE_TAGS:
         assert tags[key] == client.get_run(run.run_id).data.tags[key]
     assert "unrelated" not in tags and tags["mlflow_run_id"] == run.run_id
+
+
+class _FailingMlflow(BaseHTTPRequestHandler):
+    """An MLflow server that is up (``/health`` answers) but fails every API call with 503."""
+
+    calls: list[str] = []
+
+    def do_GET(self) -> None:
+        if self.path != "/health":
+            self.calls.append(self.path)
+        status = 200 if self.path == "/health" else 503
+        self.send_response(status)
+        self.send_header("content-length", "2")
+        self.end_headers()
+        self.wfile.write(b"OK" if status == 200 else b"no")
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (upstream's name)
+        pass
+
+
+@pytest.mark.reliability("mlflow-answers-503")
+def test_a_command_against_a_failing_mlflow_is_one_line_after_bounded_retries(tmp_path: Path):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _FailingMlflow)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    uri = f"http://127.0.0.1:{server.server_address[1]}"
+    # MLflow's own defaults, whatever an earlier test in this process set
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_HTTP_REQUEST_")}
+    env.update(MLFLOW_TRACKING_URI=uri, MLSTACK_STATE_DIR=str(tmp_path / "state"))
+    try:
+        started = time.monotonic()
+        done = subprocess.run(
+            cli_argv("serve", "--version", "1"),
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=900,
+        )
+        took = time.monotonic() - started
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert done.returncode == 1
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith(
+        f"error: MLflow at {uri} failed to look up version 1 of model 'churn-classifier': "
+    )  # not "has no version 1": the server failed, the version may well exist
+    assert len(_FailingMlflow.calls) == 3  # one try and tracking.HTTP_LIMITS' two retries
+    assert took < 3 * 30  # README: one line within 30 s (MLflow's defaults: over 4 minutes)
