@@ -3,6 +3,7 @@ moved by an outside writer, a stale lock; what a version carries. A real sqlite 
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import threading
@@ -238,3 +239,25 @@ def test_a_command_against_a_failing_mlflow_is_one_line_after_bounded_retries(tm
     )  # not "has no version 1": the server failed, the version may well exist
     assert len(_FailingMlflow.calls) == 3  # one try and tracking.HTTP_LIMITS' two retries
     assert took < 3 * 30  # README: one line within 30 s (MLflow's defaults: over 4 minutes)
+
+
+def test_cache_entries_naming_a_missing_run_are_dropped(tmp_path: Path, tracking_uri: str):
+    from mlstack.pipeline.local import drop_stale_cache_entries
+
+    experiment = tracking.connect(tracking_uri, EXP)
+    live = MlflowClient(tracking_uri).create_run(experiment).info.run_id
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    entries = {
+        "live": {"mlflow_run_id": live, "model_uri": "models:/m-1"},
+        "gone": {"mlflow_run_id": "0" * 32, "model_uri": "models:/m-2"},
+        "ingest": {"data_md5": "abc", "git_sha": "f" * 40},
+    }
+    for name, outputs in entries.items():
+        (cache / f"{name}.json").write_text(json.dumps(outputs))
+    assert drop_stale_cache_entries(cache, tracking_uri) == ["0" * 32]
+    assert sorted(p.stem for p in cache.glob("*.json")) == ["ingest", "live"]
+    # no store file at all: every entry naming a run goes, and no store is made by looking
+    missing = f"sqlite:///{tmp_path / 'lost' / 'mlflow.db'}"
+    assert drop_stale_cache_entries(cache, missing) == [live]
+    assert not (tmp_path / "lost").exists()
