@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -219,3 +220,90 @@ def test_a_run_whose_logging_fails_is_ended_failed_in_one_line(dataset_csv: Path
         experiment = client.get_experiment_by_name("refused")
         (run,) = client.search_runs([experiment.experiment_id])
         assert run.info.status == "FAILED"  # not left RUNNING
+
+
+_REGISTER = """
+import sys, time
+from pathlib import Path
+from mlstack.errors import exit_on_error
+from mlstack.train.evaluation import Decision
+from mlstack.train.registry import register
+go, run_id, model_uri, uri, decision = sys.argv[1:6]
+Path(f"{go}.{run_id}").touch()  # imported, ready
+while not Path(go).exists():
+    time.sleep(0.01)
+with exit_on_error():
+    reg = register(run_id, model_uri, model_name="raced", decision=Decision.from_json(decision),
+                   tracking_uri=uri, experiment_name="raced")
+print(reg.version, reg.alias)
+"""
+
+
+@pytest.mark.reliability("concurrent-registrations-on-a-server")
+def test_two_processes_racing_on_one_mlflow_server_leave_one_champion(
+    dataset_csv: Path, tmp_path: Path
+):
+    from mlstack.settings import Gates
+    from mlstack.train.evaluation import evaluate
+
+    with servers.mlflow_server(tmp_path, free_port()) as uri:
+        runs = [
+            train_and_log(
+                dataset_csv,
+                HyperParams(max_iter=n),
+                lineage=TrainingLineage(),
+                tracking_uri=uri,
+                experiment_name="raced",
+                test_size=0.25,
+                split_seed=42,
+            )
+            for n in (60, 70)
+        ]
+        decisions = [
+            evaluate(
+                dataset_csv,
+                r.run_id,
+                model_name="raced",
+                tracking_uri=uri,
+                experiment_name="raced",
+                gates=Gates(),
+                test_size=0.25,
+                split_seed=42,
+            )
+            for r in runs
+        ]
+        assert [d.champion_version for d in decisions] == [None, None]
+        go = tmp_path / "go"
+        procs = [
+            subprocess.Popen(
+                [
+                    sys.executable, "-c", _REGISTER,
+                    str(go), r.run_id, r.model_uri, uri, d.to_json(),
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for r, d in zip(runs, decisions, strict=True)
+        ]  # fmt: skip
+        ready = [Path(f"{go}.{r.run_id}") for r in runs]
+        deadline = time.monotonic() + 300
+        while not all(r.exists() for r in ready) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        go.touch()  # both imported and polling: they start within milliseconds of each other
+        results = [p.communicate(timeout=600) for p in procs]
+        codes = sorted(p.returncode for p in procs)
+        assert codes == [0, 1], results
+        (winner,) = [
+            out.split() for (out, _), p in zip(results, procs, strict=True) if p.returncode == 0
+        ]
+        (loser_err,) = [
+            err for (_, err), p in zip(results, procs, strict=True) if p.returncode == 1
+        ]
+        assert winner[1] == "champion"
+        assert loser_err.strip().splitlines()[-1].startswith("error: not registering run ")
+        client = MlflowClient(uri)
+        versions = client.search_model_versions("name='raced'")
+        assert [str(v.version) for v in versions] == [winner[0]]
+        assert str(client.get_model_version_by_alias("raced", "champion").version) == winner[0]
+        assert [m.name for m in client.search_registered_models()] == ["raced"]  # lock released
