@@ -232,7 +232,7 @@ class ChurnModel(Model):
             monitoring.PREDICTIONS.labels(self.name, self.model_version, "0").inc(
                 len(labels) - positives
             )
-        score = monitoring.SCORE.labels(self.name)
+        score = monitoring.SCORE.labels(self.name, self.model_version)
         for p in proba[:, 1]:
             score.observe(float(p))
         if self.drift is not None:

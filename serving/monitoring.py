@@ -1,7 +1,8 @@
 """Prometheus metrics of the predictor, beside KServe's own latency histograms.
 
 - ``model_predictions_total{model_name, model_version, predicted_class}``: the prediction mix
-- ``model_prediction_score``: histogram of the churn probability
+- ``model_prediction_score{model_name, model_version}``: histogram of the churn probability
+  (by version: canary analysis compares the two versions of a canary)
 - ``model_input_errors_total{model_name, reason}``: refused requests by reason
 - ``model_info{model_name, model_version, data_md5, git_sha, mlflow_run_id, kfp_run_id} 1``
 - ``model_feature_drift_psi{model_name, feature}``: PSI of the last N rows against the training
@@ -31,7 +32,7 @@ PREDICTIONS = Counter(
 SCORE = Histogram(
     "model_prediction_score",
     "Predicted probability of the positive class",
-    ["model_name"],
+    ["model_name", "model_version"],
     buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
 )
 INPUT_ERRORS = Counter(

@@ -220,6 +220,9 @@ def test_metrics_prediction_mix_errors_info_and_drift(server):
     assert len(info) == 1 and 'model_version="1"' in info[0] and 'data_md5="md5-abc"' in info[0]
     assert f'git_sha="{"a" * 40}"' in info[0]
     assert any(k.startswith("request_predict_seconds_bucket") for k in m)  # KServe's own
+    # by version: canary analysis compares the score histograms of two versions
+    score = f'model_prediction_score_count{{model_name="{MODEL}",model_version="1"}}'
+    assert m[score] >= WINDOW
     psi = f'model_feature_drift_psi{{feature="monthly_charges",model_name="{MODEL}"}}'
     assert m[psi] < 0.1
     drifted = rows_as_objects(generate.generate(WINDOW, 78, drift=True))
