@@ -50,6 +50,23 @@ class Gates:
     primary_metric: str = "roc_auc"
 
 
+@dataclass(frozen=True)
+class CanaryThresholds:
+    """What ``mlstack rollout analyze`` holds a canary to, over its window (docs/gitops.md,
+    "Canary analysis"). Changed only by a commit here."""
+
+    # below this many requests (predictions + refusals) for either version the verdict is wait
+    min_requests: int = 200
+    # the canary's refused-request ratio may exceed the stable version's by at most this much
+    max_error_ratio_increase: float = 0.01
+    # the canary's p99 predict latency may be at most this multiple of the stable version's ...
+    max_p99_latency_ratio: float = 1.5
+    # ... unless it is under this many seconds (bucket noise at small latencies is not a regression)
+    p99_latency_floor_s: float = 0.05
+    # PSI of the canary's score histogram against the stable version's (0.1 moderate, 0.25 major)
+    max_score_psi: float = 0.2
+
+
 # The floors kept in the repository: changed only by a commit here, never by a run's parameters.
 GATE_FLOORS = Gates()
 # thresholds a run may only raise (at least the floor) and ones it may only lower (at most)
@@ -126,6 +143,10 @@ class Settings:
     state_dir: Path | None = None
     tracking_uri: str | None = None
     gates: Gates = field(default_factory=Gates)
+    canary: CanaryThresholds = field(default_factory=CanaryThresholds)
+    # the Prometheus that scrapes the predictors (kube-prometheus-stack's service, port-forwarded
+    # or in-cluster); `mlstack rollout analyze` queries it
+    prometheus_url: str = "http://localhost:9090"
 
     @property
     def images(self) -> dict[str, str]:
@@ -185,6 +206,7 @@ _ENV_FIELDS = {
     "split_seed": int,
     "repo_root": Path,
     "state_dir": Path,
+    "prometheus_url": str,
 }
 
 

@@ -7,12 +7,22 @@ import os
 import sys
 from importlib.metadata import PackageNotFoundError, version
 
-from mlstack.cli import completion, data, deploy, monitor, pipeline, remote, serve, tune
+from mlstack.cli import (
+    completion,
+    data,
+    deploy,
+    monitor,
+    pipeline,
+    remote,
+    rollout,
+    serve,
+    tune,
+)
 from mlstack.errors import StackError
 from mlstack.settings import environment_variables, load_settings
 from mlstack.train import tracking
 
-GROUPS = (data, pipeline, tune, deploy, remote, monitor, serve, completion)
+GROUPS = (data, pipeline, tune, deploy, rollout, remote, monitor, serve, completion)
 
 
 def package_version() -> str:
