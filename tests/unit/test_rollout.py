@@ -250,3 +250,20 @@ def test_an_unreachable_prometheus_is_one_error_line():
     assert done.returncode == 1 and done.stdout == ""
     assert done.stderr.startswith(f"error: cannot query Prometheus at {url} (")
     assert "MLSTACK_PROMETHEUS_URL" in done.stderr and len(done.stderr.splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (("--window", "10 minutes"), "error: window '10 minutes' is not a Prometheus duration"),
+        (("--stable", "3"), "error: give both --stable and --canary, or neither"),
+        (("--stable", "3", "--canary", "3"), "error: stable and canary are both version 3"),
+        (("--env", "qa"), "error: unknown environment 'qa'"),
+    ],
+)
+def test_a_bad_request_is_one_error_line_before_any_query(args: tuple[str, ...], says: str):
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens: the refusal comes first
+    argv = ("rollout", "analyze", "--env", "production", "--prometheus", url, *args)
+    done = run_cli(*argv)
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr.startswith(says) and len(done.stderr.splitlines()) == 1
