@@ -40,6 +40,8 @@ PASS, FAIL = "pass", "fail"
 NAMESPACES = {"staging": "ml-staging", "production": "ml-production"}
 TIMEOUT_S = 10.0
 _WINDOW = re.compile(r"^[1-9][0-9]*[smhd]$")
+# a Kubernetes name (namespace, InferenceService): nothing that could break out of a PromQL label
+_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 
 
 @dataclass(frozen=True)
@@ -74,7 +76,7 @@ def query(prometheus_url: str, promql: str, at: float | None) -> list[dict[str, 
             body = json.load(response)
     except urllib.error.HTTPError as exc:
         try:
-            detail = json.load(exc).get("error", "")
+            detail = " ".join(str(json.load(exc).get("error", "")).split())
         except ValueError:
             detail = ""
         raise StackError(
@@ -153,6 +155,12 @@ def analyze(
     ``thresholds.min_requests`` requests or a value is missing; promote otherwise."""
     if not _WINDOW.match(window):
         raise StackError(f"window {window!r} is not a Prometheus duration like 10m, 1h or 90s")
+    for what, name in (("namespace", namespace), ("model name", model_name)):
+        if not _NAME.match(name):
+            raise StackError(f"{what} {name!r} is not a Kubernetes name (lowercase, digits, '-')")
+    for version in (stable_version, canary_version):
+        if version is not None and not version.isdigit():
+            raise StackError(f"version {version!r} is not a registry version number")
     if (stable_version is None) != (canary_version is None):
         raise StackError("give both --stable and --canary, or neither (discovered from model_info)")
     if stable_version is None or canary_version is None:

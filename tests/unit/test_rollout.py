@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import pytest
 
 from mlstack.deploy import rollout
+from mlstack.errors import StackError
 from mlstack.settings import CanaryThresholds
 from tests.conftest import free_port
 from tests.support.cli import run_cli
@@ -259,6 +260,8 @@ def test_an_unreachable_prometheus_is_one_error_line():
         (("--stable", "3"), "error: give both --stable and --canary, or neither"),
         (("--stable", "3", "--canary", "3"), "error: stable and canary are both version 3"),
         (("--env", "qa"), "error: unknown environment 'qa'"),
+        (("--namespace", 'x"} or vector(1'), "error: namespace 'x\"} or vector(1' is not a"),
+        (("--stable", "3", "--canary", "4|.*"), "error: version '4|.*' is not a registry"),
     ],
 )
 def test_a_bad_request_is_one_error_line_before_any_query(args: tuple[str, ...], says: str):
@@ -267,3 +270,11 @@ def test_a_bad_request_is_one_error_line_before_any_query(args: tuple[str, ...],
     done = run_cli(*argv)
     assert done.returncode == 1 and done.stdout == ""
     assert done.stderr.startswith(says) and len(done.stderr.splitlines()) == 1
+
+
+def test_a_query_prometheus_refuses_is_one_line_with_its_reason(prometheus: str):
+    with pytest.raises(StackError) as refused:
+        rollout.query(prometheus, "sum by (", AT)
+    message = str(refused.value)
+    assert message.startswith(f"Prometheus at {prometheus} refused the query (HTTP 400: ")
+    assert "\n" not in message
