@@ -264,6 +264,7 @@ def test_an_unreachable_prometheus_is_one_error_line():
         (("--stable", "3", "--canary", "4|.*"), "error: version '4|.*' is not a registry"),
     ],
 )
+@pytest.mark.reliability("canary-bad-request")
 def test_a_bad_request_is_one_error_line_before_any_query(args: tuple[str, ...], says: str):
     url = f"http://127.0.0.1:{free_port()}"  # nothing listens: the refusal comes first
     argv = ("rollout", "analyze", "--env", "production", "--prometheus", url, *args)
