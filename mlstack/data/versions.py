@@ -630,11 +630,8 @@ def status(repo_root: Path, data_path: str, *, lock_timeout: float = 120.0) -> D
 def _md5(path: Path) -> str:
     import hashlib
 
-    h = hashlib.md5()
     with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(fh, "md5").hexdigest()
 
 
 def init_repo(path: Path, remote: Path) -> None:

@@ -24,11 +24,8 @@ DIGEST_PREFIX = "sha256:"
 
 
 def _file_sha256(path: Path) -> bytes:
-    h = hashlib.sha256()
     with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.digest()
+        return hashlib.file_digest(fh, "sha256").digest()
 
 
 def directory_digest(path: Path, *, exclude: frozenset[str] = frozenset()) -> str:
