@@ -24,6 +24,10 @@ remote. Rules kept here:
     the add is complete and kept; otherwise the pointer, ``.gitignore``, data and index entries are
     put back from the journal and nothing is committed. Data already pushed for an undone add stays
     on the remote as an unreferenced object (harmless).
+  - DVC rewrites its own ``.dvc/tmp/rwlock`` in place (truncate, then write), so a kill at that
+    moment leaves it empty or cut short and every later DVC command fails on it. ``recover`` resets
+    an unreadable one to "no holders" under DVC's own ``rwlock.lock``; a readable one is left to DVC,
+    which drops entries of dead processes itself.
 
   A pointer that is empty or not a DVC pointer without a journal to repair it (edited by hand, or
   torn by an older version of this code) is refused with one line naming ``git checkout HEAD --``;
@@ -487,11 +491,12 @@ def recover(repo_root: Path) -> str | None:
     ``.gitignore`` and data are restored from the journal's backups (or removed where there was
     none) and their index entries set back. Raises ``StackError`` when git cannot do that.
     """
+    repaired = _repair_dvc_rwlock(repo_root)
     folder = _tmp_dir(repo_root) / _JOURNAL
     journal = folder / "journal.json"
     if not journal.exists():
         shutil.rmtree(folder, ignore_errors=True)  # killed before the journal: nothing changed
-        return None
+        return repaired
     doc = _journal_read(journal)
     names = _Files(repo_root, str(doc["data_path"]))
     paths = [names.pointer_rel, names.gitignore_rel]
@@ -519,7 +524,31 @@ def recover(repo_root: Path) -> str | None:
     for path in names.saved().values():  # a copy killed before its rename
         path.with_name(f".{path.name}.incoming").unlink(missing_ok=True)
     _end(journal)
-    return outcome
+    return f"{repaired}; {outcome}" if repaired else outcome
+
+
+def _repair_dvc_rwlock(repo_root: Path) -> str | None:
+    """Reset DVC's ``rwlock`` file to no holders when a killed DVC command left it unreadable.
+
+    Done under DVC's ``rwlock.lock`` (the guard DVC edits it under) and the add lock, so no DVC
+    command of this project is inside it; the reset is written by rename. A description, or None
+    when the file is absent or readable."""
+    from dvc.lock import LockError, make_lock
+
+    tmp = _tmp_dir(repo_root)
+    path = tmp / "rwlock"
+    if not path.exists():
+        return None
+    try:
+        with make_lock(str(tmp / "rwlock.lock"), tmp_dir=str(tmp)):
+            try:
+                json.loads(path.read_text(encoding="utf-8"))
+                return None
+            except (UnicodeDecodeError, ValueError):
+                _fsync_write(path, b"{}")
+    except LockError as exc:
+        raise StackError(f"DVC's lock {tmp / 'rwlock.lock'} is held: {_first_line(exc)}") from None
+    return "DVC's .dvc/tmp/rwlock was left unreadable by a killed DVC command: reset to no holders"
 
 
 def _note(outcome: str | None) -> None:

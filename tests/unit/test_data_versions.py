@@ -3,6 +3,7 @@ same under faults (a corrupted cache, a failed or killed add, a torn pointer, tw
 
 import fcntl
 import hashlib
+import json
 import os
 import random
 import signal
@@ -335,7 +336,7 @@ def test_data_add_killed_at_random_moments_leaves_the_old_or_the_new_version(
     out, err = done.communicate(timeout=300)
     span = time.monotonic() - started
     assert done.returncode == 0, err
-    outcomes = {"old": 0, "new": 0, "rolled back": 0, "kept": 0, "index.lock": 0}
+    outcomes = {"old": 0, "new": 0, "rolled back": 0, "kept": 0, "index.lock": 0, "rwlock": 0}
     for i in range(1, 26):
         source = tmp_path / f"v{i}.csv"
         generate.write_csv(generate.generate(300, 100 + i), source)
@@ -353,8 +354,10 @@ def test_data_add_killed_at_random_moments_leaves_the_old_or_the_new_version(
         assert git(data_repo, "status", "--porcelain", "--untracked-files=all") == "", i
         assert got.git_sha == git(data_repo, "rev-parse", "HEAD")
         outcomes["new" if got.md5 == want else "old"] += 1
-        if got.recovered:
-            outcomes["kept" if "kept" in got.recovered else "rolled back"] += 1
+        recovered = got.recovered or ""
+        outcomes["rwlock"] += "rwlock" in recovered
+        outcomes["rolled back"] += "nothing was committed" in recovered
+        outcomes["kept"] += "kept" in recovered
         # every committed version's data is on the remote (committed only after the push)
         assert (tmp_path / "remote/files/md5" / got.md5[:2] / got.md5[2:]).is_file(), i
     print(f"25 kills: {outcomes}")
@@ -476,6 +479,24 @@ def test_a_git_index_lock_left_by_a_killed_git_is_one_line_and_nothing_changes(
     done = run_cli("data", "add", str(new), env=env)  # after the repair it names
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().endswith(git(data_repo, "rev-parse", "--short=12", "HEAD"))
+
+
+@pytest.mark.reliability("torn-dvc-rwlock")
+@pytest.mark.parametrize("content", ["", '{"write": {"data/churn.csv": {"pid": 1'])
+def test_a_dvc_rwlock_torn_by_a_killed_dvc_is_reset_by_the_next_command(
+    data_repo: Path, tmp_path: Path, content: str
+):
+    rwlock = data_repo / ".dvc/tmp/rwlock"
+    rwlock.write_text(content)
+    new = tmp_path / "new.csv"
+    generate.write_csv(generate.generate(400, 52), new)
+    done = run_cli("data", "add", str(new), env={"MLSTACK_REPO_ROOT": str(data_repo)})
+    assert done.returncode == 0, done.stderr
+    assert "rwlock was left unreadable by a killed DVC command" in done.stderr
+    assert done.stdout.strip().endswith(git(data_repo, "rev-parse", "--short=12", "HEAD"))
+    held = json.loads(rwlock.read_text())  # DVC's own after the add: readable, no holder left
+    assert not any(held.get(mode) for mode in ("read", "write")), held
+    assert versions.status(data_repo, "data/churn.csv").md5 == versions._md5(new)
 
 
 @pytest.mark.reliability("uncommitted-pointer-sha")
