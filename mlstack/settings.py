@@ -67,6 +67,20 @@ class CanaryThresholds:
     max_score_psi: float = 0.2
 
 
+@dataclass(frozen=True)
+class LiveQuality:
+    """How the served versions' live quality is computed from delayed labels (``mlstack labels
+    add``; docs/monitoring.md, "Live quality"). Its alert's floor is ``Gates.min_roc_auc``."""
+
+    # the labelled window of a version in an environment: its predictions received within this
+    # many days of its newest labelled prediction (labels arrive weeks late: the window ends
+    # where the labels do, not now)
+    window_days: int = 28
+    # below this many labelled predictions in the window, or with one class only, roc_auc and f1
+    # are not computed ("not enough labels")
+    min_labels: int = 100
+
+
 # The floors kept in the repository: changed only by a commit here, never by a run's parameters.
 GATE_FLOORS = Gates()
 # thresholds a run may only raise (at least the floor) and ones it may only lower (at most)
@@ -144,6 +158,12 @@ class Settings:
     tracking_uri: str | None = None
     gates: Gates = field(default_factory=Gates)
     canary: CanaryThresholds = field(default_factory=CanaryThresholds)
+    # delayed labels: the append-only label store (`mlstack labels add`), and live quality
+    labels_dir: Path | None = None
+    live_quality: LiveQuality = field(default_factory=LiveQuality)
+    # `mlstack data from-production`: a data version keeps at most this many rows, the oldest
+    # dropped first (the history window)
+    data_max_rows: int = 20_000
     # the Prometheus that scrapes the predictors (kube-prometheus-stack's service, port-forwarded
     # or in-cluster); `mlstack rollout analyze` queries it
     prometheus_url: str = "http://localhost:9090"
@@ -161,6 +181,11 @@ class Settings:
     def state(self) -> Path:
         """Where local runs keep their state (``MLSTACK_STATE_DIR``, else ``.mlstack/``)."""
         return self.state_dir or (self.repo_root / ".mlstack")
+
+    @property
+    def labels(self) -> Path:
+        """The label store (``MLSTACK_LABELS_DIR``, else ``<state>/labels``)."""
+        return self.labels_dir or (self.state / "labels")
 
     @property
     def mlflow_tracking_uri(self) -> str:
@@ -207,6 +232,8 @@ _ENV_FIELDS = {
     "repo_root": Path,
     "state_dir": Path,
     "prometheus_url": str,
+    "labels_dir": Path,
+    "data_max_rows": int,
 }
 
 
@@ -240,6 +267,7 @@ _UNSET_MEANS = {
     "artifacts_destination": "none (artifacts are not proxied)",
     "repo_root": "the git top level of the working directory",
     "state_dir": "<repo root>/.mlstack",
+    "labels_dir": "<state dir>/labels",
 }
 
 
