@@ -81,6 +81,26 @@ class LiveQuality:
     min_labels: int = 100
 
 
+@dataclass(frozen=True)
+class SinkSettings:
+    """How the payload sink (``mlstack capture sink``, docs/monitoring.md "Capture") batches,
+    pairs and bounds what it holds."""
+
+    # a batch of captured rows is written when it has this many rows ...
+    batch_rows: int = 2000
+    # ... or when its oldest row has waited this many seconds
+    batch_seconds: float = 30.0
+    # a request without its response (a refused request: KServe logs only 200 responses), or the
+    # reverse, is dropped after this many seconds
+    pair_timeout_s: float = 120.0
+    # at most this many unpaired events are held; more: the oldest is dropped
+    max_pending: int = 20_000
+    # rows waiting for their batch beyond this (the store is failing): new events get 503
+    max_buffered_rows: int = 200_000
+    # the largest event body accepted (bytes)
+    max_body: int = 8 << 20
+
+
 # The floors kept in the repository: changed only by a commit here, never by a run's parameters.
 GATE_FLOORS = Gates()
 # thresholds a run may only raise (at least the floor) and ones it may only lower (at most)
@@ -158,6 +178,10 @@ class Settings:
     tracking_uri: str | None = None
     gates: Gates = field(default_factory=Gates)
     canary: CanaryThresholds = field(default_factory=CanaryThresholds)
+    sink: SinkSettings = field(default_factory=SinkSettings)
+    # where captured predictions are written (mlstack.monitor.capture): a local directory or an
+    # s3:// URL (the cluster's MinIO); empty: <state dir>/captures
+    capture_root: str = ""
     # delayed labels: the append-only label store (`mlstack labels add`), and live quality
     labels_dir: Path | None = None
     live_quality: LiveQuality = field(default_factory=LiveQuality)
@@ -186,6 +210,11 @@ class Settings:
     def labels(self) -> Path:
         """The label store (``MLSTACK_LABELS_DIR``, else ``<state>/labels``)."""
         return self.labels_dir or (self.state / "labels")
+
+    @property
+    def captures(self) -> str:
+        """Where captured predictions live (``MLSTACK_CAPTURE_ROOT``, else ``state/captures``)."""
+        return self.capture_root or str(self.state / "captures")
 
     @property
     def mlflow_tracking_uri(self) -> str:
@@ -234,6 +263,7 @@ _ENV_FIELDS = {
     "prometheus_url": str,
     "labels_dir": Path,
     "data_max_rows": int,
+    "capture_root": str,
 }
 
 
@@ -268,6 +298,7 @@ _UNSET_MEANS = {
     "repo_root": "the git top level of the working directory",
     "state_dir": "<repo root>/.mlstack",
     "labels_dir": "<state dir>/labels",
+    "capture_root": "<state dir>/captures",
 }
 
 
