@@ -37,7 +37,8 @@ Contract (what labels, live quality and new data versions build on):
   ``environment`` and ``model_name`` must be Kubernetes names, so no value makes a path leave
   ``root``.
 
-``write_captures`` writes a batch; ``read_captures`` reads them back as one DataFrame.
+``write_captures`` writes a batch; ``read_captures`` reads them back as one DataFrame, one row
+per (environment, model_name, id, row) (the sink delivers at least once).
 """
 
 from __future__ import annotations
@@ -234,4 +235,7 @@ def read_captures(
     frame = _frame(pa.concat_tables(tables))
     if since_utc is not None:
         frame = frame[frame["received_at"] >= pd.Timestamp(since_utc)]
+    # delivery is at least once (a sink killed between a part's rename and its log's deletion
+    # writes those rows again): one row per (environment, model, id, row)
+    frame = frame.drop_duplicates(["environment", "model_name", "id", "row"], keep="first")
     return frame.sort_values(["received_at", "id", "row"], kind="stable").reset_index(drop=True)

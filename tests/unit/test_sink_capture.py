@@ -69,3 +69,9 @@ def test_an_environment_that_is_not_a_kubernetes_name_never_becomes_a_path(
 def test_a_missing_column_is_named(tmp_path: Path) -> None:
     with pytest.raises(StackError, match=r"lack column\(s\) \['score'\]"):
         capture.write_captures(tmp_path, _rows(2).drop(columns=["score"]))
+
+
+def test_rows_written_twice_read_back_once(tmp_path: Path) -> None:
+    capture.write_captures(tmp_path, _rows(4))
+    capture.write_captures(tmp_path, _rows(4))
+    assert len(capture.read_captures(tmp_path)) == 4
