@@ -18,6 +18,16 @@ import yaml
 from mlstack.settings import DEFAULTS, code_root
 
 M = f'model_name="{DEFAULTS.model_name}"'
+# the environment: the namespace the PodMonitor's scrape (and kube-state-metrics, cAdvisor) puts on
+# every series, chosen by the dashboards' `namespace` variable; every panel keeps it apart
+ENV_VARIABLE = "namespace"
+N = f'namespace=~"${ENV_VARIABLE}"'
+MN = f"{M},{N}"
+PREDICTOR_JOB = 'job=~".*/churn-predictor"'  # <namespace>/<PodMonitor name>
+# the InferenceService's predictor pods (KServe names them <isvc>-predictor-<revision>-…) and
+# their containers, without the pod's own cgroup (container="") and the pause container
+PODS = f'{N},pod=~"{DEFAULTS.model_name}-predictor-.*"'
+CONTAINERS = f'{PODS},container!="",container!="POD"'
 
 
 @dataclass(frozen=True)
@@ -28,40 +38,73 @@ class Panel:
     legend: str = ""
 
 
+def _quantile(q: float) -> Panel:
+    name = f"p{round(q * 100)}"
+    return Panel(
+        f"Predict latency {name}",
+        f"histogram_quantile({q}, sum by (namespace, le) "
+        f"(rate(request_predict_seconds_bucket{{{MN}}}[5m])))",
+        "s",
+        f"{{{{namespace}}}} {name}",
+    )
+
+
 DASHBOARDS: dict[str, tuple[str, list[Panel]]] = {
     "churn-serving": (
         "Churn predictor: serving",
         [
             Panel(
                 "Requests per second",
-                f"sum(rate(request_predict_seconds_count{{{M}}}[5m]))",
+                f"sum by (namespace) (rate(request_predict_seconds_count{{{MN}}}[5m]))",
                 "reqps",
+                "{{namespace}}",
             ),
-            Panel(
-                "Predict latency p50",
-                f"histogram_quantile(0.5, sum by (le) (rate(request_predict_seconds_bucket{{{M}}}[5m])))",
-                "s",
-                "p50",
-            ),
-            Panel(
-                "Predict latency p95",
-                f"histogram_quantile(0.95, sum by (le) (rate(request_predict_seconds_bucket{{{M}}}[5m])))",
-                "s",
-                "p95",
-            ),
-            Panel(
-                "Predict latency p99",
-                f"histogram_quantile(0.99, sum by (le) (rate(request_predict_seconds_bucket{{{M}}}[5m])))",
-                "s",
-                "p99",
-            ),
+            _quantile(0.5),
+            _quantile(0.95),
+            _quantile(0.99),
             Panel(
                 "Refused requests by reason",
-                f"sum by (reason) (rate(model_input_errors_total{{{M}}}[5m]))",
+                f"sum by (namespace, reason) (rate(model_input_errors_total{{{MN}}}[5m]))",
                 "reqps",
-                "{{reason}}",
+                "{{namespace}} {{reason}}",
             ),
-            Panel("Scrape health", 'up{job=~".*churn-predictor"}', "short", "{{instance}}"),
+            # refused requests are counted in request_predict_seconds_count too (all requests)
+            Panel(
+                "Refused share of requests",
+                f"sum by (namespace) (rate(model_input_errors_total{{{MN}}}[5m])) / "
+                f"sum by (namespace) (rate(request_predict_seconds_count{{{MN}}}[5m]))",
+                "percentunit",
+                "{{namespace}}",
+            ),
+            Panel(
+                "Scrape health",
+                f"up{{{PREDICTOR_JOB},{N}}}",
+                "short",
+                "{{namespace}} {{pod}}",
+            ),
+            # cAdvisor (the kubelet's /metrics/cadvisor) and kube-state-metrics, as
+            # kube-prometheus-stack scrapes them
+            Panel(
+                "Pod CPU (cores)",
+                f"sum by (namespace, pod, container) "
+                f"(rate(container_cpu_usage_seconds_total{{{CONTAINERS}}}[5m]))",
+                "short",
+                "{{namespace}} {{pod}} {{container}}",
+            ),
+            Panel(
+                "Pod memory (working set)",
+                f"sum by (namespace, pod, container) "
+                f"(container_memory_working_set_bytes{{{CONTAINERS}}})",
+                "bytes",
+                "{{namespace}} {{pod}} {{container}}",
+            ),
+            Panel(
+                "Container restarts (1 h)",
+                f"sum by (namespace, pod, container) "
+                f"(increase(kube_pod_container_status_restarts_total{{{PODS}}}[1h]))",
+                "short",
+                "{{namespace}} {{pod}} {{container}}",
+            ),
         ],
     ),
     "churn-model": (
@@ -69,29 +112,49 @@ DASHBOARDS: dict[str, tuple[str, list[Panel]]] = {
         [
             Panel(
                 "Prediction mix (share predicted to churn)",
-                f'sum(rate(model_predictions_total{{{M},predicted_class="1"}}[15m])) / '
-                f"sum(rate(model_predictions_total{{{M}}}[15m]))",
+                f'sum by (namespace) (rate(model_predictions_total{{{MN},predicted_class="1"}}[15m]))'
+                f" / sum by (namespace) (rate(model_predictions_total{{{MN}}}[15m]))",
                 "percentunit",
-                "churn share",
+                "{{namespace}} churn share",
             ),
             Panel(
                 "Predictions by class",
-                f"sum by (predicted_class) (rate(model_predictions_total{{{M}}}[5m]))",
+                f"sum by (namespace, predicted_class) (rate(model_predictions_total{{{MN}}}[5m]))",
                 "reqps",
-                "class {{predicted_class}}",
+                "{{namespace}} class {{predicted_class}}",
             ),
             Panel(
                 "Feature drift (PSI against training)",
-                f"max by (feature) (model_feature_drift_psi{{{M}}})",
+                f"max by (namespace, feature) (model_feature_drift_psi{{{MN}}})",
                 "short",
-                "{{feature}}",
+                "{{namespace}} {{feature}}",
             ),
-            Panel("Rows in the drift window", f"max(model_drift_window_rows{{{M}}})", "short"),
+            Panel(
+                "Rows in the drift window",
+                f"max by (namespace) (model_drift_window_rows{{{MN}}})",
+                "short",
+                "{{namespace}}",
+            ),
             Panel(
                 "Model version serving",
-                f"max by (model_version) (model_info{{{M}}})",
+                f"max by (namespace, model_version) (model_info{{{MN}}})",
                 "short",
-                "v{{model_version}}",
+                "{{namespace}} v{{model_version}}",
+            ),
+            # live quality from delayed labels (mlstack.monitor.live_quality); the alert
+            # ChurnModelLiveQualityLow fires below the gate's minimum roc_auc
+            Panel(
+                f"Live ROC AUC by version (labelled window; gate minimum "
+                f"{DEFAULTS.gates.min_roc_auc})",
+                f"min by (namespace, model_version) (model_live_roc_auc{{{MN}}})",
+                "short",
+                "{{namespace}} v{{model_version}}",
+            ),
+            Panel(
+                "Live F1 by version (labelled window)",
+                f"min by (namespace, model_version) (model_live_f1{{{MN}}})",
+                "short",
+                "{{namespace}} v{{model_version}}",
             ),
         ],
     ),
@@ -100,19 +163,38 @@ DASHBOARDS: dict[str, tuple[str, list[Panel]]] = {
         [
             Panel(
                 "Held-out ROC AUC by model version",
-                f'max by (model_version) (model_training_metric{{{M},metric="roc_auc"}})',
+                f'max by (namespace, model_version) (model_training_metric{{{MN},metric="roc_auc"}})',
                 "short",
-                "v{{model_version}}",
+                "{{namespace}} v{{model_version}}",
             ),
             Panel(
                 "Held-out F1 by model version",
-                f'max by (model_version) (model_training_metric{{{M},metric="f1"}})',
+                f'max by (namespace, model_version) (model_training_metric{{{MN},metric="f1"}})',
                 "short",
-                "v{{model_version}}",
+                "{{namespace}} v{{model_version}}",
             ),
         ],
     ),
 }
+
+
+def _environment_variable() -> dict[str, Any]:
+    """The dashboards' environment picker: the namespaces with a churn predictor target."""
+    query = f"label_values(up{{{PREDICTOR_JOB}}}, namespace)"
+    return {
+        "name": ENV_VARIABLE,
+        "label": "Environment",
+        "type": "query",
+        "datasource": {"type": "prometheus", "uid": "${datasource}"},
+        "definition": query,
+        "query": {"query": query, "refId": "environment"},
+        "refresh": 2,  # on time range change: a new environment appears without a reload
+        "includeAll": True,
+        "multi": True,
+        "allValue": ".*",
+        "current": {"text": "All", "value": "$__all"},
+        "sort": 1,
+    }
 
 
 def dashboard(uid: str) -> dict[str, Any]:
@@ -133,7 +215,8 @@ def dashboard(uid: str) -> dict[str, Any]:
                     "type": "datasource",
                     "query": "prometheus",
                     "label": "Prometheus",
-                }
+                },
+                _environment_variable(),
             ]
         },
         "panels": [

@@ -1,6 +1,7 @@
 """Alert rules with promtool unit tests, dashboards as code, the relay's wiring."""
 
 import json
+import re
 import shutil
 import subprocess
 from pathlib import PurePosixPath
@@ -40,6 +41,7 @@ def test_every_alert_has_a_firing_and_a_quiet_test():
         "ChurnFeatureDrift",
         "ChurnPredictionMixShift",
         "ChurnModelVersionMismatch",
+        "ChurnModelLiveQualityLow",
     }
     tests = yaml.safe_load((MON / "rules.test.yaml").read_text())["tests"]
     cases = [c for t in tests for c in t["alert_rule_test"]]
@@ -86,6 +88,106 @@ def test_every_panel_query_parses(tmp_path):
     path = tmp_path / "panels.yaml"
     path.write_text(yaml.safe_dump(rules))
     done = promtool("check", "rules", str(path))
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+# aggregation and join clauses: every one must keep the environment
+CLAUSE = re.compile(r"\b(by|on|without|ignoring)\s*\(([^)]*)\)")
+ENVIRONMENT_LABELS = {"namespace", "environment"}
+
+
+def environment_dropped(expr: str) -> list[str]:
+    """The clauses of ``expr`` that aggregate or join away the environment, and, for an expression
+    with no clause at all, the expression itself (a bare selector keeps every label)."""
+    found = []
+    for kind, labels in CLAUSE.findall(expr):
+        names = {x.strip() for x in labels.split(",") if x.strip()}
+        kept = (
+            not (names & ENVIRONMENT_LABELS)
+            if kind in ("without", "ignoring")
+            else (names & ENVIRONMENT_LABELS)
+        )
+        if not kept:
+            found.append(f"{kind} ({labels})")
+    if not CLAUSE.search(expr) and re.search(r"\b(sum|max|min|avg|count|absent)\s*\(", expr):
+        found.append(expr)
+    return found
+
+
+def test_every_rule_and_panel_keeps_the_environment_apart():
+    rules = yaml.safe_load((MON / "rules.yaml").read_text())
+    exprs = [r["expr"] for g in rules["groups"] for r in g["rules"]] + dashboards.expressions()
+    for expr in exprs:
+        assert environment_dropped(expr) == [], expr
+    # the checker bites: the rules as they were (by model_name only, absent())
+    assert environment_dropped("sum by (model_name) (rate(x[5m]))") == ["by (model_name)"]
+    assert environment_dropped('absent(up{job=~".*churn-predictor"} == 1)')
+    assert environment_dropped("a and on (model_name) b") == ["on (model_name)"]
+    # every panel is filtered by the dashboards' environment variable, which each board offers
+    for expr in dashboards.expressions():
+        assert f'namespace=~"${dashboards.ENV_VARIABLE}"' in expr, expr
+    for uid in dashboards.DASHBOARDS:
+        board = json.loads((MON / "dashboards" / f"{uid}.json").read_text())
+        [var] = [v for v in board["templating"]["list"] if v["name"] == dashboards.ENV_VARIABLE]
+        assert var["type"] == "query" and var["includeAll"] and var["allValue"] == ".*"
+        assert "label_values(" in var["query"]["query"] and "namespace)" in var["query"]["query"]
+
+
+def panel(title: str) -> str:
+    [expr] = [p.expr for _, ps in dashboards.DASHBOARDS.values() for p in ps if p.title == title]
+    return expr
+
+
+def test_pod_panels_show_each_environments_predictor_pods(tmp_path):
+    """The CPU, memory and restart panels over cAdvisor's and kube-state-metrics' series as
+    kube-prometheus-stack stores them (promtool evaluates the panels' PromQL, the environment
+    variable set to production): production's pods only, the pod cgroup and pause container and
+    other pods left out, restarts counted."""
+    pick = {"$namespace": "ml-production"}
+
+    def expr(title: str) -> str:
+        e = panel(title)
+        for k, v in pick.items():
+            e = e.replace(k, v)
+        return e
+
+    prod = 'namespace="ml-production",pod="churn-classifier-predictor-00002-deployment-a"'
+    stag = 'namespace="ml-staging",pod="churn-classifier-predictor-00001-deployment-b"'
+    cad = 'job="kubelet",metrics_path="/metrics/cadvisor"'
+    ksm = 'job="kube-state-metrics",uid="u"'
+    rules = {"groups": [{"name": "panels", "rules": [
+        {"record": "panel:cpu", "expr": expr("Pod CPU (cores)")},
+        {"record": "panel:memory", "expr": expr("Pod memory (working set)")},
+        {"record": "panel:restarts", "expr": expr("Container restarts (1 h)")},
+    ]}]}  # fmt: skip
+    (tmp_path / "panels.yaml").write_text(yaml.safe_dump(rules))
+    series = [
+        (f'container_cpu_usage_seconds_total{{{cad},{prod},container="kserve-container"}}', "0+30x60"),
+        (f'container_cpu_usage_seconds_total{{{cad},{prod},container=""}}', "0+60x60"),
+        (f'container_cpu_usage_seconds_total{{{cad},{prod},container="POD"}}', "0+1x60"),
+        (f'container_cpu_usage_seconds_total{{{cad},{stag},container="kserve-container"}}', "0+6x60"),
+        (f'container_cpu_usage_seconds_total{{{cad},namespace="ml-production",pod="other-1",container="x"}}', "0+6x60"),
+        (f'container_memory_working_set_bytes{{{cad},{prod},container="kserve-container"}}', "2e8x60"),
+        (f'container_memory_working_set_bytes{{{cad},{stag},container="kserve-container"}}', "1e8x60"),
+        (f'kube_pod_container_status_restarts_total{{{ksm},{prod},container="kserve-container"}}', "0x30 1x30"),
+        (f'kube_pod_container_status_restarts_total{{{ksm},{stag},container="kserve-container"}}', "0x60"),
+    ]  # fmt: skip
+    samples = [
+        ("panel:cpu", "kserve-container", 0.5),
+        ("panel:memory", "kserve-container", 2e8),
+        ("panel:restarts", "kserve-container", 1),
+    ]
+    tests = {"rule_files": ["panels.yaml"], "evaluation_interval": "1m", "tests": [{
+        "interval": "1m",
+        "input_series": [{"series": s, "values": v} for s, v in series],
+        "promql_expr_test": [
+            {"expr": name, "eval_time": "50m", "exp_samples": [{
+                "labels": f'{name}{{container="{c}",{prod}}}', "value": value}]}
+            for name, c, value in samples
+        ],
+    }]}  # fmt: skip
+    (tmp_path / "panels.test.yaml").write_text(yaml.safe_dump(tests))
+    done = promtool("test", "rules", str(tmp_path / "panels.test.yaml"))
     assert done.returncode == 0, done.stdout + done.stderr
 
 
