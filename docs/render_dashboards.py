@@ -41,6 +41,7 @@ from mlstack.train.tracking import sqlite_store  # noqa: E402
 from mlstack.train.training import HyperParams, TrainingLineage, train_and_log  # noqa: E402
 
 MODEL = DEFAULTS.model_name
+ENVIRONMENT = "local"  # the namespace label the local scrape gives the predictor
 
 
 def free_port() -> int:
@@ -116,6 +117,7 @@ def draw(prom: str, uid: str, start: float, end: float, out: Path) -> Path:
     fig, axes = plt.subplots(rows_n, cols, figsize=(12, 3.2 * rows_n), squeeze=False)
     for ax, panel in zip(axes.flat, panels, strict=False):
         expr = re.sub(r"\[(5m|15m)\]", "[30s]", panel.expr)
+        expr = expr.replace(f"${dashboards.ENV_VARIABLE}", ENVIRONMENT)  # the picker's choice
         query = urllib.parse.urlencode({"query": expr, "start": start, "end": end, "step": 2})
         result = get(f"{prom}/api/v1/query_range?{query}")["data"]["result"]
         for series in result:
@@ -125,6 +127,8 @@ def draw(prom: str, uid: str, start: float, end: float, out: Path) -> Path:
             for key, value in series["metric"].items():
                 label = label.replace("{{" + key + "}}", value)
             ax.plot(xs, ys, label=label or None)
+        if not result:  # the pod panels: cAdvisor and kube-state-metrics run on a cluster only
+            ax.text(0.5, 0.5, "no data in a local run", ha="center", va="center", fontsize=9)
         ax.set_title(panel.title, fontsize=10)
         ax.set_xlabel("seconds into the run", fontsize=8)
         ax.tick_params(labelsize=8)
@@ -185,8 +189,10 @@ def main() -> None:
         p_port, prom_port = free_port(), free_port()
         (tmp / "prometheus.yml").write_text(yaml.safe_dump({
             "global": {"scrape_interval": "1s"},
-            "scrape_configs": [{"job_name": "local/churn-predictor",
-                                "static_configs": [{"targets": [f"127.0.0.1:{p_port}"]}]}],
+            # the labels the PodMonitor's scrape gives a predictor: job <namespace>/churn-predictor
+            "scrape_configs": [{"job_name": f"{ENVIRONMENT}/churn-predictor",
+                                "static_configs": [{"targets": [f"127.0.0.1:{p_port}"],
+                                                    "labels": {"namespace": ENVIRONMENT}}]}],
         }))  # fmt: skip
         env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_DISABLE_TELEMETRY": "true"}
         predictor = subprocess.Popen(

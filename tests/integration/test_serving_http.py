@@ -283,3 +283,36 @@ def test_mlstack_serve_binds_loopback_only(server):
             pass
     finally:
         stop(proc)
+
+
+def test_a_refused_request_is_counted_in_both_counters(server):
+    """KServe times every predict call, refused or not (the predictor refuses inside predict), so
+    request_predict_seconds_count counts all requests and model_input_errors_total the refused
+    ones among them: the refusal ratio is errors / count (manifests/monitoring/rules.yaml).
+    Requests refused before predict are in neither."""
+    base, _, _, _ = server
+    v1, v2 = f"{base}/v1/models/{MODEL}:predict", f"{base}/v2/models/{MODEL}/infer"
+    count = f'request_predict_seconds_count{{model_name="{MODEL}"}}'
+
+    def errors(m: dict[str, float]) -> float:
+        return sum(v for k, v in m.items() if k.startswith("model_input_errors_total{"))
+
+    def deltas(url: str, body, content_type: str = "application/json") -> tuple[int, float, float]:
+        before = metrics(base)
+        status = call(url, body, content_type)[0]
+        after = metrics(base)
+        return status, after[count] - before.get(count, 0), errors(after) - errors(before)
+
+    assert deltas(v1, {"instances": [GOOD]}) == (200, 1, 0)
+    refused_in_predict = [
+        (v1, {"instances": [{**GOOD, "age": 200}]}, "application/json"),
+        (v1, {"instances": [GOOD], "parameters": [1]}, "application/json"),
+        (v1, b'{"instances": [', "text/plain"),  # decoded by the model: not JSON
+        (v2, {"inputs": [{"name": "age", "shape": [1], "datatype": "FP64", "data": [1]}]},
+         "application/json"),
+    ]  # fmt: skip
+    for url, body, content_type in refused_in_predict:
+        assert deltas(url, body, content_type) == (400, 1, 1), body
+    # refused by KServe before the model: counted in neither
+    assert deltas(v1, b'{"instances": [')[1:] == (0, 0)
+    assert deltas(f"{base}/v1/models/nope:predict", {"instances": [GOOD]}) == (404, 0, 0)
