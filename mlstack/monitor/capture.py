@@ -33,7 +33,8 @@ Contract (what labels, live quality and new data versions build on):
   hidden temporary name, fsynced and renamed; an S3 object is one PUT), at
   ``<root>/<environment>/<model_name>/date=YYYY-MM-DD/part-<uuid>.parquet`` with the date of
   ``received_at`` (UTC). ``root`` is a local directory or an ``s3://bucket/prefix`` URL (S3 or
-  MinIO: the endpoint comes from ``AWS_ENDPOINT_URL``, credentials from the usual ``AWS_*``).
+  MinIO: the endpoint comes from ``AWS_ENDPOINT_URL``, credentials from the usual ``AWS_*``, or
+  from a mounted Secret's files in ``MLSTACK_S3_CREDENTIALS_DIR``).
   ``environment`` and ``model_name`` must be Kubernetes names, so no value makes a path leave
   ``root``.
 
@@ -82,6 +83,7 @@ SCHEMA = pa.schema(
 # a Kubernetes name (RFC 1123 label): what a namespace and an InferenceService name are
 _K8S_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _PART = re.compile(r"^part-[0-9a-f]{32}\.parquet$")
+_S3_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL")
 _DATE_DIR = re.compile(r"^date=(\d{4}-\d{2}-\d{2})$")
 
 
@@ -101,10 +103,24 @@ def _is_s3(root: str | Path) -> bool:
 
 
 def _s3() -> Any:
+    """The S3 client: endpoint and credentials from the environment, or from the files of a
+    mounted Secret in ``MLSTACK_S3_CREDENTIALS_DIR`` (keys ``AWS_ACCESS_KEY_ID``,
+    ``AWS_SECRET_ACCESS_KEY``, optional ``AWS_ENDPOINT_URL``), which win."""
     import s3fs
 
-    endpoint = os.environ.get("AWS_ENDPOINT_URL") or None
-    return s3fs.S3FileSystem(endpoint_url=endpoint)
+    values = {k: os.environ.get(k, "") for k in _S3_KEYS}
+    if folder := os.environ.get("MLSTACK_S3_CREDENTIALS_DIR"):
+        for key in _S3_KEYS:
+            path = Path(folder) / key
+            try:
+                values[key] = path.read_text().strip() if path.exists() else values[key]
+            except OSError as exc:
+                raise StackError(f"cannot read S3 credential file {path}: {exc.strerror}") from None
+    return s3fs.S3FileSystem(
+        endpoint_url=values["AWS_ENDPOINT_URL"] or None,
+        key=values["AWS_ACCESS_KEY_ID"] or None,
+        secret=values["AWS_SECRET_ACCESS_KEY"] or None,
+    )
 
 
 def to_table(frame: pd.DataFrame) -> pa.Table:

@@ -409,8 +409,16 @@ class Sink:
     waiting for their batch; ``start()`` replays the log, ``accept`` takes one event,
     ``flush`` writes a batch (the server's background thread calls ``tick``)."""
 
-    def __init__(self, root: str | Path, wal_dir: Path, settings: SinkSettings) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        wal_dir: Path,
+        settings: SinkSettings,
+        namespace: str | None = None,
+    ) -> None:
         self.root, self.wal_dir, self.settings = root, Path(wal_dir), settings
+        # the namespace this sink serves (its own): events naming another one are refused
+        self.namespace = namespace
         self.metrics = Metrics()
         self._lock = threading.Lock()  # pending, rows, the open segment
         self._sync_lock = threading.Lock()  # one fsync at a time
@@ -503,6 +511,10 @@ class Sink:
         ``EventError`` (4xx) for a malformed event, (503) when the store is far behind."""
         try:
             event = parse_event(headers, body)
+            if self.namespace is not None and event.environment != self.namespace:
+                raise EventError(
+                    403, f"Ce-Namespace {event.environment!r} is not this sink's {self.namespace!r}"
+                )
         except EventError:
             self.metrics.events.labels("unknown", "refused").inc()
             raise
@@ -633,8 +645,8 @@ def make_server(
     max_connections: int = MAX_CONNECTIONS,
 ) -> ThreadingHTTPServer:
     """The HTTP server (not yet serving): ``POST /`` takes one event (200 once it is on disk;
-    400/411/413/415 for a malformed event, naming the problem; 503 when the store is far
-    behind), ``GET /healthz`` (the probes), ``GET /metrics`` (Prometheus)."""
+    400/411/413/415 for a malformed event, naming the problem; 403 for another namespace's; 503
+    when the store is far behind), ``GET /healthz`` (the probes), ``GET /metrics`` (Prometheus)."""
 
     class Handler(BaseHTTPRequestHandler):
         timeout = read_timeout

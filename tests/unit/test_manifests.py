@@ -19,8 +19,8 @@ OVERLAYS = ["staging", "production"]
 BIN = Path(sys.executable).parent
 
 
-def by_kind(docs: list[dict], kind: str) -> dict:
-    [doc] = [d for d in docs if d["kind"] == kind]
+def by_kind(docs: list[dict], kind: str, name: str | None = None) -> dict:
+    [doc] = [d for d in docs if d["kind"] == kind and name in (None, d["metadata"]["name"])]
     return doc
 
 
@@ -39,7 +39,7 @@ def kubernetes_validate(tmp_path: Path, docs: list[dict]) -> subprocess.Complete
     )
 
 
-CORE = {"ServiceAccount", "NetworkPolicy"}
+CORE = {"ServiceAccount", "NetworkPolicy", "Deployment", "Service"}
 
 
 def test_overlay_renders_with_its_namespace(overlay):
@@ -49,6 +49,8 @@ def test_overlay_renders_with_its_namespace(overlay):
         "InferenceService",
         "NetworkPolicy",
         "PodMonitor",
+        "Deployment",  # the payload sink (payload-sink.yaml)
+        "Service",
     }
     assert {d["metadata"]["namespace"] for d in docs} == {f"ml-{env}"}
 
@@ -61,7 +63,7 @@ def test_core_kinds_pass_kubernetes_validate_strict(overlay, tmp_path):
 
 def test_kubernetes_validate_rejects_a_broken_core_object(tmp_path, overlay):
     _, docs = overlay
-    policy = by_kind(docs, "NetworkPolicy")
+    policy = by_kind(docs, "NetworkPolicy", "churn-predictor")
     policy["spec"]["podSelectr"] = policy["spec"].pop("podSelector")
     done = kubernetes_validate(tmp_path, [policy])
     assert done.returncode != 0 and "podSelector" in done.stdout + done.stderr
@@ -98,8 +100,13 @@ def test_predictor_is_locked_down_and_probed(overlay):
     assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
     env_vars = [e["name"] for e in container["env"]]
     assert env_vars[:2] == ["STORAGE_URI", "MODEL_VERSION"]  # what promotion.yaml's paths point at
-    assert predictor["serviceAccountName"] == by_kind(docs, "ServiceAccount")["metadata"]["name"]
-    assert by_kind(docs, "ServiceAccount")["automountServiceAccountToken"] is False
+    assert (
+        predictor["serviceAccountName"]
+        == by_kind(docs, "ServiceAccount", "churn-predictor")["metadata"]["name"]
+    )
+    assert (
+        by_kind(docs, "ServiceAccount", "churn-predictor")["automountServiceAccountToken"] is False
+    )
     if env == "production":
         assert predictor["minReplicas"] >= 2 and predictor["maxReplicas"] >= 10
         assert "canaryTrafficPercent" in predictor
@@ -107,7 +114,7 @@ def test_predictor_is_locked_down_and_probed(overlay):
 
 def test_network_policy_denies_by_default_and_admits_serving_and_monitoring(overlay):
     _, docs = overlay
-    policy = by_kind(docs, "NetworkPolicy")["spec"]
+    policy = by_kind(docs, "NetworkPolicy", "churn-predictor")["spec"]
     assert sorted(policy["policyTypes"]) == ["Egress", "Ingress"]
     sources = {
         peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
@@ -150,7 +157,7 @@ def egress_allows(policy: dict, port: int, *, ip: str = "", namespace: str = "")
 @pytest.mark.reliability("object-store-egress")
 def test_storage_initializer_reaches_the_object_store_and_nothing_private(overlay):
     _, docs = overlay
-    policy = by_kind(docs, "NetworkPolicy")["spec"]
+    policy = by_kind(docs, "NetworkPolicy", "churn-predictor")["spec"]
     # DNS, the in-cluster MinIO, and a cloud object store over HTTPS (S3 and GCS addresses)
     assert egress_allows(policy, 53, namespace="kube-system")
     assert egress_allows(policy, 9000, namespace="mlops")
