@@ -4,8 +4,10 @@
 # entry pinned to the constraints.txt version with the sha256 of each of its files on PyPI; the
 # Dockerfiles install it with `pip install --require-hashes --no-deps`. docs/images.md.
 #
-#   training   pyproject.toml's dependencies + the pipeline extra, and locks/build.in
-#   predictor  pyproject.toml's dependencies + the serving extra, and locks/build.in
+#   training   pyproject.toml's dependencies + the platform and pipeline extras, and locks/build.in
+#   predictor  pyproject.toml's dependencies + the serving extra, and locks/build.in, with
+#              locks/predictor-overrides.txt as uv overrides (kserve's requirements the predictor
+#              never imports, each removed by a marker that never holds)
 #   mlflow     locks/mlflow.in
 #   sbom       locks/sbom.in (the SBOM tool scripts/images.sh mounts into each built image)
 #   build      locks/build.in (the build backend, installed before the training and predictor locks)
@@ -32,8 +34,8 @@ fi
 
 inputs() {
   case "$1" in
-    training) echo pyproject.toml --extra pipeline locks/build.in ;;
-    predictor) echo pyproject.toml --extra serving locks/build.in ;;
+    training) echo pyproject.toml --extra platform --extra pipeline locks/build.in ;;
+    predictor) echo pyproject.toml --extra serving locks/build.in --override locks/predictor-overrides.txt ;;
     mlflow) echo locks/mlflow.in ;;
     sbom) echo locks/sbom.in ;;
     build) echo locks/build.in ;;

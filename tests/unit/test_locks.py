@@ -98,21 +98,42 @@ def constraint_errors(
     return errors
 
 
+EXTRAS = {"training": ("platform", "pipeline"), "predictor": ("serving",)}
+OVERRIDES = {"predictor": LOCKS / "predictor-overrides.txt"}
+
+
 def requirement_set(key: str) -> list[Requirement]:
     """What scripts/locks.sh compiles the image's lock from."""
     if key == "mlflow":
         lines = (LOCKS / "mlflow.in").read_text().splitlines()
     else:
         project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-        extra = {"training": "pipeline", "predictor": "serving"}[key]
-        lines = project["dependencies"] + project["optional-dependencies"][extra]
+        lines = list(project["dependencies"])
+        for extra in EXTRAS[key]:
+            lines += project["optional-dependencies"][extra]
         lines += (LOCKS / "build.in").read_text().splitlines()
     return [Requirement(x) for x in (ln.split("#", 1)[0].strip() for ln in lines) if x]
 
 
-def closure(requirements: list[Requirement]) -> set[str]:
+def removed(key: str) -> set[str]:
+    """The requirements the image's overrides file removes (a marker that never holds)."""
+    path = OVERRIDES.get(key)
+    if path is None:
+        return set()
+    found = set()
+    for line in path.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            req = Requirement(line)
+            assert req.marker and not req.marker.evaluate(TARGET), f"{line}: not a removal"
+            found.add(canonicalize_name(req.name))
+    return found
+
+
+def closure(requirements: list[Requirement], without: set[str] = frozenset()) -> set[str]:
     """The distributions these requirements need on the images' Python, read from the metadata
-    of this environment (make setup installs constraints.txt's versions, the locks' pins)."""
+    of this environment (make setup installs constraints.txt's versions, the locks' pins);
+    ``without``: names removed (with what only they need), as uv's overrides remove them."""
     seen: set[tuple[str, str]] = set()
     todo = [(r, "") for r in requirements]
     names: set[str] = set()
@@ -121,6 +142,8 @@ def closure(requirements: list[Requirement]) -> set[str]:
         if req.marker and not req.marker.evaluate({**TARGET, "extra": extra}):
             continue
         name = canonicalize_name(req.name)
+        if name in without:
+            continue
         names.add(name)
         for wanted in ("", *req.extras):
             if (name, wanted) in seen:
@@ -133,7 +156,7 @@ def closure(requirements: list[Requirement]) -> set[str]:
 
 def closure_errors(key: str, entries: dict[str, tuple[str, list[str]]]) -> list[str]:
     """Packages the requirement set needs that the lock lacks, and lock entries nothing needs."""
-    needed = closure(requirement_set(key))
+    needed = closure(requirement_set(key), removed(key))
     errors = [f"{n}: needed, not in locks/{key}.txt" for n in sorted(needed - set(entries))]
     errors += [f"{n}: in locks/{key}.txt, needed by nothing" for n in sorted(set(entries) - needed)]
     return errors
@@ -197,6 +220,91 @@ def test_each_image_lock_is_the_whole_closure_of_its_requirement_set(key):
     ]
     extra = {**entries, "left-over": ("1.0", ["0" * 64])}
     assert closure_errors(key, extra) == [f"left-over: in locks/{key}.txt, needed by nothing"]
+
+
+# what the predictor never imports (issue 15): the platform's client and server stack
+PLATFORM_ONLY = {"mlflow", "mlflow-skinny", "mlflow-tracing", "pyarrow", "matplotlib", "sqlalchemy",
+                 "alembic", "databricks-sdk", "flask", "gunicorn", "graphene", "ruamel-yaml", "kfp"}  # fmt: skip
+
+
+def test_the_predictor_lock_is_the_serving_closure_only():
+    entries = lock("predictor")
+    assert {"kserve", "onnxruntime", "scikit-learn", "skops", "pyyaml"} <= set(entries)
+    assert set(entries) & PLATFORM_ONLY == set()
+    assert set(entries) & removed("predictor") == set()
+    # the training image keeps the platform stack (the platform extra)
+    assert {"mlflow", "ruamel-yaml", "kfp", "onnx", "skl2onnx"} <= set(lock("training"))
+
+
+def imports_of(dist: str) -> set[str]:
+    """Top-level module names a distribution's own .py files import (import/from lines)."""
+    found: set[str] = set()
+    for file in importlib.metadata.files(dist) or []:
+        if file.suffix == ".py":
+            text = Path(file.locate()).read_text(errors="replace")
+            found |= set(re.findall(r"(?m)^\s*(?:from|import)\s+([A-Za-z_]\w*)", text))
+    return found
+
+
+def requires(line: str, name: str) -> bool:
+    """Whether a requirement line is one on ``name`` that holds without extras on the target."""
+    req = Requirement(line)
+    held = req.marker is None or req.marker.evaluate({**TARGET, "extra": ""})
+    return held and canonicalize_name(req.name) == name
+
+
+def removal_errors(key: str, without: set[str]) -> list[str]:
+    """A removed requirement that nothing in the set requires (a stale override), or that a
+    distribution requiring it imports (the image would fail at that import)."""
+    full = closure(requirement_set(key))
+    modules: dict[str, set[str]] = {}
+    for module, dists in importlib.metadata.packages_distributions().items():
+        for dist in dists:
+            modules.setdefault(canonicalize_name(dist), set()).add(module)
+    errors = []
+    for name in sorted(without):
+        if name not in full:
+            errors.append(f"{name}: removed, but nothing in the {key} set requires it")
+            continue
+        requirers = [
+            d
+            for d in sorted(full - {name})
+            if any(requires(r, name) for r in importlib.metadata.requires(d) or [])
+        ]
+        for dist in requirers:
+            if modules.get(name, set()) & imports_of(dist):
+                errors.append(f"{name}: removed, but {dist} imports it")
+    return errors
+
+
+@pytest.mark.reliability("predictor-removed-requirement-imported")
+def test_each_requirement_the_predictor_lock_removes_is_never_imported_by_its_requirer():
+    without = removed("predictor")
+    assert without and removal_errors("predictor", without) == []
+    # removing one kserve imports (kubernetes: kserve/api) or one nothing needs is each found
+    assert removal_errors("predictor", {"kubernetes"}) == [
+        "kubernetes: removed, but kserve imports it"
+    ]
+    assert removal_errors("predictor", {"pyarrow"}) == [
+        "pyarrow: removed, but nothing in the predictor set requires it"
+    ]
+
+
+def test_the_images_pip_check_accepts_only_what_the_overrides_remove():
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import pip_check
+    finally:
+        sys.path.pop(0)
+    accepted = pip_check.dropped(OVERRIDES["predictor"])
+    assert accepted == removed("predictor")
+    report = "kserve 0.21.0 requires pillow, which is not installed.\n" \
+             "kserve 0.21.0 requires aiohttp, which is not installed.\n"  # fmt: skip
+    assert pip_check.broken(report, accepted) == ([], report.splitlines())
+    other = "kserve 0.21.0 requires kubernetes, which is not installed."
+    wrong = "kserve 0.21.0 has requirement numpy<3.0.0,>=1.26.0, but you have numpy 3.1.0."
+    assert pip_check.broken(f"{other}\n{wrong}", accepted) == ([other, wrong], [])
+    assert pip_check.broken("No broken requirements found.", accepted) == ([], [])
 
 
 def test_the_build_backend_is_locked_alike_everywhere():
