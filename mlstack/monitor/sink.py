@@ -31,6 +31,7 @@ import json
 import math
 import os
 import re
+import socket
 import sys
 import threading
 import time
@@ -48,7 +49,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
 from mlstack.errors import StackError
 from mlstack.monitor import capture
-from mlstack.monitor.relay import BadRequest, _BoundedServer, _DeadlineReader, decode_json
+from mlstack.monitor.relay import BadRequest, _BoundedServer, decode_json
 from mlstack.schema import DECISION_THRESHOLD, FEATURES
 from mlstack.settings import SinkSettings
 
@@ -56,7 +57,10 @@ REQUEST_TYPE = "org.kubeflow.serving.inference.request"
 RESPONSE_TYPE = "org.kubeflow.serving.inference.response"
 VERSION_ANNOTATION = "mlstack.io/model-version"
 READ_TIMEOUT = 10.0  # seconds one read of an event may wait
-REQUEST_DEADLINE = 30.0  # seconds for a whole event to arrive
+REQUEST_DEADLINE = 30.0  # seconds for a whole event to arrive, from its first byte
+# seconds a kept-alive connection may wait for its next event: longer than the idle timeout of
+# Go's default transport (90 s), so the logger closes an idle connection before the sink does
+IDLE_TIMEOUT = 120.0
 MAX_CONNECTIONS = 64
 _LENGTH = re.compile(r"[0-9]{1,16}")
 # an inference id: the logger's UUID or a caller's own Ce-Id (printable ASCII, no spaces)
@@ -624,6 +628,35 @@ def _fsync_dir(path: Path) -> None:
 # --- HTTP ---------------------------------------------------------------------------------------
 
 
+class _EventReader(io.RawIOBase):
+    """A kept-alive connection's reads: between events one read waits up to ``idle_timeout``;
+    once an event's first bytes arrive, each read waits at most ``read_timeout`` and none
+    starts after ``request_deadline`` seconds (a client sending slowly is cut off)."""
+
+    def __init__(
+        self, sock: socket.socket, read_timeout: float, idle_timeout: float, deadline: float
+    ) -> None:
+        super().__init__()
+        self._sock, self._read_timeout, self._idle_timeout = sock, read_timeout, idle_timeout
+        self._request_deadline = deadline
+        self.deadline: float | None = None  # None: waiting for the next event
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self.deadline is None:
+            self._sock.settimeout(self._idle_timeout)
+            n = self._sock.recv_into(buffer)
+            self.deadline = time.monotonic() + self._request_deadline
+            return n
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("event not received within its deadline")
+        self._sock.settimeout(min(self._read_timeout, left))
+        return self._sock.recv_into(buffer)
+
+
 def _length(headers: Message, limit: int) -> int:
     if headers.get_all("Transfer-Encoding"):
         raise EventError(400, "Transfer-Encoding is not accepted: send one Content-Length")
@@ -642,6 +675,7 @@ def make_server(
     *,
     read_timeout: float = READ_TIMEOUT,
     request_deadline: float = REQUEST_DEADLINE,
+    idle_timeout: float = IDLE_TIMEOUT,
     max_connections: int = MAX_CONNECTIONS,
 ) -> ThreadingHTTPServer:
     """The HTTP server (not yet serving): ``POST /`` takes one event (200 once it is on disk;
@@ -654,9 +688,21 @@ def make_server(
 
         def setup(self) -> None:
             super().setup()
+            # the answer's header and body are two writes: without this, Nagle's algorithm holds
+            # the body until the client's delayed ACK (~40 ms per event)
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self.rfile.close()
-            deadline = time.monotonic() + request_deadline
-            self.rfile = io.BufferedReader(_DeadlineReader(self.connection, read_timeout, deadline))
+            self.reader = _EventReader(
+                self.connection, read_timeout, idle_timeout, request_deadline
+            )
+            self.rfile = io.BufferedReader(self.reader)
+
+        def handle_one_request(self) -> None:
+            self.reader.deadline = None  # the next event's clock starts at its first byte
+            try:
+                super().handle_one_request()
+            except TimeoutError:
+                self.close_connection = True
 
         def _reply(self, status: int, data: bytes, content_type: str = "application/json") -> None:
             self.send_response(status)
