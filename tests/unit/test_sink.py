@@ -8,6 +8,7 @@ import http.client
 import json
 import os
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -222,3 +223,42 @@ def test_an_unpaired_request_is_dropped_after_the_pairing_timeout(tmp_path: Path
     finally:
         r.stop()
         r.sink.close()
+
+
+def test_a_kept_alive_connection_outlives_the_per_event_deadline(tmp_path: Path) -> None:
+    """The logger keeps its connections open: the deadline is per event, not per connection."""
+    s = sink.Sink(tmp_path / "c", tmp_path / "w", SETTINGS)
+    s.start()
+    server = sink.make_server(s, "127.0.0.1", 0, request_deadline=1.0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    conn = http.client.HTTPConnection("127.0.0.1", server.server_address[1], timeout=30)
+    try:
+        for i, kind in enumerate(["request", "response"]):
+            if i:
+                time.sleep(1.5)  # longer than the deadline, on the same connection
+            data = {"instances": rows(1)} if kind == "request" else {"predictions": [1]}
+            conn.request("POST", "/", *reversed(event(kind, "h", data)))
+            answer = conn.getresponse()
+            assert (answer.status, json.loads(answer.read())["type"]) == (200, kind)
+    finally:
+        conn.close()
+        server.shutdown()
+        server.server_close()
+        s.close()
+    assert capture.read_captures(tmp_path / "c")["id"].tolist() == ["h"]
+
+
+@pytest.mark.reliability("payload-sink-other-namespace")
+def test_a_sink_refuses_events_of_another_namespace(tmp_path: Path) -> None:
+    s = sink.Sink(tmp_path / "c", tmp_path / "w", SETTINGS, namespace="ml-staging")
+    s.start()
+    try:
+        headers, body = event("request", "i", {"instances": rows(1)}, namespace="ml-production")
+        headers = {k.lower(): v for k, v in headers.items()}
+        with pytest.raises(sink.EventError, match="'ml-production' is not this sink's") as info:
+            s.accept(headers, body)
+        assert info.value.status == 403
+    finally:
+        s.close()
+    assert all(not p.read_bytes() for p in (tmp_path / "w").glob("wal-*.log"))
