@@ -8,9 +8,11 @@ import sys
 from importlib.metadata import PackageNotFoundError, version
 
 from mlstack.cli import (
+    capture,
     completion,
     data,
     deploy,
+    labels,
     monitor,
     pipeline,
     remote,
@@ -22,7 +24,19 @@ from mlstack.errors import StackError
 from mlstack.settings import environment_variables, load_settings
 from mlstack.train import tracking
 
-GROUPS = (data, pipeline, tune, deploy, rollout, remote, monitor, serve, completion)
+GROUPS = (
+    data,
+    pipeline,
+    tune,
+    deploy,
+    rollout,
+    remote,
+    labels,
+    monitor,
+    capture,
+    serve,
+    completion,
+)
 
 
 def package_version() -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from mlstack.cli import labels
 from mlstack.settings import Settings
 
 
@@ -81,3 +82,4 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "status", help="the committed version; finishes or rolls back an interrupted add"
     )
     stat.set_defaults(func=_status)
+    labels.register_data(data)  # from-production: labelled captured rows as a version
