@@ -24,6 +24,7 @@ def _promote(args: argparse.Namespace, settings: Settings) -> None:
             tracking_uri=uri,
             artifacts_destination=settings.artifacts_destination,
             allow_local_storage=args.allow_local_storage,
+            force=args.force,
         )
         if ref
         else None
@@ -90,6 +91,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         action="store_true",
         help="accept a version whose files are on this machine (file://): a local try-out that "
         "no cluster can serve",
+    )
+    prom.add_argument(
+        "--force",
+        action="store_true",
+        help="promote a version even though a canary analysis rolled it back",
     )
     add_output_option(prom)
     prom.set_defaults(func=_promote)

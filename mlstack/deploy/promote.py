@@ -71,6 +71,7 @@ def resolve_release(
     tracking_uri: str,
     artifacts_destination: str = "",
     allow_local_storage: bool = False,
+    force: bool = False,
 ) -> Release:
     """The registry version behind ``ref`` (a number or an alias), if policy allows promoting it
     (``mlstack.deploy.policy.verify_version``: its run, source, recorded gates and thresholds,
@@ -79,7 +80,8 @@ def resolve_release(
     Returns the release (version, the storage URI KServe reads, lineage). Raises ``StackError``
     when the server is unreachable, there is no such version, any policy check fails, or its
     artifacts are proxied and ``artifacts_destination`` is not given; ``allow_local_storage``
-    accepts a ``file://`` location (a local try-out no cluster can serve)."""
+    accepts a ``file://`` location (a local try-out no cluster can serve). A version a canary
+    analysis rolled back (tag ``rolled_back=true``) is refused unless ``force``."""
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
@@ -101,6 +103,10 @@ def resolve_release(
             f"refusing to promote {model_name} v{mv.version}: it is not marked as having passed "
             "the quality gates"
         )
+    if not force:
+        from mlstack.deploy.lifecycle import refuse_rolled_back
+
+        refuse_rolled_back(dict(mv.tags or {}), model_name, str(mv.version))
     storage_uri = storage_location(uri, artifacts_destination)
     verified = policy.verify_version(
         client,

@@ -38,6 +38,7 @@ LOCK_SUFFIX = ".registration-lock"
 LOCK_STALE_SECONDS = 120.0  # a registration takes seconds; older than this, its holder died
 LOCK_WAIT_SECONDS = 180.0  # longer than LOCK_STALE_SECONDS: a dead holder's lock gets broken
 PENDING, COMPLETE = "pending", "complete"
+BOOTSTRAP_TAG = "champion.bootstrap"  # on the first version only: @champion without a canary
 
 
 @dataclass(frozen=True)
@@ -126,7 +127,9 @@ def register(
     experiment_name: str,
 ) -> Registration:
     """Create (or find, for this run) the model version; alias it ``champion`` when the registry
-    has none, else ``challenger``: the module's docstring says how, and what it guards against.
+    has none (the bootstrap champion, tagged ``champion.bootstrap``: docs/lifecycle.md), else
+    ``challenger``: the module's docstring says how, and what it guards against. It never moves
+    an existing ``@champion``: only ``mlstack rollout promote`` in production does.
 
     Returns the registration (version, alias, and whether it is new: a rerun of the same run
     finds its version again). Raises ``StackError`` for a model whose gates did not pass, when
@@ -185,6 +188,16 @@ def _register_locked(
             **{key: f"{decision.challenger[key]:.6f}" for key in ("roc_auc", "f1")},
         }
     )
+    if alias == CHAMPION:
+        # the bootstrap champion (docs/lifecycle.md): the model's first version, never canaried;
+        # every later @champion is moved by `mlstack rollout promote` in production only
+        tags.update(
+            {
+                BOOTSTRAP_TAG: "true",
+                "champion.by": f"registration of run {run_id} (first version: no champion yet)",
+                "champion.at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            }
+        )
     mv = mlflow.register_model(model_uri, model_name, tags=tags)
     version = str(mv.version)
     try:

@@ -90,6 +90,8 @@ def test_first_model_becomes_champion_then_challenger(first, dataset_csv, tracki
     mv = MlflowClient(tracking_uri).get_model_version(MODEL, "1")
     assert mv.tags["data_md5"] == "abc123" and mv.tags["kfp_run_id"] == "kfp-id-1"
     assert mv.tags["mlflow_run_id"] == first.run_id
+    # the bootstrap champion says so (docs/lifecycle.md): no canary made it the champion
+    assert mv.tags["champion.bootstrap"] == "true" and first.run_id in mv.tags["champion.by"]
 
     # registering the same run again changes nothing
     again = registry.register(
@@ -118,6 +120,7 @@ def test_first_model_becomes_champion_then_challenger(first, dataset_csv, tracki
     assert (reg2.version, reg2.alias) == ("2", "challenger")
     client = MlflowClient(tracking_uri)
     assert str(client.get_model_version_by_alias(MODEL, "champion").version) == "1"
+    assert "champion.bootstrap" not in client.get_model_version(MODEL, "2").tags
     run = client.get_run(second.run_id)
     assert run.data.metrics["champion_roc_auc"] == pytest.approx(first.metrics["roc_auc"])
     assert run.data.tags["gates_passed"] == "true"

@@ -231,3 +231,84 @@ def test_e2e_workflow_trains_promotes_syncs_and_asserts_a_prediction():
     promote = next(s for s in steps_ if s.get("name", "").startswith("Promote"))
     steps_.insert(3, steps_.pop(steps_.index(promote)))
     assert e2e_stages(doc) != order[:-1]
+
+
+def rollout_stages(doc: dict) -> list[str]:
+    """The rollout job's steps, in order, named by what they do in the canary's lifecycle."""
+    stages = []
+    for step in doc["jobs"]["rollout"]["steps"]:
+        words = [w for c in commands(step.get("run", "")) for w in c]
+        run = " ".join(words)
+        when = str(step.get("if", ""))
+        if "mlstack rollout status" in run:
+            stages.append("state")
+        elif "applications.argoproj.io churn-production" in run and "Synced/Healthy" in run:
+            stages.append("argocd" if "phase == 'canary'" in when else "argocd-unguarded")
+        elif "mlstack rollout analyze" in run:
+            # repeated on exit 10 (wait) until a deadline; 0 and 20 are the verdicts; a forced
+            # verdict skips it
+            loop = all(f"{code})" in step["run"] for code in ("0", "10", "20"))
+            forced = '"$VERDICT" != analyze' in step["run"] and "deadline" in step["run"]
+            stages.append("analyze" if loop and forced else "analyze-incomplete")
+        elif "mlstack rollout rollback" in run and "git push" in run:
+            stages.append("rollback" if "'rollback'" in when else "rollback-unguarded")
+        elif "mlstack rollout promote" in run and "--no-commit" in words:
+            stages.append("promote" if "'promote'" in when else "promote-unguarded")
+        elif "mlstack rollout promote" in run:
+            stages.append("record" if "'stable'" in when else "record-unguarded")
+        elif str(step.get("uses", "")).startswith("peter-evans/create-pull-request@"):
+            stages.append("pull-request" if "'promote'" in when else "pull-request-unguarded")
+    return stages
+
+
+def test_rollout_workflow_waits_for_argocd_analyzes_then_acts_through_git():
+    doc = load(ROOT / ".github/workflows/rollout.yml")
+    order = ["state", "record", "argocd", "analyze", "rollback", "promote", "pull-request"]
+    assert rollout_stages(doc) == order
+    triggers = doc[True]  # YAML 1.1 reads the key `on` as True
+    assert triggers["push"]["paths"] == ["manifests/overlays/production/promotion.yaml"]
+    verdicts = triggers["workflow_dispatch"]["inputs"]["verdict"]
+    assert verdicts["options"] == ["analyze", "promote", "rollback"]
+    assert doc["concurrency"]["cancel-in-progress"] is False  # never two rollouts at once
+    # moved, unguarded or incomplete steps are seen
+    steps_ = doc["jobs"]["rollout"]["steps"]
+    analyze = next(s for s in steps_ if s.get("id") == "verdict")
+    analyze["run"] = analyze["run"].replace("10) ;;", "")
+    rollback = next(s for s in steps_ if "rollout rollback" in s.get("run", ""))
+    rollback.pop("if")
+    assert rollout_stages(doc) == [
+        "state", "record", "argocd", "analyze-incomplete", "rollback-unguarded", "promote",
+        "pull-request",
+    ]  # fmt: skip
+
+
+def dvc_remote_errors(doc: dict) -> list[str]:
+    """DVC transfers that do not name their remote: DVC reads the remote from its own config (the
+    repository's default, `local`), never from MLSTACK_DVC_REMOTE, so a runner would pull from a
+    directory it does not have. Data goes through `mlstack`, which reads the setting, or `dvc -r`."""
+    errors = []
+    for step in steps(doc):
+        for words in commands(step.get("run", "")):
+            transfer = words[0].endswith("dvc") and words[1:2] in (["pull"], ["push"], ["fetch"])
+            named = {"-r", "--remote"} & set(words) or any(w.startswith("--remote=") for w in words)
+            if transfer and not named:
+                errors.append(f"{step.get('name')}: {' '.join(words)} names no remote")
+    return errors
+
+
+def test_continuous_training_reads_data_through_the_remote_setting_and_has_no_cron():
+    for workflow in WORKFLOWS:
+        assert dvc_remote_errors(load(workflow)) == [], workflow.name
+    doc = load(ROOT / ".github/workflows/train.yml")
+    [data] = [s for s in steps(doc) if s.get("id") == "data"]
+    assert [".venv/bin/mlstack", "pipeline", "check-data", "--rev", "$DATA_REV"] in commands(
+        data["run"]
+    )
+    assert doc["jobs"]["train"]["env"]["MLSTACK_DVC_REMOTE"] == "s3"
+    # the recurring schedule is KFP's (pipelines/schedules.yaml): one schedule, not two
+    assert "schedule" not in doc[True]  # YAML 1.1 reads the key `on` as True
+    # the step this replaced is found
+    data["run"] = ".venv/bin/dvc pull data/churn.csv.dvc\n.venv/bin/dvc pull -r s3 x.dvc\n"
+    assert dvc_remote_errors(doc) == [
+        "Read the data version: .venv/bin/dvc pull data/churn.csv.dvc names no remote"
+    ]
