@@ -52,6 +52,15 @@ def _run(args: argparse.Namespace, settings: Settings) -> None:
     print(f"Look at it: {ui}  (model '{settings.model_name}'); step outputs in {summary.run_dir}")
 
 
+def _check_data(args: argparse.Namespace, settings: Settings) -> None:
+    from mlstack.pipeline import trigger
+
+    check = trigger.check_data(settings, args.rev)
+    print(check.render())
+    if check.unchanged:
+        raise SystemExit(trigger.EXIT_UNCHANGED)
+
+
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add the pipeline command(s) to the ``mlstack`` parser's sub-commands."""
     pipe = sub.add_parser("pipeline", help="the training pipeline").add_subparsers(
@@ -81,3 +90,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     add_output_option(run)
     run.set_defaults(func=_run)
+    check = pipe.add_parser(
+        "check-data",
+        help="read the data version through the configured DVC remote (MLSTACK_DVC_REMOTE) and "
+        "compare it with @champion's: exit 0 new data (or no champion), 10 the champion was "
+        "trained on it",
+    )
+    check.add_argument("--rev", default="HEAD", help="git rev of the data version (default HEAD)")
+    check.set_defaults(func=_check_data)

@@ -252,4 +252,4 @@ def test_bash_completion_completes_commands_and_options(tmp_path: Path):
     assert complete("mlstack", "pro") == ["promote"]
     assert complete("mlstack", "run", "submit", "--e") == ["--endpoint", "--experiment"]
     assert "--dry-run" in complete("mlstack", "promote", "--")
-    assert complete("mlstack", "pipeline", "") == ["-h", "--help", "compile", "run"]
+    assert complete("mlstack", "pipeline", "") == ["-h", "--help", "compile", "run", "check-data"]
