@@ -146,8 +146,8 @@ def _number(value: Any, name: str, where: str) -> float | int | None:
         raise EventError(400, f"{where}: feature '{name}' is not a number")
     if isinstance(value, float) and math.isnan(value):
         return None
-    if not math.isfinite(value):
-        raise EventError(400, f"{where}: feature '{name}' is not finite")
+    if not math.isfinite(value) or abs(value) >= 2**63:
+        raise EventError(400, f"{where}: feature '{name}' is not a finite 64-bit number")
     if feature.dtype == "int":
         if value != int(value):
             raise EventError(400, f"{where}: feature '{name}' is {value}, not a whole number")

@@ -262,3 +262,22 @@ def test_a_sink_refuses_events_of_another_namespace(tmp_path: Path) -> None:
     finally:
         s.close()
     assert all(not p.read_bytes() for p in (tmp_path / "w").glob("wal-*.log"))
+
+
+def test_a_batch_is_written_when_its_oldest_row_has_waited_batch_seconds(tmp_path: Path) -> None:
+    s = sink.Sink(tmp_path / "c", tmp_path / "w", SinkSettings(batch_seconds=3600))
+    s.start()
+    try:
+        for kind, data in [
+            ("request", {"instances": rows(2)}),
+            ("response", {"predictions": [0, 1]}),
+        ]:
+            headers, body = event(kind, "j", data)
+            s.accept({k.lower(): v for k, v in headers.items()}, body)
+        s.tick()  # two rows, far from batch_rows, not waited an hour: nothing written
+        assert capture.read_captures(tmp_path / "c").empty
+        s.settings = SinkSettings(batch_seconds=0.0)  # as if the hour had passed
+        s.tick()
+        assert capture.read_captures(tmp_path / "c")["row"].tolist() == [0, 1]
+    finally:
+        s.close()
