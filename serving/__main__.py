@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import os
 import re
 import tempfile
 from pathlib import Path
-
-from kserve import model_server
 
 from mlstack.errors import exit_on_error
 from mlstack.settings import DEFAULTS
@@ -26,6 +25,8 @@ _MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<ve
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from kserve import model_server
+
     parser = argparse.ArgumentParser(
         prog="python -m serving", parents=[model_server.parser], description=__doc__
     )
@@ -50,8 +51,17 @@ def build_parser() -> argparse.ArgumentParser:
 def download_model(model_uri: str, dst: Path) -> tuple[Path, str, str]:
     """Download a registry version (by alias or number) to ``dst``; returns (dir, version, the
     version's ``model_digest`` tag or "")."""
-    import mlflow
-    from mlflow import MlflowClient
+    try:  # the platform extra: the predictor image has no MLflow (docs/images.md)
+        import mlflow
+        from mlflow import MlflowClient
+    except ModuleNotFoundError as exc:
+        if exc.name != "mlflow":
+            raise
+        raise SystemExit(
+            "error: --model_uri needs MLflow's client, which the predictor image does not hold: "
+            "give the downloaded model with --model_dir (KServe's storage initializer does), or "
+            "run `mlstack serve` where the platform extra is installed"
+        ) from None
 
     match = _MODELS_URI.match(model_uri)
     if not match:
@@ -81,6 +91,10 @@ def cpu_limit() -> int | None:
 
 
 def main() -> None:
+    # Startup allocates millions of objects that live as long as the process (modules, the model):
+    # no cyclic collection while importing and loading (~10% of the start's CPU here,
+    # docs/serving.md "Image"), then they are frozen out of every later collection
+    gc.disable()
     from threadpoolctl import threadpool_limits
 
     from serving import surface
@@ -88,10 +102,12 @@ def main() -> None:
 
     args, _ = build_parser().parse_known_args()
     if args.workers != 1:
-        # the drift window and the compiled model live in this process; scale with replicas
+        # the drift window and the model's engine live in this process; scale with replicas
         raise SystemExit("error: --workers must be 1 (run more replicas instead)")
-    # sklearn's OpenMP pool sees every core of the node, not the pod's limit
-    threadpool_limits(int(os.environ.get("OMP_NUM_THREADS", cpu_limit() or 1)))
+    # sklearn's OpenMP pool and onnxruntime's threads see every core of the node, not the pod's
+    # limit: both get the limit
+    threads = int(os.environ.get("OMP_NUM_THREADS", cpu_limit() or 1))
+    threadpool_limits(threads)
     # only a registry download needs a scratch directory: in a pod the root filesystem is
     # read-only and the model is already in --model_dir (KServe's storage initializer)
     scratch = (
@@ -111,10 +127,13 @@ def main() -> None:
             max_batch_size=args.max_batch_size,
             drift_window=args.drift_window,
             expected_digest=digest or None,
+            threads=threads,
         )
         # a model the project's loader refuses (format, trusted types, digest): one error line,
         # exit 1, no server
         model.load()
+        gc.freeze()
+        gc.enable()
         # on args.host, without the repository extension, readiness = answering (surface.py)
         surface.serve([model], host=args.host)
 

@@ -1,14 +1,22 @@
 """Decode V1 and V2 (Open Inference Protocol) requests into one checked batch.
 
-A batch is two arrays in schema order: numeric features as float64 (NaN for missing) and
-categorical features as objects (str or None). Every problem raises ``InputError`` with the
-field's name and a ``reason`` label for the input-error metric.
+A batch is arrays in schema order: numeric features as float64 (NaN for missing), categorical
+features as objects (str or None) and as codes (the index in the feature's categories, ``MISSING``,
+``UNKNOWN``), which the engine and the drift window use. Every problem raises ``InputError`` with
+the field's name and a ``reason`` label for the input-error metric.
+
+Decoding is column-wise: a batch whose values all have the plain JSON types and pass the checks
+is converted a column at a time by numpy and dict look-ups, with no Python loop per row; anything
+else (or any bad value) takes the row-by-row path, which accepts the same values and raises the
+error naming the first bad field.
 """
 
 from __future__ import annotations
 
 import math
+import operator
 from dataclasses import dataclass
+from itertools import repeat
 from typing import Any
 
 import numpy as np
@@ -21,6 +29,30 @@ CATEGORICAL = [f for f in FEATURES if f.kind == "categorical"]
 NAMES = [f.name for f in FEATURES]
 BY_NAME = {f.name: f for f in FEATURES}
 NULLABLE = {f.name for f in FEATURES if f.max_missing > 0}
+MISSING = -1  # the code of a missing category
+UNKNOWN = -2  # a category outside the schema (only in frames the server makes, e.g. probes)
+_BAD = 99  # a value the column-wise path leaves to the row-by-row one
+# per categorical feature: what a request may send -> its code (V2 BYTES arrive as bytes, and
+# there an empty string is the missing value)
+_CODES: list[dict[Any, int]] = [
+    {
+        **{c: k for k, c in enumerate(f.categories)},
+        **{c.encode(): k for k, c in enumerate(f.categories)},
+        **({None: MISSING, "": MISSING, b"": MISSING} if f.name in NULLABLE else {}),
+    }
+    for f in CATEGORICAL
+]
+# per categorical feature: code -> value (the last two: UNKNOWN, MISSING)
+_VALUES = [np.array([*f.categories, None, None], dtype=object) for f in CATEGORICAL]
+_NUMERIC_TYPES = [
+    frozenset({int, float, type(None)}) if f.name in NULLABLE else frozenset({int, float})
+    for f in NUMERIC
+]
+_NOT_NULLABLE = np.array([f.name not in NULLABLE for f in NUMERIC])
+_MINS = np.array([-math.inf if f.min is None else f.min for f in NUMERIC], dtype=np.float64)
+_MAXS = np.array([math.inf if f.max is None else f.max for f in NUMERIC], dtype=np.float64)
+_ROW_VALUES = operator.itemgetter(*NAMES)
+_NAME_SET = frozenset(NAMES)
 _INT_DATATYPES = {"INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"}
 _FLOAT_DATATYPES = {"FP16", "FP32", "FP64"}
 
@@ -35,9 +67,23 @@ class InputError(ValueError):
 class Batch:
     numeric: np.ndarray  # (n, len(NUMERIC)) float64
     categorical: np.ndarray  # (n, len(CATEGORICAL)) object
+    # (n, len(CATEGORICAL)) int8; made from ``categorical`` on first use when not given
+    codes: np.ndarray | None = None
 
     def __len__(self) -> int:
         return self.numeric.shape[0]
+
+    def category_codes(self) -> np.ndarray:
+        """Each category's index in its feature's schema categories; ``MISSING`` for None,
+        ``UNKNOWN`` for a value outside the schema."""
+        if self.codes is None:
+            codes = np.empty(self.categorical.shape, dtype=np.int8)
+            for j, f in enumerate(CATEGORICAL):
+                lookup: dict[Any, int] = {c: k for k, c in enumerate(f.categories)}
+                lookup[None] = MISSING
+                codes[:, j] = [lookup.get(v, UNKNOWN) for v in self.categorical[:, j]]
+            self.codes = codes
+        return self.codes
 
     def to_frame(self) -> pd.DataFrame:
         """The model's input frame, made by the same ``features`` as in training."""
@@ -118,9 +164,75 @@ def _check_names(given: Any, prefix: str, noun: str) -> None:
         raise InputError("extra_feature", f"{prefix}unknown {noun}(s) {extra}")
 
 
+def _numeric_columns(columns: list[Any], n: int) -> np.ndarray | None:
+    """The numeric features' values as an (n, features) array when every value is an int, a
+    float or (where allowed) null, finite and in range; None otherwise."""
+    out = np.empty((n, len(NUMERIC)), dtype=np.float64)
+    for j, column in enumerate(columns):
+        if not set(map(type, column)) <= _NUMERIC_TYPES[j]:
+            return None
+        try:
+            out[:, j] = np.array(column, dtype=np.float64)  # None -> NaN
+        except (OverflowError, ValueError, TypeError):
+            return None
+    missing = np.isnan(out)
+    if (missing & _NOT_NULLABLE).any() or np.isinf(out).any():
+        return None
+    if ((out < _MINS) | (out > _MAXS)).any():  # NaN compares false
+        return None
+    return out
+
+
+def _category_codes(columns: list[Any], n: int) -> np.ndarray | None:
+    """The categorical features' codes when every value is a known category (or, where allowed,
+    missing); None otherwise."""
+    codes = np.empty((n, len(CATEGORICAL)), dtype=np.int8)
+    for j, column in enumerate(columns):
+        try:
+            codes[:, j] = list(map(_CODES[j].get, column, repeat(_BAD)))
+        except TypeError:  # an unhashable value (a list, an object)
+            return None
+    return None if (codes == _BAD).any() else codes
+
+
+def _from_columns(columns: list[Any], n: int) -> Batch | None:
+    """A batch from one sequence of values per feature (schema order), column-wise; None when
+    any value needs the row-by-row path (which names the problem)."""
+    numeric = _numeric_columns(columns[: len(NUMERIC)], n)
+    if numeric is None:
+        return None
+    codes = _category_codes(columns[len(NUMERIC) :], n)
+    if codes is None:
+        return None
+    categorical = np.empty((n, len(CATEGORICAL)), dtype=object)
+    for j, values in enumerate(_VALUES):
+        categorical[:, j] = values[codes[:, j]]
+    return Batch(numeric, categorical, codes)
+
+
+def _row_columns(rows: list[Any]) -> list[Any] | None:
+    """The values of V1 rows, one tuple per feature, when every row is an object with exactly the
+    schema's keys or a list of as many values; None otherwise."""
+    kinds = set(map(type, rows))
+    if kinds == {dict}:
+        if not all(row.keys() == _NAME_SET for row in rows):
+            return None
+        return list(zip(*map(_ROW_VALUES, rows), strict=True))
+    if kinds == {list} and all(len(row) == len(NAMES) for row in rows):
+        return list(zip(*rows, strict=True))
+    return None
+
+
 def from_rows(rows: list[Any], max_batch: int, field: str = "instances") -> Batch:
     """V1 rows: objects keyed by feature name, or lists in schema order."""
     _check_size(len(rows), max_batch)
+    columns = _row_columns(rows)
+    batch = None if columns is None else _from_columns(columns, len(rows))
+    return batch if batch is not None else _from_rows_checked(rows, field)
+
+
+def _from_rows_checked(rows: list[Any], field: str) -> Batch:
+    """Row by row, value by value: the first bad value raises the ``InputError`` naming it."""
     numeric = np.empty((len(rows), len(NUMERIC)), dtype=np.float64)
     categorical = np.empty((len(rows), len(CATEGORICAL)), dtype=object)
     for i, row in enumerate(rows):
@@ -200,12 +312,15 @@ def from_v2(inputs: list[Any], max_batch: int) -> Batch:
                 "wrong_shape", f"input '{name}': shape {shape}, expected [{n}] or [{n}, 1]"
             )
     _check_size(n, max_batch)
-    columns = {
-        name: _v2_column(name, by_name[name].datatype, by_name[name].data, n, BY_NAME[name])
+    columns = [
+        _v2_column(name, by_name[name].datatype, by_name[name].data, n, BY_NAME[name])
         for name in NAMES
-    }
-    rows = [[columns[name][i] for name in NAMES] for i in range(n)]
-    return from_rows(rows, max_batch, field="row")
+    ]
+    batch = _from_columns(columns, n)
+    if batch is not None:
+        return batch
+    rows = [[column[i] for column in columns] for i in range(n)]
+    return _from_rows_checked(rows, field="row")
 
 
 def _from_v2_matrix(inp: Any, max_batch: int) -> Batch:

@@ -18,10 +18,9 @@ from mlstack.data import generate
 from mlstack.data import profile as profiles
 from mlstack.errors import StackError
 from mlstack.schema import DECISION_THRESHOLD
-from mlstack.train import artifacts
-from serving import codec, monitoring
+from mlstack.train import artifacts, onnx_export
+from serving import codec, engine, monitoring
 from serving.codec import Batch, InputError
-from serving.compiled import CompiledModel, compile_model, verify
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +58,7 @@ class ChurnModel(Model):
         max_batch_size: int = 256,
         drift_window: int = 1000,
         expected_digest: str | None = None,
+        threads: int = 1,
     ):
         super().__init__(name, return_response_headers=True)
         self.model_dir = model_dir
@@ -68,9 +68,11 @@ class ChurnModel(Model):
         self.model_version = model_version
         self.max_batch_size = max_batch_size
         self.drift_window_size = drift_window
+        # onnxruntime's intra- and inter-op threads: the container's CPU budget (__main__.py)
+        self.threads = threads
         self.threshold = DECISION_THRESHOLD
         self.pipeline: Any = None
-        self.compiled: CompiledModel | None = None
+        self.engine: engine.OnnxEngine | None = None
         self.drift: monitoring.DriftWindow | None = None
         self.lineage: ModelLineage | None = None
 
@@ -87,12 +89,13 @@ class ChurnModel(Model):
         loaded = artifacts.load_model(self.model_dir, self.expected_digest or None)
         self.digest = loaded.digest
         self.pipeline = loaded.pipeline
-        compiled = compile_model(self.pipeline)
-        probe = Batch.from_frame(generate.generate(500, seed=12345, drift=True))
-        if compiled is not None and verify(compiled, self.pipeline, probe):
-            self.compiled = compiled
-        else:
-            log.warning("fast path unavailable for this model: serving through sklearn")
+        probe = Batch.from_frame(onnx_export.probe_frame())
+        self.engine = engine.load(self.pipeline, loaded.onnx, probe, self.threads)
+        if self.engine is None:
+            log.warning(
+                "the ONNX engine is unavailable for this model: serving through sklearn "
+                "(model_fast_path 0)"
+            )
         if loaded.reference_profile is not None:
             try:
                 reference = profiles.from_dict(loaded.reference_profile)
@@ -120,10 +123,18 @@ class ChurnModel(Model):
             self.lineage.mlflow_run_id,
             self.lineage.kfp_run_id,
         ).set(1)
+        monitoring.FAST_PATH.labels(self.name, self.model_version, self.engine_name).set(
+            1 if self.engine is not None else 0
+        )
         for metric, value in loaded.metrics.items():
             monitoring.TRAINING_METRIC.labels(self.name, self.model_version, metric).set(value)
         self.ready = True
         return self.ready
+
+    @property
+    def engine_name(self) -> str:
+        """What serves: ``onnxruntime`` (after the numpy preprocessing) or ``sklearn``."""
+        return "onnxruntime" if self.engine is not None else "sklearn"
 
     async def healthy(self) -> bool:
         """Ready means answering: loaded and registered, and a probe row gets two finite
@@ -139,9 +150,9 @@ class ChurnModel(Model):
         return proba.shape == (1, 2) and bool(np.isfinite(proba).all())
 
     def predict_proba(self, batch: Batch) -> np.ndarray:
-        if self.compiled is not None:
-            return self.compiled.predict_proba(batch)
-        return self.pipeline.predict_proba(batch.to_frame())
+        if self.engine is not None:
+            return self.engine.predict_proba(batch)
+        return np.asarray(self.pipeline.predict_proba(batch.to_frame()), dtype=np.float64)
 
     def _refuse(self, exc: InputError) -> InvalidInput:
         monitoring.INPUT_ERRORS.labels(self.name, exc.reason).inc()
@@ -232,9 +243,7 @@ class ChurnModel(Model):
             monitoring.PREDICTIONS.labels(self.name, self.model_version, "0").inc(
                 len(labels) - positives
             )
-        score = monitoring.SCORE.labels(self.name, self.model_version)
-        for p in proba[:, 1]:
-            score.observe(float(p))
+        monitoring.SCORE.observe(self.name, self.model_version, proba[:, 1])
         if self.drift is not None:
             self.drift.update(batch)
 

@@ -2,39 +2,90 @@
 
 - ``model_predictions_total{model_name, model_version, predicted_class}``: the prediction mix
 - ``model_prediction_score{model_name, model_version}``: histogram of the churn probability
-  (by version: canary analysis compares the two versions of a canary)
+  (by version: canary analysis compares the two versions of a canary), counted a batch at a time
+  (``ScoreHistogram``)
 - ``model_input_errors_total{model_name, reason}``: refused requests by reason
 - ``model_info{model_name, model_version, data_md5, git_sha, mlflow_run_id, kfp_run_id} 1``
 - ``model_feature_drift_psi{model_name, feature}``: PSI of the last N rows against the training
   profile, computed when scraped (the request path only records bin indices)
 - ``model_drift_window_rows{model_name}``: how many rows that window holds
 - ``model_training_metric{model_name, model_version, metric}``: the model's held-out metrics
+- ``model_fast_path{model_name, model_version, engine}``: 1 when the model is served by
+  onnxruntime after the numpy preprocessing, 0 when it fell back to the sklearn Pipeline
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 
 import numpy as np
-from prometheus_client import REGISTRY, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client import REGISTRY, Counter, Gauge
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from mlstack.data import profile as profiles
 from mlstack.data.profile import FeatureProfile
-from serving.codec import CATEGORICAL, NUMERIC, Batch
+from serving.codec import CATEGORICAL, MISSING, NUMERIC, UNKNOWN, Batch
 
 PREDICTIONS = Counter(
     "model_predictions",
     "Predictions served, by predicted class",
     ["model_name", "model_version", "predicted_class"],
 )
-SCORE = Histogram(
+
+
+class ScoreHistogram(Collector):
+    """A Prometheus histogram per (model_name, model_version) that counts a whole batch of
+    scores with one numpy call (prometheus_client's ``Histogram.observe`` takes one value and a
+    lock per call: per row on the request path)."""
+
+    def __init__(self, name: str, documentation: str, buckets: tuple[float, ...]):
+        self.name = name
+        self.documentation = documentation
+        self.bounds = np.asarray(buckets, dtype=np.float64)
+        self._series: dict[tuple[str, str], tuple[np.ndarray, list[float]]] = {}
+        self._lock = threading.Lock()
+
+    def observe(self, model_name: str, model_version: str, scores: np.ndarray) -> None:
+        # bucket i counts the scores <= bounds[i] and > bounds[i - 1]; the last, the rest (+Inf)
+        counts = np.bincount(
+            np.searchsorted(self.bounds, scores, side="left"), minlength=self.bounds.size + 1
+        )
+        total = float(np.sum(scores))
+        with self._lock:
+            series = self._series.get((model_name, model_version))
+            if series is None:
+                series = self._series[(model_name, model_version)] = (
+                    np.zeros(self.bounds.size + 1, dtype=np.int64),
+                    [0.0],
+                )
+            series[0][:] += counts
+            series[1][0] += total
+
+    def collect(self) -> Iterator[Metric]:
+        family = HistogramMetricFamily(
+            self.name, self.documentation, labels=["model_name", "model_version"]
+        )
+        with self._lock:
+            snapshot = [(k, c.cumsum(), s[0]) for k, (c, s) in self._series.items()]
+        les = [floatToGoString(b) for b in self.bounds] + ["+Inf"]
+        for labels, cumulative, total in snapshot:
+            family.add_metric(
+                list(labels),
+                [(le, float(c)) for le, c in zip(les, cumulative, strict=True)],
+                sum_value=total,
+            )
+        yield family
+
+
+SCORE = ScoreHistogram(
     "model_prediction_score",
     "Predicted probability of the positive class",
-    ["model_name", "model_version"],
     buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
 )
+REGISTRY.register(SCORE)
 INPUT_ERRORS = Counter(
     "model_input_errors", "Requests refused as bad input, by reason", ["model_name", "reason"]
 )
@@ -42,6 +93,11 @@ MODEL_INFO = Gauge(
     "model_info",
     "The model being served and its lineage (value is always 1)",
     ["model_name", "model_version", "data_md5", "git_sha", "mlflow_run_id", "kfp_run_id"],
+)
+FAST_PATH = Gauge(
+    "model_fast_path",
+    "1: served by onnxruntime after the numpy preprocessing; 0: by the sklearn Pipeline",
+    ["model_name", "model_version", "engine"],
 )
 TRAINING_METRIC = Gauge(
     "model_training_metric",
@@ -60,6 +116,14 @@ class DriftWindow:
         self.categorical = [reference[f.name] for f in CATEGORICAL]
         self.features = self.numeric + self.categorical
         self.size = size
+        # per categorical feature: code -> bin (the last two: UNKNOWN, MISSING)
+        self.category_bins = []
+        for f, p in zip(CATEGORICAL, self.categorical, strict=True):
+            table = np.empty(len(f.categories) + 2, dtype=np.int16)
+            table[: len(f.categories)] = [p.bin_category(c) for c in f.categories]
+            table[UNKNOWN] = p.n_bins - 2
+            table[MISSING] = p.n_bins - 1
+            self.category_bins.append(table)
         self.bins = np.zeros((len(self.features), size), dtype=np.int16)
         self.filled = 0
         self.pos = 0
@@ -71,8 +135,9 @@ class DriftWindow:
         for j, p in enumerate(self.numeric):
             rows[j] = p.bin_numeric(batch.numeric[:, j])
         offset = len(self.numeric)
-        for j, p in enumerate(self.categorical):
-            rows[offset + j] = [p.bin_category(v) for v in batch.categorical[:, j]]
+        codes = batch.category_codes()
+        for j, table in enumerate(self.category_bins):
+            rows[offset + j] = table[codes[:, j]]
         if n >= self.size:
             rows = rows[:, -self.size :]
             n = self.size
@@ -102,7 +167,7 @@ class DriftCollector(Collector):
     def __init__(self) -> None:
         self.windows: dict[str, DriftWindow] = {}
 
-    def collect(self):  # type: ignore[no-untyped-def]
+    def collect(self) -> Iterator[Metric]:
         psi = GaugeMetricFamily(
             "model_feature_drift_psi",
             "Population stability index of recent inputs against the training profile",

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlstack.errors import StackError
+from mlstack.train.onnx_export import ONNX_PATH
 
 if TYPE_CHECKING:
     from sklearn.pipeline import Pipeline
@@ -76,6 +77,9 @@ class LoadedModel:
 
     pipeline: Pipeline
     digest: str
+    # the classifier as ONNX (training's extra_files/classifier.onnx); None for a model logged
+    # without it, which the predictor serves through sklearn
+    onnx: bytes | None = None
     reference_profile: dict[str, Any] | None = None
     lineage: dict[str, str] = field(default_factory=dict)
     decision_threshold: float | None = None
@@ -128,6 +132,22 @@ def _check_flavors(model_dir: Path, mlmodel: dict[str, Any]) -> None:
         )
     if sklearn.get("code") or pyfunc.get("code"):
         raise _refuse(model_dir, "it ships code paths (code is never loaded from an artifact)")
+    extra = sklearn.get("extra_files")
+    if extra is not None and extra != [{"path": ONNX_PATH}]:
+        raise _refuse(model_dir, f"extra files {extra!r} (only [{{'path': {ONNX_PATH!r}}}])")
+
+
+def _onnx_file(model_dir: Path) -> bytes | None:
+    """The classifier's ONNX bytes from the fixed ``ONNX_PATH`` (never a path the artifact
+    names); None when the model has none."""
+    path = model_dir / ONNX_PATH
+    if not path.exists() and not path.is_symlink():
+        return None
+    if path.is_symlink() or not path.is_file():
+        raise _refuse(model_dir, f"{ONNX_PATH} is not a regular file")
+    if not path.resolve().is_relative_to(model_dir.resolve()):
+        raise _refuse(model_dir, f"{ONNX_PATH} is outside the model directory")
+    return path.read_bytes()
 
 
 def _model_file(model_dir: Path) -> Path:
@@ -140,7 +160,7 @@ def _model_file(model_dir: Path) -> Path:
 
 
 def _metadata(
-    model_dir: Path, mlmodel: dict[str, Any], pipeline: Pipeline, digest: str
+    model_dir: Path, mlmodel: dict[str, Any], pipeline: Pipeline, digest: str, onnx: bytes | None
 ) -> LoadedModel:
     meta = _mapping(mlmodel.get("metadata"), "MLmodel 'metadata'", model_dir)
     try:
@@ -149,6 +169,7 @@ def _metadata(
         return LoadedModel(
             pipeline=pipeline,
             digest=digest,
+            onnx=onnx,
             reference_profile=_mapping(profile, "reference_profile", model_dir) or None,
             lineage={
                 str(k): "" if v is None else str(v)
@@ -170,8 +191,10 @@ def load_model(model_dir: Path, expected_digest: str | None) -> LoadedModel:
     The directory's digest (``model_digest``) is checked first when ``expected_digest`` is given;
     then ``MLmodel`` is read as plain YAML and must describe the sklearn flavor in skops format
     (``model.skops``, no code paths, no other flavor or loader); the file is loaded by skops with
-    ``SKOPS_TRUSTED_TYPES`` (never the list in the artifact) and must hold a ``Pipeline``.
-    Nothing in the directory is executed or imported.
+    ``SKOPS_TRUSTED_TYPES`` (never the list in the artifact) and must hold a ``Pipeline``; the
+    classifier's ONNX graph, when there is one, is read as bytes from ``ONNX_PATH`` (the only
+    extra file allowed; the predictor runs it with onnxruntime's standard operators and checks
+    it against the pipeline). Nothing in the directory is executed or imported.
 
     Returns the pipeline with its digest and metadata. Raises ``StackError`` (one line) for a
     missing directory, a digest other than the expected one, a symbolic link, another format or
@@ -197,7 +220,7 @@ def load_model(model_dir: Path, expected_digest: str | None) -> LoadedModel:
     mlmodel = _mapping(mlmodel, MLMODEL_FILE, model_dir)
     _check_flavors(model_dir, mlmodel)
     pipeline = _load_skops(model_dir, _model_file(model_dir))
-    return _metadata(model_dir, mlmodel, pipeline, digest)
+    return _metadata(model_dir, mlmodel, pipeline, digest, _onnx_file(model_dir))
 
 
 def _load_skops(model_dir: Path, path: Path) -> Pipeline:

@@ -274,15 +274,25 @@ def _log_run(
     test_size: float,
     split_seed: int,
 ) -> TrainResult:
+    import tempfile
+
     import mlflow
     from mlflow.models import infer_signature
 
-    with mlflow.start_run(
-        experiment_id=experiment_id,
-        tags=tags,
-        parent_run_id=parent_run_id,
-        log_system_metrics=False,
-    ) as run:
+    from mlstack.train import onnx_export
+
+    with (
+        tempfile.TemporaryDirectory(prefix="mlstack-onnx-") as scratch,
+        mlflow.start_run(
+            experiment_id=experiment_id,
+            tags=tags,
+            parent_run_id=parent_run_id,
+            log_system_metrics=False,
+        ) as run,
+    ):
+        # the boosting part as ONNX, checked against sklearn (StackError when it differs): the
+        # predictor's engine, in the same model directory (extra_files/), under the same digest
+        onnx_file = onnx_export.write(model, Path(scratch))
         mlflow.log_params(
             {
                 **asdict(params),
@@ -301,6 +311,7 @@ def _log_run(
             pip_requirements=_pip_requirements(),
             # skops (MLflow's default sklearn format); the loader trusts this list, not MLmodel's
             skops_trusted_types=list(SKOPS_TRUSTED_TYPES),
+            extra_files=[str(onnx_file)],
             # travels with the model files, so a predictor needs nothing else
             metadata={
                 "reference_profile": profile.to_dict(profile.build(train)),

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from mlstack.data import generate
+from mlstack.train.onnx_export import TOLERANCE
 from mlstack.train.training import TrainingLineage
 from serving.codec import NAMES, Batch
 from tests.conftest import free_port
@@ -80,7 +81,7 @@ def test_v1_objects_lists_probabilities_and_version_header(server):
     assert headers["x-model-version"] == "1"
     got = json.loads(body)
     want = expected(model)
-    np.testing.assert_allclose(got["probabilities"], want, atol=1e-9)
+    np.testing.assert_allclose(got["probabilities"], want, atol=TOLERANCE)
     assert got["predictions"] == (want[:, 1] >= 0.5).astype(int).tolist()
     lists = [[r[n] for n in NAMES] for r in objects]
     status, _, body = call(f"{base}/v1/models/{MODEL}:predict", {"instances": lists})
@@ -107,7 +108,9 @@ def test_v2_named_inputs_matrix_and_output_selection(server):
     assert headers["x-model-version"] == "1"
     out = {o["name"]: o for o in json.loads(body)["outputs"]}
     want = expected(model)
-    np.testing.assert_allclose(np.reshape(out["probabilities"]["data"], (-1, 2)), want, atol=1e-9)
+    np.testing.assert_allclose(
+        np.reshape(out["probabilities"]["data"], (-1, 2)), want, atol=TOLERANCE
+    )
     assert out["probabilities"]["shape"] == [len(objects), 2]
     flat = ["" if r[n] is None else str(r[n]) for r in objects for n in NAMES]
     status, _, body = call(
@@ -223,6 +226,8 @@ def test_metrics_prediction_mix_errors_info_and_drift(server):
     # by version: canary analysis compares the score histograms of two versions
     score = f'model_prediction_score_count{{model_name="{MODEL}",model_version="1"}}'
     assert m[score] >= WINDOW
+    # the pipeline's model is served by onnxruntime, never by the sklearn fallback
+    assert m[f'model_fast_path{{engine="onnxruntime",model_name="{MODEL}",model_version="1"}}'] == 1
     psi = f'model_feature_drift_psi{{feature="monthly_charges",model_name="{MODEL}"}}'
     assert m[psi] < 0.1
     drifted = rows_as_objects(generate.generate(WINDOW, 78, drift=True))
@@ -256,7 +261,7 @@ def test_tritonclient_gets_correct_answers(server):
     result = client.infer(MODEL, inputs, outputs=[httpclient.InferRequestedOutput("probabilities")])
     got = result.as_numpy("probabilities").reshape(-1, 2)
     # BYTES cannot hold null: the empty string sent for the missing category reads as missing
-    np.testing.assert_allclose(got, model.predict_proba(batch.to_frame()), atol=1e-9)
+    np.testing.assert_allclose(got, model.predict_proba(batch.to_frame()), atol=TOLERANCE)
 
 
 def test_mlstack_serve_binds_loopback_only(server):

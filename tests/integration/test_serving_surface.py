@@ -195,10 +195,10 @@ def test_readiness_follows_whether_the_model_answers(store, tmp_path):
         assert _until(lambda: call(probes[0])[0] == 200)
         assert predicts(base) and [call(p)[0] for p in probes] == [200, 200, 200]
         # broken: the model no longer answers (its fitted objects gone)
-        pipeline, compiled = model.pipeline, model.compiled
-        model.pipeline = model.compiled = None
+        pipeline, engine = model.pipeline, model.engine
+        model.pipeline = model.engine = None
         assert [call(p)[0] for p in probes] == [503, 503, 503]
-        model.pipeline, model.compiled = pipeline, compiled
+        model.pipeline, model.engine = pipeline, engine
         assert [call(p)[0] for p in probes] == [200, 200, 200]
         # unloaded (what KServe's repository extension did for any client): not ready, not found
         served.registry.unload(MODEL)

@@ -19,23 +19,29 @@ from mlstack.train.training import HyperParams, build_model, features
 
 def saved_model(path: Path, rows: int = 1500) -> Path:
     """A fitted pipeline saved the way training logs it (skops, the project's trusted types,
-    the metadata the predictor reads) at ``path``."""
+    its classifier as ONNX, the metadata the predictor reads) at ``path``."""
+    import tempfile
+
     import mlflow
+
+    from mlstack.train import onnx_export
 
     df = generate.generate(rows, 7)
     model = build_model(HyperParams(max_iter=40))
     model.fit(features(df), df[TARGET])
-    mlflow.sklearn.save_model(
-        model,
-        str(path),
-        skops_trusted_types=list(SKOPS_TRUSTED_TYPES),
-        metadata={
-            "reference_profile": profiles.to_dict(profiles.build(df)),
-            "lineage": {"data_md5": "md5-test", "git_sha": "a" * 40},
-            "decision_threshold": DECISION_THRESHOLD,
-            "metrics": {"roc_auc": 0.9},
-        },
-    )
+    with tempfile.TemporaryDirectory(prefix="mlstack-onnx-") as scratch:
+        mlflow.sklearn.save_model(
+            model,
+            str(path),
+            skops_trusted_types=list(SKOPS_TRUSTED_TYPES),
+            extra_files=[str(onnx_export.write(model, Path(scratch)))],
+            metadata={
+                "reference_profile": profiles.to_dict(profiles.build(df)),
+                "lineage": {"data_md5": "md5-test", "git_sha": "a" * 40},
+                "decision_threshold": DECISION_THRESHOLD,
+                "metrics": {"roc_auc": 0.9},
+            },
+        )
     return path
 
 

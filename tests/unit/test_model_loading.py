@@ -15,7 +15,7 @@ from mlflow import MlflowClient
 from mlstack.data import generate
 from mlstack.errors import StackError
 from mlstack.settings import Gates
-from mlstack.train import artifacts
+from mlstack.train import artifacts, onnx_export
 from mlstack.train.artifacts import CLIENT_ADDED_FILES, load_model, model_digest
 from mlstack.train.evaluation import evaluate
 from mlstack.train.tracking import sqlite_store
@@ -53,7 +53,10 @@ def test_a_pipeline_saved_as_training_logs_it_loads_and_serves(good, tmp_path):
     # the predictor's load: the same pipeline behind a V1 request
     served = ChurnModel("churn", good, "7", expected_digest=digest)
     assert served.load() and served.digest == digest and served.lineage.data_md5 == "md5-test"
-    np.testing.assert_allclose(served.predict_proba(Batch.from_frame(rows)), want, atol=1e-12)
+    assert loaded.onnx is not None and served.engine_name == "onnxruntime"
+    np.testing.assert_allclose(
+        served.predict_proba(Batch.from_frame(rows)), want, atol=onnx_export.TOLERANCE
+    )
 
 
 @pytest.mark.reliability("pickle-model-refused")
@@ -112,6 +115,10 @@ def _code_path(doc):
     doc["flavors"]["sklearn"]["code"] = "code"
 
 
+def _other_extra_file(doc):
+    doc["flavors"]["sklearn"]["extra_files"] = [{"path": "../../outside.onnx"}]
+
+
 def _threshold_not_a_number(doc):
     doc["metadata"]["decision_threshold"] = "half"
 
@@ -125,6 +132,7 @@ def _threshold_not_a_number(doc):
         (_extra_flavor, r"flavor\(s\) \['keras'\]"),
         (_escaping_path, "model file '../../outside.skops'"),
         (_code_path, "ships code paths"),
+        (_other_extra_file, r"extra files \[\{'path': '../../outside.onnx'\}\]"),
         (_threshold_not_a_number, "unreadable MLmodel metadata"),
     ],
 )
@@ -148,6 +156,30 @@ def test_yaml_tags_in_mlmodel_are_not_executed_and_links_are_refused(good, tmp_p
         load_model(linked, None)
     with pytest.raises(StackError, match="not sha256:<64 hex digits>"):
         load_model(good, "md5:abc")
+
+
+@pytest.mark.reliability("onnx-graph-disagrees-served-by-sklearn")
+def test_an_onnx_graph_that_is_not_the_pipelines_is_not_served(good, tmp_path):
+    """Without an expected digest nothing ties the graph to the pipeline but the probe check: a
+    graph onnxruntime refuses, or another model's, is not served; sklearn serves and says so."""
+    from prometheus_client import REGISTRY
+
+    from tests.support.artifacts import saved_model as another_model
+
+    other = another_model(tmp_path / "other", rows=600)
+    rows = generate.generate(40, 5)
+    want = load_model(good, None).pipeline.predict_proba(features(rows))
+    for case, graph in (
+        ("broken", b"not an onnx graph"),
+        ("another", (other / onnx_export.ONNX_PATH).read_bytes()),
+    ):
+        swapped = shutil.copytree(good, tmp_path / case)
+        (swapped / onnx_export.ONNX_PATH).write_bytes(graph)
+        served = ChurnModel("churn-swapped", swapped, case)
+        assert served.load() and served.engine_name == "sklearn"
+        labels = {"model_name": "churn-swapped", "model_version": case, "engine": "sklearn"}
+        assert REGISTRY.get_sample_value("model_fast_path", labels) == 0.0
+        np.testing.assert_allclose(served.predict_proba(Batch.from_frame(rows)), want, atol=0)
 
 
 @pytest.mark.reliability("tampered-model-refused-at-load")

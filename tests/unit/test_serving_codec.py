@@ -116,3 +116,78 @@ def test_rows_over_limit_in_v2():
 def test_from_rows_keeps_field_in_message():
     with pytest.raises(InputError, match=r"row\[1\]: feature 'age'"):
         from_rows([as_list(ROW), {**ROW, "age": "x"}], 10, field="row")
+
+
+def _rows(n: int) -> list[dict]:
+    """n valid rows with every kind of value: ints and floats, nulls where allowed, every
+    category."""
+    contracts, payments = (
+        ["month-to-month", "one-year", "two-year"],
+        [
+            "card",
+            "bank-transfer",
+            None,
+            "electronic-check",
+            "mailed-check",
+        ],
+    )
+    return [
+        {
+            **ROW,
+            "tenure_months": i % 120,
+            "monthly_charges": 20.5 + i % 50,
+            "total_charges": None if i % 7 == 0 else float(i),
+            "age": None if i % 11 == 0 else 18 + i % 80,
+            "contract": contracts[i % 3],
+            "payment_method": payments[i % 5],
+        }
+        for i in range(n)
+    ]
+
+
+def test_the_column_wise_path_decodes_as_the_row_by_row_one():
+    """A batch of plain JSON values takes the column-wise path (codes set, no loop per row); the
+    row-by-row path gives the same arrays."""
+    from serving.codec import _from_rows_checked
+
+    rows = _rows(256)
+    for body in (rows, [as_list(r) for r in rows]):
+        fast = from_v1({"instances": body}, 256)
+        slow = _from_rows_checked(body, "instances")
+        assert fast.codes is not None and slow.codes is None
+        np.testing.assert_array_equal(fast.numeric, slow.numeric)
+        assert fast.categorical.tolist() == slow.categorical.tolist()
+        np.testing.assert_array_equal(fast.category_codes(), slow.category_codes())
+    categorical = ("contract", "payment_method", "internet_service")
+    named = from_v2(
+        [
+            InferInput(n, [256], "BYTES", [r[n] or "" for r in rows])
+            if n in categorical
+            else InferInput(n, [256], "FP64", [r[n] for r in rows])
+            for n in NAMES
+        ],
+        256,
+    )
+    assert named.codes is not None
+    np.testing.assert_array_equal(named.numeric, fast.numeric)
+    assert named.categorical.tolist() == fast.categorical.tolist()
+
+
+@pytest.mark.parametrize(
+    ("bad", "reason", "needle"),
+    [
+        ({"age": "old"}, "wrong_type", "instances[200]: feature 'age' must be a number"),
+        ({"age": True}, "wrong_type", "instances[200]: feature 'age'"),
+        ({"age": 500}, "out_of_range", "instances[200]: feature 'age' is 500"),
+        ({"tenure_months": None}, "null_value", "instances[200]: feature 'tenure_months'"),
+        ({"contract": "weekly"}, "unknown_category", "instances[200]: feature 'contract'"),
+        ({"contract": ["one-year"]}, "wrong_type", "instances[200]: feature 'contract'"),
+        ({"monthly_charges": float("inf")}, "wrong_type", "instances[200]: feature 'monthly"),
+    ],
+)
+def test_one_bad_value_in_a_large_batch_is_named_by_row_and_field(bad, reason, needle):
+    rows = _rows(256)
+    rows[200] = {**rows[200], **bad}
+    with pytest.raises(InputError) as err:
+        from_v1({"instances": rows}, 256)
+    assert err.value.reason == reason and needle in str(err.value), str(err.value)

@@ -1,15 +1,18 @@
-"""The fast path equals sklearn; drift windows and PSI behave."""
+"""The ONNX engine equals sklearn and the pipeline's own model is served by it; drift windows,
+PSI and the score histogram behave."""
 
 import numpy as np
 import pytest
+from prometheus_client import REGISTRY
 
 from mlstack.data import generate
 from mlstack.data import profile as profiles
 from mlstack.schema import TARGET
+from mlstack.train import onnx_export
 from mlstack.train.training import HyperParams, build_model, features
+from serving import engine
 from serving.codec import Batch
-from serving.compiled import compile_model, verify
-from serving.monitoring import DriftWindow
+from serving.monitoring import DriftWindow, ScoreHistogram
 
 
 @pytest.fixture(scope="module")
@@ -20,29 +23,72 @@ def fitted():
     return df, model
 
 
-def test_fast_path_matches_sklearn_with_missing_and_unknown_values(fitted):
+@pytest.fixture(scope="module")
+def graph(fitted):
+    return onnx_export.classifier_onnx(fitted[1])
+
+
+def test_the_engine_matches_sklearn_with_missing_and_unknown_values(fitted, graph):
     _, model = fitted
-    compiled = compile_model(model)
-    assert compiled is not None
-    probe = Batch.from_frame(generate.generate(800, 3, drift=True))
-    probe.categorical[0, 0] = "never-seen"
-    probe.categorical[1, 1] = None
-    probe.numeric[2, :] = np.nan
-    want = model.predict_proba(probe.to_frame())
-    np.testing.assert_allclose(compiled.predict_proba(probe), want, rtol=0, atol=1e-12)
-    assert verify(compiled, model, probe)
-
-
-def test_unknown_model_shapes_are_not_compiled(fitted):
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import Pipeline
-
-    _, model = fitted
-    other = Pipeline(
-        [("preprocess", model.named_steps["preprocess"]), ("classifier", LogisticRegression())]
+    probe = Batch.from_frame(onnx_export.probe_frame())
+    served = engine.load(model, graph, probe, threads=1)
+    assert served is not None
+    batch = Batch.from_frame(generate.generate(800, 3, drift=True))
+    batch.categorical[0, 0] = "never-seen"
+    batch.categorical[1, 1] = None
+    batch.numeric[2, :] = np.nan
+    want = model.predict_proba(batch.to_frame())
+    got = served.predict_proba(batch)
+    assert got.dtype == np.float64 and got.shape == (800, 2)
+    np.testing.assert_allclose(got, want, rtol=0, atol=onnx_export.TOLERANCE)
+    # the numpy preprocessing is the ColumnTransformer's output, column for column
+    np.testing.assert_allclose(
+        served.preprocessing.transform(batch), model[:-1].transform(batch.to_frame()), atol=1e-4
     )
-    assert compile_model(other) is None
-    assert compile_model(object()) is None
+
+
+def test_the_probe_has_missing_numbers_and_missing_and_unseen_categories():
+    probe = Batch.from_frame(onnx_export.probe_frame())
+    codes = probe.category_codes()
+    assert np.isnan(probe.numeric[0]).all()
+    for j in range(codes.shape[1]):
+        assert {-1, -2} <= set(codes[:, j].tolist())
+
+
+def test_other_models_and_wrong_graphs_are_served_by_sklearn(fitted, graph):
+    df, model = fitted
+    probe = Batch.from_frame(onnx_export.probe_frame())
+    other = build_model(HyperParams(max_iter=20))
+    other.fit(features(df), df[TARGET])
+    assert engine.load(other, graph, probe, threads=1) is None  # the graph is another model's
+    assert engine.load(model, None, probe, threads=1) is None  # logged without a graph
+    assert engine.load(model, b"not an onnx graph", probe, threads=1) is None
+    assert engine.Preprocessing.from_pipeline(object()) is None
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_onnxruntime_threads_are_the_cpu_budget(graph, threads):
+    options = onnx_export.session(graph, threads).get_session_options()
+    assert (options.intra_op_num_threads, options.inter_op_num_threads) == (threads, threads)
+
+
+def test_the_score_histogram_counts_a_batch_as_prometheus_buckets_do():
+    from prometheus_client import CollectorRegistry
+
+    registry = CollectorRegistry()
+    hist = ScoreHistogram("score_test", "test", buckets=(0.1, 0.5, 1.0))
+    registry.register(hist)
+    hist.observe("m", "1", np.array([0.05, 0.1, 0.3, 0.5, 0.9, 1.0]))
+    hist.observe("m", "1", np.array([0.2]))
+    labels = {"model_name": "m", "model_version": "1"}
+    got = {
+        le: registry.get_sample_value("score_test_bucket", {**labels, "le": le})
+        for le in ("0.1", "0.5", "1.0", "+Inf")
+    }
+    assert got == {"0.1": 2.0, "0.5": 5.0, "1.0": 7.0, "+Inf": 7.0}
+    assert registry.get_sample_value("score_test_count", labels) == 7.0
+    assert registry.get_sample_value("score_test_sum", labels) == pytest.approx(3.05)
+    assert REGISTRY.get_sample_value("score_test_count", labels) is None  # its own registry
 
 
 def test_profile_round_trip_and_psi(fitted):
@@ -93,3 +139,45 @@ def test_the_repository_extension_handed_to_kserve_refuses_load_and_unload():
         with pytest.raises(NotImplementedError, match="not offered here"):
             asyncio.run(action("served"))
     assert registry.get_model("served") is model and asyncio.run(registry.is_model_ready("served"))
+
+
+@pytest.mark.slow
+def test_the_pipelines_own_model_is_served_by_onnxruntime(tmp_path):
+    """The model the pipeline trains (its data and hyperparameter defaults), logged by the train
+    step and loaded by the predictor as the cluster does: never the sklearn fallback."""
+    from pathlib import Path
+
+    import mlflow
+
+    from mlstack.settings import DEFAULTS
+    from mlstack.train.tracking import sqlite_store
+    from mlstack.train.training import TrainingLineage, train_and_log
+    from serving.model import ChurnModel
+
+    uri = sqlite_store(tmp_path / "mlflow")
+    data = tmp_path / "churn.csv"
+    generate.write_csv(generate.generate(DEFAULTS.data_rows, DEFAULTS.data_seed), data)
+    trained = train_and_log(
+        data,
+        HyperParams(),
+        lineage=TrainingLineage(),
+        tracking_uri=uri,
+        experiment_name="onnx",
+        test_size=DEFAULTS.test_size,
+        split_seed=DEFAULTS.split_seed,
+    )
+    mlflow.set_tracking_uri(uri)
+    local = Path(mlflow.artifacts.download_artifacts(trained.model_uri, dst_path=str(tmp_path)))
+    assert (local / onnx_export.ONNX_PATH).is_file()
+    served = ChurnModel("churn-own", local, "3")
+    assert served.load()
+    assert served.engine_name == "onnxruntime", "the pipeline's model fell back to sklearn"
+    labels = {"model_name": "churn-own", "model_version": "3", "engine": "onnxruntime"}
+    assert REGISTRY.get_sample_value("model_fast_path", labels) == 1.0
+    rows = generate.generate(300, 11, drift=True)
+    np.testing.assert_allclose(
+        served.predict_proba(Batch.from_frame(rows)),
+        served.pipeline.predict_proba(features(rows)),
+        rtol=0,
+        atol=onnx_export.TOLERANCE,
+    )
