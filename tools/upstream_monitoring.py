@@ -35,6 +35,10 @@ KSM_TAG = "v2.19.1"
 OPERATOR_TAG = "v0.93.0"
 APIMACHINERY_TAG = "v0.36.3"
 KNATIVE_TAG = "knative-v1.21.1"
+# the kubelet serves cAdvisor's container metrics (/metrics/cadvisor) from the cAdvisor it vendors;
+# the kind node's kubelet is not pinned here, so the names are read at a recent release (they
+# have not changed in years) and the labels the kubelet adds from the chart's own rules
+CADVISOR_TAG = "v0.53.0"
 
 
 def has(up: Upstream, path: str, text: str, needle: str, start: int = 0) -> Fact:
@@ -356,6 +360,75 @@ def operator(op: Upstream, api: Upstream, serving: Upstream) -> Fact:
     }  # fmt: skip
 
 
+# --- the pod series the dashboards read: kube-state-metrics' pod store, cAdvisor -------------
+
+POD_GO = "internal/store/pod.go"
+CADVISOR_GO = "metrics/prometheus.go"
+STACK_DIR = "charts/kube-prometheus-stack"
+CHART_RULES = {
+    "container_cpu_usage_seconds_total": "k8s.rules.container_cpu_usage_seconds_total.yaml",
+    "container_memory_working_set_bytes": "k8s.rules.container_memory_working_set_bytes.yaml",
+}
+
+
+def pod_series(ksm: Upstream, cadvisor: Upstream, stack: Upstream) -> Fact:
+    """kube-state-metrics' container restart counter (name, type, labels: its own and the ones
+    wrapPodFunc adds), cAdvisor's CPU and working-set series (name, type, extra labels), the
+    chart's cAdvisor metric relabelings that drop series by name, and the labels the chart's own
+    rules read on the cAdvisor series (the ones the kubelet adds)."""
+    src = ksm.show(POD_GO)
+    default = search(r"descPodLabelsDefaultLabels\s*=\s*\[\]string\{([^}]*)\}", src)
+    wrap = has(ksm, POD_GO, src, "mergeKeyValues(descPodLabelsDefaultLabels, []string{pod.Namespace, pod.Name, string(pod.UID)}")  # fmt: skip
+    body, at, where = func(ksm, POD_GO, "createPodContainerStatusRestartsTotalFamilyGenerator")
+    name = search(r'NewFamilyGeneratorWithStability\(\s*"(\w+)",', body)
+    kind = search(r"metric\.(Counter|Gauge),", body)
+    keys = search(r"LabelKeys:\s+\[\]string\{([^}]*)\}", body)
+    restarts = fact(
+        {"name": name[1], "type": kind[1].lower(),
+         "labels": [s.strip().strip('"') for s in default[1].split(",")]
+         + [s.strip().strip('"') for s in keys[1].split(",")]},
+        where, ksm.where(POD_GO, default.start(), default.end()), wrap,
+    )  # fmt: skip
+
+    source = cadvisor.show(CADVISOR_GO)
+    containers = {}
+    for metric in CHART_RULES:
+        entry = search(
+            rf'name:\s+"{metric}",\s+help:\s+"[^"]*",\s+valueType:\s+prometheus\.(\w+)Value,'
+            r"(?:\s+extraLabels:\s+\[\]string\{([^}]*)\},)?",
+            source,
+        )
+        containers[metric] = fact(
+            {"type": entry[1].lower(),
+             "extra_labels": [s.strip().strip('"') for s in (entry[2] or "").split(",") if s.strip()]},
+            cadvisor.where(CADVISOR_GO, entry.start(), entry.end()),
+        )  # fmt: skip
+
+    values_path = f"{STACK_DIR}/values.yaml"
+    values = stack.show(values_path)
+    block = search(r"\n    cAdvisorMetricRelabelings:\n((?:      .*\n|\s*\n)+)", values)
+    relabel = yaml.safe_load(block[1])
+    drops = [r["regex"] for r in relabel if r.get("action") == "drop" and r["sourceLabels"] == ["__name__"]]  # fmt: skip
+    labels_read = {}
+    for metric, file in CHART_RULES.items():
+        path = f"{STACK_DIR}/templates/prometheus/rules-1.14/{file}"
+        text = stack.show(path)
+        expr = search(rf"{metric}\{{[^}}]*\}}", text)
+        by = search(r"(?:by|on) \(\{\{ range [^}]*\}\}\{\{ \. \}\},\{\{ end \}\}([\w, ]+)\)", text)
+        labels_read[metric] = fact(
+            sorted({s.strip() for s in by[1].split(",")} - {"cluster"}),
+            stack.where(path, expr.start(), expr.end()), stack.where(path, by.start(), by.end()),
+        )  # fmt: skip
+    return {
+        "kube_state_metrics_restarts": restarts,
+        "cadvisor": containers,
+        "chart_cadvisor_dropped_names": fact(
+            drops, stack.where(values_path, block.start(), block.end())
+        ),
+        "chart_rules_read_on_cadvisor_series": labels_read,
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--mirror-root", type=Path, required=True)
@@ -366,12 +439,14 @@ def main() -> None:
     op = Upstream(root, "prometheus-operator/prometheus-operator", OPERATOR_TAG)
     api = Upstream(root, "kubernetes/apimachinery", APIMACHINERY_TAG)
     serving = Upstream(root, "knative/serving", KNATIVE_TAG)
+    cadvisor = Upstream(root, "google/cadvisor", CADVISOR_TAG)
     out = {
         "about": " ".join(__doc__.split("\n\n")[0].split()),
         "kube_state_metrics": kube_state_metrics(ksm),
         "charts": charts(stack, ksm_chart),
         "prometheus_operator": operator(op, api, serving),
-        "sources": [u.sources() for u in (stack, ksm_chart, ksm, op, api, serving)],
+        "pod_series": pod_series(ksm, cadvisor, stack),
+        "sources": [u.sources() for u in (stack, ksm_chart, ksm, op, api, serving, cadvisor)],
     }
     json.dump(out, sys.stdout, indent=1)
     sys.stdout.write("\n")
