@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 
 from mlstack.settings import code_root
+from mlstack.train.onnx_export import TOLERANCE
 from tests.support import admission
 from tests.support.images import ensure_images
 from tests.support.kube import render
@@ -162,6 +163,8 @@ COVERED = {
     ("manifests/overlays/staging", "InferenceService", "churn-classifier", "kserve-container"),
     ("manifests/overlays/production", "InferenceService", "churn-classifier", "kserve-container"),
     ("manifests/monitoring", "Deployment", "retrain-relay", "relay"),
+    ("manifests/overlays/staging", "Deployment", "payload-sink", "sink"),
+    ("manifests/overlays/production", "Deployment", "payload-sink", "sink"),
     ("manifests/platform/dev", "Deployment", "mlflow", "mlflow"),
     ("manifests/platform/dev", "Job", "minio-buckets", "buckets"),
     ("katib/experiment.yaml", "Experiment", "churn-tuning", "training"),
@@ -266,7 +269,7 @@ def test_predictor_as_kserve_starts_it_answers_v1_and_v2(overlay, model_dir, bui
     )
     assert status == 200, body
     assert headers["x-model-version"] == version
-    np.testing.assert_allclose(json.loads(body)["probabilities"], want, atol=1e-9)
+    np.testing.assert_allclose(json.loads(body)["probabilities"], want, atol=TOLERANCE)
     categorical = {"contract", "payment_method", "internet_service"}
     inputs = [
         {"name": n, "shape": [len(rows)], "datatype": "BYTES" if n in categorical else "FP64",
@@ -276,7 +279,9 @@ def test_predictor_as_kserve_starts_it_answers_v1_and_v2(overlay, model_dir, bui
     status, _, body = call(pod.url(8080, f"/v2/models/{model_name}/infer"), {"inputs": inputs})
     assert status == 200, body
     out = {o["name"]: o for o in json.loads(body)["outputs"]}
-    np.testing.assert_allclose(np.reshape(out["probabilities"]["data"], (-1, 2)), want, atol=1e-9)
+    np.testing.assert_allclose(
+        np.reshape(out["probabilities"]["data"], (-1, 2)), want, atol=TOLERANCE
+    )
     assert pod.state(name)["Running"]
     assert_stops_on_sigterm(pod, name)  # KServe's ModelServer handles SIGTERM itself
 
@@ -354,12 +359,94 @@ def test_minio_bucket_job_runs_to_completion_against_s3(built, pods):
         code = pod.wait_exit(name)
         assert code == 0, pod.logs(name)
         printed = [line for line in pod.logs(name).splitlines() if line.startswith("bucket ")]
-        assert printed == ["bucket mlflow-artifacts", "bucket mlstack-data"]
+        assert printed == [
+            "bucket mlflow-artifacts", "bucket mlstack-data", "bucket mlstack-captures"
+        ]  # fmt: skip
         with pod.inside():
             client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
                                   aws_access_key_id="k", aws_secret_access_key="s")  # fmt: skip
             names = {b["Name"] for b in client.list_buckets()["Buckets"]}
     assert {"mlflow-artifacts", "mlstack-data"} <= names
+
+
+# ----------------------------------------------------------------------------- the payload sink
+
+
+@pytest.mark.parametrize("overlay", ["staging", "production"])
+def test_payload_sink_as_deployed_stores_the_loggers_events_in_s3(overlay, pods, tmp_path):
+    """KServe's logger's CloudEvents (binary mode, built by the CloudEvents SDK) posted to the
+    sink's container as the overlay declares it; SIGTERM writes the batch to the bucket (moto at
+    MinIO's Service address, the keys from the payload-sink-s3 Secret's files)."""
+    from cloudevents.conversion import to_binary
+    from cloudevents.http import CloudEvent
+
+    from mlstack.data.generate import generate
+    from mlstack.monitor import capture
+    from tests.support.stand_ins import s3
+
+    namespace = f"ml-{overlay}"
+    docs = render(ROOT / "manifests" / "overlays" / overlay)
+    platform = render(ROOT / "manifests" / "platform" / "dev")
+    deployment = admission.find(docs, "Deployment", "payload-sink", namespace)
+    spec = admission.workload_pod(deployment)
+    [container] = spec["containers"]
+    images = ensure_images("training")  # the one image it runs
+    assert container["image"] == images.training
+    img = Image.inspect(images.training, images.engine)
+    secrets = admission.secrets_in(platform, namespace, STORE)
+    volumes = materialize(spec, tmp_path, secrets)
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    fields = field_values("payload-sink-0", namespace, labels, spec)
+    pod = Pod(img.ref, ports=[p["containerPort"] for p in container["ports"]],
+              hosts=service_hosts(platform))  # fmt: skip
+    pods.append(pod)
+    bucket = next(e["value"] for e in container["env"] if e["name"] == "MLSTACK_CAPTURE_ROOT")
+    with contextlib.ExitStack() as stack:
+        with pod.inside():  # MinIO's Service name and port, on the pod's loopback
+            endpoint = stack.enter_context(s3(service_port(platform, "minio", "mlops")))
+            client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                                  aws_access_key_id="k", aws_secret_access_key="s")  # fmt: skip
+            client.create_bucket(Bucket=bucket.removeprefix("s3://"))
+        ctx = PodContext(secrets=secrets, volumes=volumes, fields=fields)
+        name = start(pod, spec, "sink", img, ctx)
+        probe_both(pod, name, container)
+        assert_confined_as_declared(pod, name, spec, container, img)
+
+        rows = json.loads(generate(3, 41).drop(columns=["churned"]).to_json(orient="records"))
+
+        def post(kind: str, data: dict, ns: str = namespace) -> tuple[int, dict]:
+            attributes = {"type": f"org.kubeflow.serving.inference.{kind}", "id": "req-1",
+                          "source": "http://localhost:9081/", "namespace": ns,
+                          "inferenceservicename": "churn-classifier", "component": "predictor",
+                          "endpoint": "default"}  # fmt: skip
+            headers, body = to_binary(CloudEvent(attributes, data))
+            req = urllib.request.Request(pod.url(8080, "/"), data=body, method="POST",
+                                         headers={**headers, "Content-Type": "application/json"})  # fmt: skip
+            try:
+                with urllib.request.urlopen(req, timeout=30) as resp:
+                    return resp.status, json.loads(resp.read())
+            except urllib.error.HTTPError as err:
+                return err.code, json.loads(err.read())
+
+        assert post("request", {"instances": rows}) == (200, {"id": "req-1", "type": "request"})
+        response = {"predictions": [0, 1, 0], "probabilities": [[0.9, 0.1], [0.2, 0.8], [0.7, 0.3]]}
+        assert post("response", response)[0] == 200
+        other = "ml-production" if overlay == "staging" else "ml-staging"
+        status, body = post("request", {"instances": rows}, ns=other)
+        assert status == 403 and "is not this sink's" in body["error"], body
+        assert_stops_on_sigterm(pod, name)  # SIGTERM: the batch is written on the way out
+
+        with pod.inside():
+            os.environ.update(AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="k",
+                              AWS_SECRET_ACCESS_KEY="s")  # fmt: skip
+            try:
+                got = capture.read_captures(bucket, environment=namespace)
+            finally:
+                for key in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+                    os.environ.pop(key, None)
+    assert got["id"].tolist() == ["req-1"] * 3 and got["row"].tolist() == [0, 1, 2]
+    assert got["score"].tolist() == [0.1, 0.8, 0.3] and got["prediction"].tolist() == [0, 1, 0]
+    assert got["tenure_months"].tolist() == [r["tenure_months"] for r in rows]
 
 
 # ---------------------------------------------------------------------------- the MLflow server
