@@ -163,3 +163,20 @@ def test_row_keys_are_the_same_whatever_the_dtypes_read():
     changed.loc[3, TARGET] = 1 - changed.loc[3, TARGET]
     assert (row_keys(rows) != row_keys(changed)).sum() == 1
     assert list(rows.columns) == columns()
+
+
+@pytest.mark.slow  # the whole local pipeline: 205 s on this loaded machine
+def test_the_pipeline_trains_on_the_version_made_from_production(settings, tmp_path: Path):
+    import io
+
+    from mlstack.pipeline.local import run_pipeline
+
+    state = tmp_path / "captured"
+    capture_and_label(state, generate.generate(400, 25), prefix="p")
+    made = run(settings.repo_root, state)
+    assert made.added == 400
+
+    summary = run_pipeline(settings, out=io.StringIO())
+
+    assert (summary.git_sha, summary.data_md5) == (made.version.git_sha, made.version.md5)
+    assert summary.model_version is not None  # a model trained on it was registered
