@@ -281,3 +281,34 @@ def test_a_batch_is_written_when_its_oldest_row_has_waited_batch_seconds(tmp_pat
         assert capture.read_captures(tmp_path / "c")["row"].tolist() == [0, 1]
     finally:
         s.close()
+
+
+@pytest.mark.reliability("payload-sink-torn-log-line")
+def test_a_log_line_torn_by_a_kill_is_skipped_at_replay(tmp_path: Path) -> None:
+    """A kill during an append leaves a partial last line: that event was never acknowledged
+    (its fsync had not returned); the lines before it are replayed."""
+    wal = tmp_path / "w"
+    wal.mkdir()
+    whole = sink.wal_line(*event("request", "k", {"instances": rows(1)}))
+    torn = sink.wal_line(*event("response", "k", {"predictions": [1]}))[:-20]
+    (wal / "wal-00000000000000000001.log").write_bytes(whole + torn)
+    s = sink.Sink(tmp_path / "c", wal, SETTINGS)
+    s.start()
+    try:
+        assert s.replayed == 1
+        headers, body = event("response", "k", {"predictions": [1]})
+        s.accept({k.lower(): v for k, v in headers.items()}, body)
+        s.flush(force=True)
+        assert capture.read_captures(tmp_path / "c")["id"].tolist() == ["k"]
+    finally:
+        s.close()
+
+
+def test_an_event_over_the_size_limit_is_refused_before_it_is_read(tmp_path: Path) -> None:
+    r = start(tmp_path / "c", tmp_path / "w", SinkSettings(max_body=1000))
+    try:
+        status, answer = r.post(*event("request", "l", {"instances": rows(20)}))
+        assert (status, answer["error"]) == (413, "event body over 1000 bytes")
+    finally:
+        r.stop()
+        r.sink.close()
