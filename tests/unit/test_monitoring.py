@@ -123,6 +123,10 @@ def test_every_rule_and_panel_keeps_the_environment_apart():
     assert environment_dropped("sum by (model_name) (rate(x[5m]))") == ["by (model_name)"]
     assert environment_dropped('absent(up{job=~".*churn-predictor"} == 1)')
     assert environment_dropped("a and on (model_name) b") == ["on (model_name)"]
+    # the retrain route notifies per environment too (a staging and a production alert are
+    # separate notifications)
+    [config] = [d for d in render(MON) if d["kind"] == "AlertmanagerConfig"]
+    assert "namespace" in config["spec"]["route"]["groupBy"]
     # every panel is filtered by the dashboards' environment variable, which each board offers
     for expr in dashboards.expressions():
         assert f'namespace=~"${dashboards.ENV_VARIABLE}"' in expr, expr
