@@ -76,7 +76,7 @@ def start(root: Path, wal: Path, settings: SinkSettings = SETTINGS) -> Running:
     s = sink.Sink(root, wal, settings)
     s.start()
     server = sink.make_server(s, "127.0.0.1", 0)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     return Running(s, server, thread)
 
@@ -230,7 +230,7 @@ def test_a_kept_alive_connection_outlives_the_per_event_deadline(tmp_path: Path)
     s = sink.Sink(tmp_path / "c", tmp_path / "w", SETTINGS)
     s.start()
     server = sink.make_server(s, "127.0.0.1", 0, request_deadline=1.0)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     conn = http.client.HTTPConnection("127.0.0.1", server.server_address[1], timeout=30)
     try:

@@ -13,7 +13,6 @@ from tests.support.cli import run_cli
 
 def test_show_counts_rows_and_requests_per_environment_and_version(tmp_path: Path) -> None:
     root = tmp_path / "captures"
-    assert run_cli("capture", "show", "--root", str(root)).stdout == "no captured predictions\n"
     frame = generate.generate(3, seed=2).drop(columns=["churned"])
     frame["id"], frame["row"] = ["a", "a", "b"], [0, 1, 0]
     frame["model_name"], frame["model_version"] = "churn-classifier", "5"
