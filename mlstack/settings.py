@@ -183,7 +183,8 @@ class Settings:
     # s3:// URL (the cluster's MinIO); empty: <state dir>/captures
     capture_root: str = ""
     # delayed labels: the append-only label store (`mlstack labels add`), and live quality
-    labels_dir: Path | None = None
+    # a local directory or an s3:// URL (beside the captures); empty: <state dir>/labels
+    labels_dir: str = ""
     live_quality: LiveQuality = field(default_factory=LiveQuality)
     # `mlstack data from-production`: a data version keeps at most this many rows, the oldest
     # dropped first (the history window)
@@ -207,9 +208,9 @@ class Settings:
         return self.state_dir or (self.repo_root / ".mlstack")
 
     @property
-    def labels(self) -> Path:
+    def labels(self) -> str:
         """The label store (``MLSTACK_LABELS_DIR``, else ``<state>/labels``)."""
-        return self.labels_dir or (self.state / "labels")
+        return self.labels_dir or str(self.state / "labels")
 
     @property
     def captures(self) -> str:
@@ -261,7 +262,7 @@ _ENV_FIELDS = {
     "repo_root": Path,
     "state_dir": Path,
     "prometheus_url": str,
-    "labels_dir": Path,
+    "labels_dir": str,
     "data_max_rows": int,
     "capture_root": str,
 }

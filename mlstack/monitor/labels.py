@@ -6,10 +6,11 @@ prediction, the captured record's ``id`` (and its ``row`` within the request, ne
 request held more than one instance), ``label`` (0 or 1, ``mlstack.schema.CLASSES``) and
 ``labelled_at`` (a time, UTC when no offset is given).
 
-The label store is a directory of Parquet parts (``part-<sha256 of the part's rows>.parquet``),
-append-only: ``add_labels`` writes one new part with the labels the store does not hold yet (none
-when every label is already there: adding a file twice changes nothing), written by rename under
-a lock, so a part is whole or absent. A label for a prediction that was never captured, or that
+The label store is a directory (or an ``s3://`` prefix, like the captures' root) of Parquet parts
+(``part-<sha256 of the part's rows>.parquet``), append-only: ``add_labels`` writes one new part
+with the labels the store does not hold yet (none when every label is already there: adding a
+file twice changes nothing), written by rename under a lock (one PUT on S3), so a part is whole or
+absent. A label for a prediction that was never captured, or that
 disagrees with the stored label of the same prediction, refuses the whole file (one line, nothing
 written): a label, once stored, is never replaced.
 
@@ -24,12 +25,14 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -52,7 +55,7 @@ class AddResult:
     added: int
     already: int
     total: int
-    part: Path | None  # the part written, None when nothing was new
+    part: str | None  # the part written (path or URL), None when nothing was new
 
 
 @dataclass(frozen=True)
@@ -187,12 +190,71 @@ def resolve_rows(labels: pd.DataFrame, captures: pd.DataFrame) -> pd.DataFrame:
 
 
 # --- the store ---------------------------------------------------------------------------------
+# A local directory, or an ``s3://bucket/prefix`` URL like the captures' root (S3 or MinIO: the
+# endpoint from ``AWS_ENDPOINT_URL``, credentials from the usual ``AWS_*``). On S3 each part and
+# the quality file is one PUT (whole or absent); there is no lock there, so two adds running at
+# once against one S3 store are not serialized (run one at a time).
 
 
-def read_labels(store: Path) -> pd.DataFrame:
+def _is_s3(store: str | Path) -> bool:
+    return isinstance(store, str) and store.startswith("s3://")
+
+
+def _s3() -> Any:
+    import s3fs
+
+    return s3fs.S3FileSystem(endpoint_url=os.environ.get("AWS_ENDPOINT_URL") or None)
+
+
+def _join(store: str | Path, name: str) -> str:
+    return f"{str(store).rstrip('/')}/{name}"
+
+
+def _parts(store: str | Path) -> list[str]:
+    if _is_s3(store):
+        base = str(store).removeprefix("s3://").rstrip("/")
+        return sorted(f"s3://{p}" for p in _s3().glob(f"{base}/part-*.parquet"))
+    local = Path(store)
+    return [str(p) for p in sorted(local.glob("part-*.parquet"))] if local.is_dir() else []
+
+
+def _read_bytes(path: str) -> bytes | None:
+    """The file's bytes; None when it does not exist."""
+    if path.startswith("s3://"):
+        fs = _s3()
+        if not fs.exists(path):
+            return None
+        with fs.open(path, "rb") as fh:
+            data: bytes = fh.read()
+            return data
+    local = Path(path)
+    return local.read_bytes() if local.exists() else None
+
+
+def _write_bytes(path: str, data: bytes) -> None:
+    """``path`` becomes ``data`` at once: one PUT on S3, else a fsynced temporary file renamed."""
+    if path.startswith("s3://"):
+        with _s3().open(path, "wb") as out:
+            out.write(data)
+        return
+    local = Path(path)
+    local.parent.mkdir(parents=True, exist_ok=True)
+    tmp = local.with_name(f".{local.name}.tmp")
+    with tmp.open("wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    tmp.replace(local)
+
+
+def read_labels(store: str | Path) -> pd.DataFrame:
     """Every stored label (columns ``STORE_COLUMNS``); empty when the store has none."""
-    parts = sorted(store.glob("part-*.parquet")) if store.is_dir() else []
-    if not parts:
+    frames = []
+    for part in _parts(store):
+        data = _read_bytes(part)
+        if data is not None:
+            frames.append(pd.read_parquet(io.BytesIO(data), columns=STORE_COLUMNS))
+    if not frames:
         return pd.DataFrame(
             {
                 "id": pd.Series(dtype=str),
@@ -201,17 +263,21 @@ def read_labels(store: Path) -> pd.DataFrame:
                 LABELLED_AT: pd.Series(dtype="datetime64[ns, UTC]"),
             }
         )
-    frames = [pd.read_parquet(p, columns=STORE_COLUMNS) for p in parts]
     return pd.concat(frames, ignore_index=True)
 
 
 @contextlib.contextmanager
-def _store_lock(store: Path) -> Iterator[None]:
-    """Exclusive ``flock`` on the store's lock file (released by the kernel if we die)."""
+def _store_lock(store: str | Path) -> Iterator[None]:
+    """Exclusive ``flock`` on a local store's lock file (released by the kernel if we die);
+    nothing on S3."""
     import fcntl
 
-    store.mkdir(parents=True, exist_ok=True)
-    with (store / _LOCK).open("a") as fh:
+    if _is_s3(store):
+        yield
+        return
+    local = Path(store)
+    local.mkdir(parents=True, exist_ok=True)
+    with (local / _LOCK).open("a") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield
@@ -219,7 +285,7 @@ def _store_lock(store: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def add_labels(store: Path, labels: pd.DataFrame, captures: pd.DataFrame) -> AddResult:
+def add_labels(store: str | Path, labels: pd.DataFrame, captures: pd.DataFrame) -> AddResult:
     """Store ``labels`` (``read_label_file``'s frame) for the predictions in ``captures``
     (``read_captures``' frame): one new part with the labels the store lacks.
 
@@ -248,12 +314,10 @@ def add_labels(store: Path, labels: pd.DataFrame, captures: pd.DataFrame) -> Add
         digest = hashlib.sha256(
             pd.util.hash_pandas_object(new, index=False).to_numpy().tobytes()
         ).hexdigest()
-        part = store / f"part-{digest[:32]}.parquet"
-        tmp = store / f".{part.name}.tmp"
-        new.to_parquet(tmp, index=False)
-        with tmp.open("rb+") as fh:
-            os.fsync(fh.fileno())
-        tmp.replace(part)
+        part = _join(store, f"part-{digest[:32]}.parquet")
+        buffer = io.BytesIO()
+        new.to_parquet(buffer, index=False)
+        _write_bytes(part, buffer.getvalue())
     return AddResult(len(new), len(resolved) - len(new), len(stored) + len(new), part)
 
 
@@ -324,30 +388,28 @@ def live_quality(
 
 
 def write_quality(
-    store: Path, qualities: list[VersionQuality], *, now: datetime | None = None
-) -> Path:
-    """Write ``qualities`` to ``<store>/live-quality.json`` (replaced whole, by rename): what
-    the exporter serves. Returns its path."""
-    store.mkdir(parents=True, exist_ok=True)
-    path = store / QUALITY_FILE
+    store: str | Path, qualities: list[VersionQuality], *, now: datetime | None = None
+) -> str:
+    """Write ``qualities`` to ``<store>/live-quality.json`` (replaced whole: one rename or one
+    PUT): what the exporter serves. Returns its path or URL."""
     doc = {
         "computed_at": (now or datetime.now(UTC)).isoformat(),
         "versions": [asdict(q) for q in qualities],
     }
-    tmp = store / f".{QUALITY_FILE}.tmp"
-    tmp.write_text(json.dumps(doc, indent=1) + "\n")
-    tmp.replace(path)
+    path = _join(store, QUALITY_FILE)
+    _write_bytes(path, (json.dumps(doc, indent=1) + "\n").encode())
     return path
 
 
-def read_quality(store: Path) -> list[VersionQuality]:
+def read_quality(store: str | Path) -> list[VersionQuality]:
     """The qualities ``write_quality`` wrote last; empty when there are none. Raises
     ``StackError`` when the file is not what ``write_quality`` writes."""
-    path = store / QUALITY_FILE
-    if not path.exists():
-        return []
+    path = _join(store, QUALITY_FILE)
     try:
-        doc = json.loads(path.read_text())
+        data = _read_bytes(path)
+        if data is None:
+            return []
+        doc = json.loads(data)
         return [VersionQuality(**v) for v in doc["versions"]]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise StackError(f"{path} is not a live-quality file: {exc}") from None

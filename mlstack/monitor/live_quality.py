@@ -46,7 +46,7 @@ DEFAULT_PORT = 9108
 class LiveQualityCollector(Collector):
     """Gauges from the label store's ``live-quality.json``, read at every ``collect``."""
 
-    def __init__(self, store: Path) -> None:
+    def __init__(self, store: str | Path) -> None:
         self.store = store
 
     def collect(self) -> Iterator[Metric]:
@@ -85,7 +85,7 @@ class LiveQualityCollector(Collector):
         yield from (roc, f1, count, end)
 
 
-def registry(store: Path) -> CollectorRegistry:
+def registry(store: str | Path) -> CollectorRegistry:
     """A registry holding only the live-quality collector of ``store``."""
     reg = CollectorRegistry(auto_describe=False)
     reg.register(LiveQualityCollector(store))
@@ -95,7 +95,9 @@ def registry(store: Path) -> CollectorRegistry:
 def main(argv: list[str] | None = None) -> None:
     """Serve ``/metrics`` for ``--store`` until SIGTERM or SIGINT (exit 0)."""
     parser = argparse.ArgumentParser(prog="python -m mlstack.monitor.live_quality")
-    parser.add_argument("--store", required=True, type=Path, help="the label store directory")
+    parser.add_argument(
+        "--store", required=True, help="the label store: a directory or an s3:// URL"
+    )
     parser.add_argument("--host", default="0.0.0.0", help="address to listen on")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="port to listen on")
     args = parser.parse_args(argv)

@@ -97,7 +97,7 @@ def from_production(
     *,
     data_path: str,
     captures_root: str | Path,
-    labels_store: Path,
+    labels_store: str | Path,
     environment: str,
     max_rows: int,
     test_size: float,

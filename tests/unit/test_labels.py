@@ -352,3 +352,43 @@ def test_the_live_quality_alert_reads_series_the_exporter_emits(store, tmp_path)
     assert used
     for name in used:
         assert (name, ("model_name", "model_version", "namespace")) in emitted, name
+
+
+def test_an_s3_label_store_beside_s3_captures(monkeypatch, tmp_path):
+    """The cluster's layout: captures and labels in MinIO (moto's S3 on 127.0.0.1 here)."""
+    import boto3
+
+    from tests.support.stand_ins import s3
+
+    frame, truth = predictions(200, seed=15, env="ml-production", version="6", skill=1.0)
+    file = tmp_path / "labels.csv"
+    truth.to_csv(file, index=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test-access-key")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test-secret-key")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    with s3(free_port()) as endpoint:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+        boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="mlstack-captures")
+        capture.write_captures("s3://mlstack-captures/captures", frame)
+        store = "s3://mlstack-captures/labels"
+        captured = capture.read_captures("s3://mlstack-captures/captures")
+
+        first = labels.add_labels(store, labels.read_label_file(file), captured)
+        again = labels.add_labels(store, labels.read_label_file(file), captured)
+        labels.write_quality(
+            store,
+            labels.live_quality(
+                captured, labels.read_labels(store), window_days=28, min_labels=100
+            ),
+        )
+        families = {f.name: f for f in live_quality.registry(store).collect()}
+
+    assert (first.added, again.added, again.already) == (200, 0, 200)
+    assert first.part is not None and first.part.startswith(store + "/part-")
+    [sample] = families["model_live_roc_auc"].samples
+    assert sample.labels == {
+        "model_name": "churn-classifier",
+        "model_version": "6",
+        "namespace": "ml-production",
+    }
+    assert sample.value == pytest.approx(roc_auc_score(truth["label"], frame["score"]))
