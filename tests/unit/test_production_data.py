@@ -150,9 +150,21 @@ def test_rows_that_break_the_data_contract_are_refused_and_nothing_is_committed(
     assert git(data_repo, "status", "--porcelain") == ""
 
 
-def test_no_labelled_predictions_is_one_line(tmp_path: Path):
-    with pytest.raises(StackError, match="no labelled captured predictions of environment"):
-        run(tmp_path / "repo", tmp_path / "state")
+def test_no_labelled_predictions_is_one_error_line(tmp_path: Path):
+    done = run_cli(
+        "data",
+        "from-production",
+        "--env",
+        "ml-staging",
+        env={"MLSTACK_REPO_ROOT": str(tmp_path), "MLSTACK_STATE_DIR": str(tmp_path / "state")},
+    )
+
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [
+        f"error: no labelled captured predictions of environment 'ml-staging' (captures "
+        f"{tmp_path / 'state' / 'captures'}, labels {tmp_path / 'state' / 'labels'}): add labels "
+        "first ('mlstack labels add')"
+    ]
 
 
 def test_row_keys_are_the_same_whatever_the_dtypes_read():
