@@ -126,6 +126,7 @@ def draw(prom: str, uid: str, start: float, end: float, out: Path) -> Path:
             label = panel.legend
             for key, value in series["metric"].items():
                 label = label.replace("{{" + key + "}}", value)
+            label = re.sub(r"\s*\{\{\w+\}\}", "", label)  # a label the local scrape lacks (pod)
             ax.plot(xs, ys, label=label or None)
         if not result:  # the pod panels: cAdvisor and kube-state-metrics run on a cluster only
             ax.text(0.5, 0.5, "no data in a local run", ha="center", va="center", fontsize=9)
