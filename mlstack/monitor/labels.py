@@ -362,7 +362,8 @@ def live_quality(
             )
         else:
             note = ""
-            f1 = float(f1_score(y, window["prediction"].to_numpy(dtype=int)))
+            predicted = window["prediction"].notna().to_numpy()  # a malformed answer: none
+            f1 = float(f1_score(y[predicted], window["prediction"][predicted].to_numpy(dtype=int)))
             if scored.sum() < min_labels or len(set(y[scored].tolist())) < 2:
                 note = (
                     f"not enough labels for roc_auc: {int(scored.sum())} labelled predictions "

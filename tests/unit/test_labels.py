@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
@@ -392,3 +393,21 @@ def test_an_s3_label_store_beside_s3_captures(monkeypatch, tmp_path):
         "namespace": "ml-production",
     }
     assert sample.value == pytest.approx(roc_auc_score(truth["label"], frame["score"]))
+
+
+def test_predictions_without_a_score_or_class_count_only_where_they_can():
+    frame, truth = predictions(300, seed=16, env="ml-production", version="3", skill=1.0)
+    stored = truth.assign(row=0, labelled_at=pd.to_datetime(truth["labelled_at"], utc=True))
+    frame = capture.to_table(frame).to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get)
+    frame.loc[:49, "score"] = None  # V1 callers that did not ask for probabilities
+    frame.loc[50:59, "prediction"] = pd.NA
+
+    (q,) = labels.live_quality(frame, stored[labels.STORE_COLUMNS], window_days=28, min_labels=100)
+
+    assert q.labelled == 300
+    y = truth["label"].to_numpy()
+    assert q.roc_auc == pytest.approx(roc_auc_score(y[50:], frame["score"][50:].astype(float)))
+    keep = np.r_[0:50, 60:300]
+    assert q.f1 == pytest.approx(
+        f1_score(y[keep], frame["prediction"].to_numpy()[keep].astype(int))
+    )
