@@ -122,7 +122,7 @@ def test_network_policy_denies_by_default_and_admits_serving_and_monitoring(over
         for peer in rule["from"]
     }
     assert sources == {"knative-serving", "kourier-system", "istio-system", "monitoring"}
-    monitor = by_kind(docs, "PodMonitor")["spec"]
+    monitor = by_kind(docs, "PodMonitor", "churn-predictor")["spec"]
     assert monitor["podMetricsEndpoints"][0]["path"] == "/metrics"
 
 
@@ -376,7 +376,9 @@ def test_strict_walks_reject_broken_argo_cd_and_prometheus_operator_objects():
     assert manifest_errors(config) == [
         "spec.receivers[0].webhookConfigs[0].sendResolve: unknown field"
     ]
-    monitor = by_kind(render(ROOT / "manifests" / "overlays" / "staging"), "PodMonitor")
+    monitor = by_kind(
+        render(ROOT / "manifests" / "overlays" / "staging"), "PodMonitor", "churn-predictor"
+    )
     monitor["spec"]["selectr"] = monitor["spec"].pop("selector")
     assert manifest_errors(monitor) == [
         "spec.selector: missing required field",
