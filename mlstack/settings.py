@@ -93,8 +93,10 @@ class SinkSettings:
     # a request without its response (a refused request: KServe logs only 200 responses), or the
     # reverse, is dropped after this many seconds
     pair_timeout_s: float = 120.0
-    # at most this many unpaired events are held; more: the oldest is dropped
+    # at most this many unpaired events (and this many bytes of them) are held; more: the oldest
+    # is dropped
     max_pending: int = 20_000
+    max_pending_bytes: int = 256 << 20
     # rows waiting for their batch beyond this (the store is failing): new events get 503
     max_buffered_rows: int = 200_000
     # the largest event body accepted (bytes)

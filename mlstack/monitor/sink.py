@@ -13,9 +13,9 @@ The sink checks each event (400 naming what is wrong; names are Kubernetes names
 become a path), appends it to a write-ahead log and fsyncs it (several concurrent events share
 one fsync), and only then answers 200: an acknowledged event survives a SIGKILL, since the log
 is replayed at start. Requests and responses are paired by (namespace, InferenceService, id) in
-memory (at most ``max_pending`` halves, each for at most ``pair_timeout_s``: a refused request
-has no response); each pair becomes rows of ``mlstack.monitor.capture``'s contract, written as
-one Parquet part per batch (``batch_rows`` rows or ``batch_seconds``), after which the log
+memory (at most ``max_pending`` halves of at most ``max_pending_bytes`` in all, each for at most
+``pair_timeout_s``: a refused request has no response); each pair becomes rows of
+``mlstack.monitor.capture``'s contract, written as one Parquet part per batch (``batch_rows`` rows or ``batch_seconds``), after which the log
 segments it came from are deleted. Delivery is at least once: a kill between a part's rename and
 its segment's deletion writes those rows twice (``read_captures`` keeps one).
 
@@ -428,6 +428,7 @@ class Sink:
         self._sync_lock = threading.Lock()  # one fsync at a time
         self._flush_lock = threading.Lock()  # one batch write at a time
         self._pending: OrderedDict[tuple[str, str, str], _Half] = OrderedDict()
+        self._pending_bytes = 0  # their log lines' size
         self._rows: list[dict[str, Any]] = []
         self._rows_since: float | None = None
         self._segments: list[Path] = []
@@ -488,13 +489,18 @@ class Sink:
         half = self._pending.get(event.key)
         if half is None:
             self._pending[event.key] = _Half(event, line, time.monotonic())
-            while len(self._pending) > self.settings.max_pending:
-                self._pending.popitem(last=False)
+            self._pending_bytes += len(line)
+            while len(self._pending) > self.settings.max_pending or (
+                self._pending_bytes > self.settings.max_pending_bytes
+            ):
+                _, oldest = self._pending.popitem(last=False)
+                self._pending_bytes -= len(oldest.line)
                 self.metrics.dropped.labels("over_max_pending").inc()
         elif half.event.kind == event.kind:
             self.metrics.dropped.labels("duplicate").inc()  # a replayed or repeated id
         else:
             del self._pending[event.key]
+            self._pending_bytes -= len(half.line)
             request, response = (
                 (half.event, event) if event.kind == "response" else (event, half.event)
             )
@@ -544,6 +550,7 @@ class Sink:
             if now - half.since < self.settings.pair_timeout_s:
                 break
             del self._pending[key]
+            self._pending_bytes -= len(half.line)
             self.metrics.dropped.labels(f"unpaired_{half.event.kind}").inc()
         self.metrics.pending.set(len(self._pending))
 

@@ -312,3 +312,24 @@ def test_an_event_over_the_size_limit_is_refused_before_it_is_read(tmp_path: Pat
     finally:
         r.stop()
         r.sink.close()
+
+
+def test_unpaired_events_are_bounded_by_count_and_bytes_oldest_dropped(tmp_path: Path) -> None:
+    line = len(sink.wal_line(*event("request", "m0", {"instances": rows(1)})))
+    settings = SinkSettings(max_pending=3, max_pending_bytes=2 * line + line // 2)
+    s = sink.Sink(tmp_path / "c", tmp_path / "w", settings)
+    s.start()
+    try:
+        for i in range(4):  # four requests whose responses never come
+            headers, body = event("request", f"m{i}", {"instances": rows(1)})
+            s.accept({k.lower(): v for k, v in headers.items()}, body)
+        dropped = s.metrics.registry.get_sample_value(
+            "payload_sink_dropped_events_total", {"reason": "over_max_pending"}
+        )
+        assert dropped == 2  # the bytes bound (two events' worth) bit before the count
+        headers, body = event("response", "m3", {"predictions": [1]})
+        s.accept({k.lower(): v for k, v in headers.items()}, body)
+        s.flush(force=True)
+        assert capture.read_captures(tmp_path / "c")["id"].tolist() == ["m3"]
+    finally:
+        s.close()
