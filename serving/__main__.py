@@ -95,6 +95,11 @@ def main() -> None:
     # no cyclic collection while importing and loading (~10% of the start's CPU here,
     # docs/serving.md "Image"), then they are frozen out of every later collection
     gc.disable()
+    # skops.io before kserve: at import, skops names each numpy and scipy ufunc it trusts by
+    # scanning sys.modules in import order for it (skops/io/_utils.py, whichmodule); behind
+    # kserve's thousands of modules (its Kubernetes client) that scan costs ~1.3 CPU-s here,
+    # ahead of them next to nothing (docs/serving.md "Image")
+    import skops.io  # noqa: F401
     from threadpoolctl import threadpool_limits
 
     from serving import surface

@@ -78,6 +78,87 @@ def test_predictor_image_starts_its_server_entrypoint(images):
     assert absent.returncode != 0 and "No module named 'kfp'" in absent.stderr
 
 
+# what the predictor never imports (issue 15): the platform's client and server stack
+NOT_IN_PREDICTOR = ["mlflow", "pyarrow", "matplotlib", "sqlalchemy", "databricks", "alembic",
+                    "flask", "ruamel", "PIL", "aiohttp", "grpc_tools"]  # fmt: skip
+FOUND = """
+import importlib.util, json, sys
+print(json.dumps([m for m in sys.argv[1:] if importlib.util.find_spec(m) is not None]))
+"""
+
+
+def test_predictor_image_holds_only_what_serving_imports(images):
+    done = images.run(
+        images.predictor, "-c", FOUND, *NOT_IN_PREDICTOR, options=["--entrypoint", "python"]
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == []
+    # and what it does import is there: the server, the model loader, the engine
+    present = images.run(
+        images.predictor,
+        "-c",
+        FOUND,
+        *["kserve", "skops", "sklearn", "onnxruntime", "yaml", "serving.surface"],
+        options=["--entrypoint", "python"],
+    )
+    assert json.loads(present.stdout) == ["kserve", "skops", "sklearn", "onnxruntime", "yaml",
+                                          "serving.surface"]  # fmt: skip
+
+
+# an ONNX graph made here (Add of two float inputs), run by the image's onnxruntime: what is left
+# of the package (its C-API library and offline tools removed, serving/Dockerfile) infers
+ONNX_ADD = """
+import sys, numpy as np, onnxruntime as ort
+session = ort.InferenceSession(sys.stdin.buffer.read(), providers=["CPUExecutionProvider"])
+a = np.array([[1.0, 2.0]], dtype=np.float32)
+print(session.run(None, {"a": a, "b": a})[0].tolist())
+"""
+
+
+def test_predictor_image_onnxruntime_runs_a_model(images):
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 2]) for n in "ab"]
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])
+    graph = helper.make_graph([helper.make_node("Add", ["a", "b"], ["y"])], "add", x, [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    onnx.checker.check_model(model)
+    done = subprocess.run(
+        [images.engine, "run", "--rm", "-i", "--network", "none", "--entrypoint", "python",
+         images.predictor, "-c", ONNX_ADD],
+        input=model.SerializeToString(), capture_output=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr.decode()
+    assert json.loads(done.stdout) == [[2.0, 4.0]]
+
+
+def test_predictor_image_pip_check_misses_only_the_removed_requirements(images):
+    scripts = ROOT / "scripts"
+    done = images.run(
+        images.predictor,
+        "/opt/scripts/pip_check.py",
+        "/opt/locks/predictor-overrides.txt",
+        options=["--entrypoint", "python", "-v", f"{scripts}:/opt/scripts:ro",
+                 "-v", f"{ROOT / 'locks'}:/opt/locks:ro"],
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    accepted = sorted(re.findall(r"requires (\S+), which is not installed", done.stdout))
+    assert accepted == ["aiohttp", "grpcio-tools", "pillow"]
+
+
+def test_predictor_image_model_uri_without_mlflow_is_one_error_line(images):
+    done = images.run(images.predictor, "--model_uri", "models:/churn-classifier@champion")
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        "error: --model_uri needs MLflow's client, which the predictor image does not hold: "
+        "give the downloaded model with --model_dir (KServe's storage initializer does), or run "
+        "`mlstack serve` where the platform extra is installed"
+    )
+
+
 def test_mlflow_image_is_the_pinned_mlflow_with_its_drivers(images):
     done = images.run(images.mlflow, "--version")
     assert done.returncode == 0, done.stderr
@@ -108,12 +189,41 @@ except Exception as e:
 """
 
 
+# the predictor's one loader (no MLflow in that image) on the same kind of directory
+PICKLED_MODEL_PROJECT_LOADER = """
+import pathlib, pickle, tempfile
+from mlstack.errors import StackError
+from mlstack.train.artifacts import load_model
+d = pathlib.Path(tempfile.mkdtemp())
+(d / "model.pkl").write_bytes(pickle.dumps({"ran": True}))
+(d / "MLmodel").write_text(
+    "flavors:\\n  sklearn:\\n    pickled_model: model.pkl\\n"
+    "    serialization_format: pickle\\n    sklearn_version: 1.9.1\\n"
+)
+try:
+    print("loaded", load_model(d, None))
+except StackError as e:
+    print("refused", e)
+"""
+
+
 @pytest.mark.reliability("image-pickle-refused")
 @pytest.mark.parametrize("key", ["training", "predictor", "mlflow"])
 def test_image_refuses_to_unpickle_a_model(images, key):
     image = getattr(images, key)
     env = inspect(images, image, ".Config.Env")
     assert "MLFLOW_ALLOW_PICKLE_DESERIALIZATION=false" in env
+    if key == "predictor":  # no MLflow to unpickle with; the project's loader refuses
+        done = images.run(
+            image, "-c", PICKLED_MODEL_PROJECT_LOADER, options=["--entrypoint", "python"]
+        )
+        assert done.returncode == 0, done.stderr
+        assert (
+            done.stdout.strip()
+            .splitlines()[-1]
+            .endswith("serialization format 'pickle': only 'skops' is loaded, never pickle")
+        )
+        return
     done = images.run(image, "-c", PICKLED_MODEL, options=["--entrypoint", "python"])
     assert done.returncode == 0, done.stderr
     allowed, outcome = done.stdout.strip().splitlines()[-2:]
