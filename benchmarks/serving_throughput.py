@@ -1,22 +1,29 @@
-"""Predictor throughput and latency vs MLServer's sklearn runtime, side by side, on loopback.
+"""Predictor throughput and latency: this predictor vs a baseline revision of it vs MLServer's
+sklearn runtime, side by side, on loopback.
 
-One model (the pipeline's HistGradientBoosting Pipeline, 4000 seeded rows) is served by
-- this predictor (`python -m serving`), with KServe's default logging and with
-  `--configure_logging false`;
-- MLServer 1.7.1 with mlserver-sklearn, default settings (`parallel_workers: 1`) and
-  `parallel_workers: 0` (it needs its own virtual environment: its starlette/fastapi pins clash
-  with kserve's; `make bench-serving` creates it in .bench/);
-and `wrk` (Debian package) sends the same V2 request (one input per feature, probabilities
-requested) at concurrency 1, 8 and 32 with single rows, and 8 with 32-row batches. The in-process
-floors are the sklearn Pipeline's `predict_proba` and this predictor's compiled fast path.
-Every server binds 127.0.0.1; every load is bounded in time.
+One model (the pipeline's HistGradientBoosting Pipeline, 4000 seeded rows, logged as training
+logs it: skops and the classifier's ONNX graph) is served by
+- this predictor (`python -m serving --configure_logging false`, as the image runs it);
+- the same predictor at a baseline git revision (`--baseline`, by default the last one with the
+  hand-written tree walker `serving/compiled.py`), exported with `git archive` and run from there;
+- with `--mlserver DIR`: MLServer 1.7.1 with mlserver-sklearn, `parallel_workers` 1 (its default)
+  and 0 (its own virtual environment: its starlette/fastapi pins clash with kserve's;
+  `make bench-serving` creates it in .bench/).
+All servers run at once and the loads are interleaved (each load on each server in turn), so a
+change in the shared machine's speed hits them alike; the figures to read are this predictor's
+ratios to the baseline. `wrk` (Debian package) sends the same V2 request (one input per feature,
+probabilities requested) at concurrency 1, 8 and 32 with single rows and 8 with 32- and 256-row
+batches, and V1 requests of 32 and 256 row objects at concurrency 8. The in-process floors are the
+sklearn Pipeline's `predict_proba`, the baseline's `compiled.py` and this predictor's engine
+(numpy preprocessing + onnxruntime). Every server binds 127.0.0.1; every load is bounded in time.
 
-    .venv/bin/python benchmarks/serving_throughput.py [--seconds 8] [--mlserver .bench/mlserver]
+    .venv/bin/python benchmarks/serving_throughput.py [--seconds 8] [--baseline REV] [--mlserver DIR]
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import re
@@ -36,12 +43,16 @@ import joblib
 from mlstack.data import generate
 from mlstack.data import profile as profiles
 from mlstack.schema import TARGET
-from mlstack.train.artifacts import SKOPS_TRUSTED_TYPES
+from mlstack.train import onnx_export
+from mlstack.train.artifacts import SKOPS_TRUSTED_TYPES, load_model
 from mlstack.train.training import HyperParams, build_model, features
+from serving import engine
 from serving.codec import NAMES, Batch
-from serving.compiled import compile_model
 
-LOADS = [(1, 1), (8, 1), (32, 1), (8, 32)]  # (concurrency, rows per request)
+# (protocol, concurrency, rows per request)
+LOADS = [("v2", 1, 1), ("v2", 8, 1), ("v2", 32, 1), ("v2", 8, 32), ("v2", 8, 256),
+         ("v1", 8, 32), ("v1", 8, 256)]  # fmt: skip
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def free_port() -> int:
@@ -68,6 +79,34 @@ def v2_body(rows: Batch, output: str, pandas: bool) -> str:
         for inp in inputs:
             inp["parameters"] = {"content_type": "str" if inp["datatype"] == "BYTES" else "np"}
     return json.dumps(body)
+
+
+def v1_body(rows) -> str:  # noqa: ANN001 (a DataFrame of schema rows)
+    """V1 row objects, JSON null for a missing value."""
+    records = rows[NAMES].astype(object).where(rows[NAMES].notna(), None).to_dict("records")
+    return json.dumps({"instances": records})
+
+
+def default_baseline() -> str:
+    """The last revision with the hand-written tree walker (the parent of the commit that removed
+    serving/compiled.py), or HEAD before that commit exists."""
+    removed = subprocess.run(
+        ["git", "log", "-1", "--format=%H", "--diff-filter=D", "--", "serving/compiled.py"],
+        cwd=ROOT, capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    return f"{removed}^" if removed else "HEAD"
+
+
+def export_revision(rev: str, dst: Path) -> str:
+    """The tree of ``rev`` in ``dst`` (no checkout: the work tree is left alone); its short SHA."""
+    dst.mkdir(parents=True)
+    archive = subprocess.run(
+        ["git", "archive", "--format=tar", rev], cwd=ROOT, capture_output=True, check=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(dst)], input=archive, check=True)
+    return subprocess.run(
+        ["git", "rev-parse", "--short", rev], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.strip()
 
 
 def rss_mb(pid: int) -> float:
@@ -103,6 +142,7 @@ def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
 @dataclass
 class Result:
     server: str
+    protocol: str
     concurrency: int
     rows: int
     rps: float
@@ -110,6 +150,10 @@ class Result:
     p99_ms: float
     errors: int
     rss_mb: float
+
+    @property
+    def rows_per_s(self) -> float:
+        return self.rps * self.rows
 
 
 def _ms(text: str) -> float:
@@ -138,33 +182,48 @@ def run_wrk(
     return rps, p50, p99, errors
 
 
-def bench_server(
-    name, cmd, env, ready_url, infer_url, bodies, seconds, work, cwd=None
-) -> list[Result]:
-    proc = subprocess.Popen(
-        cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    results = []
-    try:
-        wait_ready(ready_url, proc)
-        for concurrency, rows in LOADS:
-            body = bodies[rows]
-            req = urllib.request.Request(infer_url, data=body.encode(), method="POST",
-                                         headers={"content-type": "application/json"})  # fmt: skip
-            with urllib.request.urlopen(req, timeout=10) as r:
-                assert r.status == 200
-            run_wrk(infer_url, body, concurrency, 2, work)  # warm-up
-            rps, p50, p99, errors = run_wrk(infer_url, body, concurrency, seconds, work)
-            results.append(Result(name, concurrency, rows, rps, p50, p99, errors, rss_mb(proc.pid)))
-            print(f"  {name:<34} c={concurrency:<2} rows={rows:<2} {rps:8.0f} req/s  "
-                  f"p50 {p50:6.2f} ms  p99 {p99:6.2f} ms  errors {errors}", flush=True)  # fmt: skip
-    finally:
-        proc.terminate()
+@dataclass
+class Server:
+    name: str
+    cmd: list[str]
+    ready_url: str
+    infer_url: dict[str, str]  # protocol -> URL
+    bodies: dict[tuple[str, int], str]  # (protocol, rows) -> body
+    cwd: Path | None = None
+    env: dict[str, str] | None = None
+    proc: subprocess.Popen | None = None
+
+    def start(self, env: dict[str, str]) -> None:
+        self.proc = subprocess.Popen(
+            self.cmd, env={**env, **(self.env or {})}, cwd=self.cwd,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        wait_ready(self.ready_url, self.proc)
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        self.proc.terminate()
         try:
-            proc.wait(timeout=20)
+            self.proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
-            proc.kill()
-    return results
+            self.proc.kill()
+            self.proc.wait(timeout=20)
+
+    def load(self, protocol: str, concurrency: int, rows: int, seconds: int, work: Path) -> Result:
+        url, body = self.infer_url[protocol], self.bodies[(protocol, rows)]
+        req = urllib.request.Request(url, data=body.encode(), method="POST",
+                                     headers={"content-type": "application/json"})  # fmt: skip
+        with urllib.request.urlopen(req, timeout=30) as r:
+            assert r.status == 200
+        run_wrk(url, body, concurrency, 2, work)  # warm-up
+        rps, p50, p99, errors = run_wrk(url, body, concurrency, seconds, work)
+        result = Result(self.name, protocol, concurrency, rows, rps, p50, p99, errors,
+                        rss_mb(self.proc.pid))  # fmt: skip
+        print(f"  {self.name:<44} {protocol} c={concurrency:<2} rows={rows:<3} {rps:8.0f} req/s "
+              f"{result.rows_per_s:8.0f} rows/s  p50 {p50:6.2f} ms  p99 {p99:6.2f} ms  "
+              f"errors {errors}", flush=True)  # fmt: skip
+        return result
 
 
 def floor_us(fn, n: int = 2000) -> float:
@@ -178,96 +237,165 @@ def floor_us(fn, n: int = 2000) -> float:
     return statistics.median(times)
 
 
+def predictor(name: str, model_dir: Path, bodies, cwd: Path | None = None) -> Server:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    cmd = [sys.executable, "-m", "serving", "--model_dir", str(model_dir),
+           "--model_name", "churn", "--model_version", "1", "--host", "127.0.0.1",
+           "--http_port", str(port), "--enable_grpc", "false",
+           "--enable_latency_logging", "false", "--configure_logging", "false"]  # fmt: skip
+    # from an exported tree: its own packages first (python -m puts the cwd first on sys.path)
+    env = {"PYTHONPATH": str(cwd)} if cwd else None
+    infer = {"v2": f"{base}/v2/models/churn/infer", "v1": f"{base}/v1/models/churn:predict"}
+    return Server(name, cmd, f"{base}/v2/health/ready", infer, bodies, cwd=cwd, env=env)
+
+
+def mlserver_server(mlserver: Path, workers: int, work: Path, bodies) -> Server:
+    root = work / f"mlserver-{workers}"
+    root.mkdir()
+    joblib.dump(joblib.load(work / "model.joblib"), root / "model.joblib")
+    port = free_port()
+    (root / "settings.json").write_text(json.dumps({
+        "host": "127.0.0.1", "http_port": port, "grpc_port": free_port(),
+        "metrics_port": free_port(), "parallel_workers": workers,
+    }))  # fmt: skip
+    (root / "model-settings.json").write_text(json.dumps({
+        "name": "churn", "implementation": "mlserver_sklearn.SKLearnModel",
+        "parameters": {"uri": "./model.joblib"},
+    }))  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    label = f"MLServer sklearn (parallel_workers: {workers})"
+    return Server(label, [str(mlserver), "start", "."], f"{base}/v2/models/churn/ready",
+                  {"v2": f"{base}/v2/models/churn/infer"}, bodies, cwd=root)  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=int, default=8)
+    parser.add_argument("--baseline", help="git revision to compare with (default: the last "
+                        "one with serving/compiled.py)")  # fmt: skip
     parser.add_argument("--mlserver", type=Path, default=Path(".bench/mlserver"))
     args = parser.parse_args()
     if not shutil.which("wrk"):
         raise SystemExit("needs wrk: apt-get install wrk")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    env.pop("PYTHONPATH", None)
 
     import mlflow
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)  # the floors on one thread, as the servers run (OMP_NUM_THREADS=1)
 
     work = Path(tempfile.mkdtemp(prefix="bench-serving-"))
-    df = generate.generate(4000, 7)
-    model = build_model(HyperParams())
-    model.fit(features(df), df[TARGET])
-    mlflow.sklearn.save_model(
-        model, str(work / "model"), skops_trusted_types=list(SKOPS_TRUSTED_TYPES),
-        metadata={"reference_profile": profiles.to_dict(profiles.build(df))},
-    )  # fmt: skip
-    (work / "mlserver").mkdir()
-    joblib.dump(model, work / "mlserver" / "model.joblib")
+    try:
+        baseline_rev = args.baseline or default_baseline()
+        baseline_sha = export_revision(baseline_rev, work / "baseline")
+        df = generate.generate(4000, 7)
+        model = build_model(HyperParams())
+        model.fit(features(df), df[TARGET])
+        (work / "onnx").mkdir()
+        mlflow.sklearn.save_model(
+            model, str(work / "model"), skops_trusted_types=list(SKOPS_TRUSTED_TYPES),
+            extra_files=[str(onnx_export.write(model, work / "onnx"))],
+            metadata={"reference_profile": profiles.to_dict(profiles.build(df))},
+        )  # fmt: skip
+        joblib.dump(model, work / "model.joblib")
 
-    sample = generate.generate(64, 3).dropna()  # MLServer's pandas codec has no nulls for str
-    bodies_ours = {
-        n: v2_body(Batch.from_frame(sample.head(n)), "probabilities", False) for n in (1, 32)
-    }
-    bodies_mls = {
-        n: v2_body(Batch.from_frame(sample.head(n)), "predict_proba", True) for n in (1, 32)
-    }
+        # MLServer's pandas codec has no nulls for str: complete rows for every body
+        sample = generate.generate(400, 3).dropna().head(256)
+        sizes = (1, 32, 256)
+        ours = {("v2", n): v2_body(Batch.from_frame(sample.head(n)), "probabilities", False)
+                for n in sizes}  # fmt: skip
+        ours |= {("v1", n): v1_body(sample.head(n)) for n in sizes}
+        theirs = {("v2", n): v2_body(Batch.from_frame(sample.head(n)), "predict_proba", True)
+                  for n in sizes}  # fmt: skip
 
-    one, b32 = Batch.from_frame(sample.head(1)), Batch.from_frame(sample.head(32))
-    compiled = compile_model(model)
-    frame1, frame32 = one.to_frame(), b32.to_frame()
-    floors = {
-        "sklearn Pipeline.predict_proba, 1 row": floor_us(lambda: model.predict_proba(frame1), 300),
-        "sklearn Pipeline.predict_proba, 32 rows": floor_us(
-            lambda: model.predict_proba(frame32), 300
-        ),
-        "compiled fast path, 1 row": floor_us(lambda: compiled.predict_proba(one)),
-        "compiled fast path, 32 rows": floor_us(lambda: compiled.predict_proba(b32)),
-    }
-    for k, v in floors.items():
-        print(f"  floor {k}: {v:.0f} µs")
+        floors = in_process_floors(model, work, sample, sizes)
+        for k, v in floors.items():
+            print(f"  floor {k}: {v:.0f} µs", flush=True)
 
+        new = "this predictor (onnxruntime engine)"
+        old = f"baseline {baseline_sha} (compiled.py)"
+        servers = [predictor(new, work / "model", ours),
+                   predictor(old, work / "model", ours, cwd=work / "baseline")]  # fmt: skip
+        mlserver = args.mlserver.resolve() / "bin" / "mlserver"
+        if mlserver.exists():
+            servers += [mlserver_server(mlserver, w, work, theirs) for w in (1, 0)]
+        else:
+            print(f"  (no MLServer at {mlserver}: `make bench-serving` creates it)")
+        results = run_loads(servers, env, args.seconds, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    report(results, floors, new, old, args.seconds)
+
+
+def in_process_floors(model, work: Path, sample, sizes) -> dict[str, float]:  # noqa: ANN001
+    """µs per call of the sklearn Pipeline, the baseline's compiled.py (loaded from the exported
+    tree) and this predictor's engine, on the same rows."""
+    spec = importlib.util.spec_from_file_location(
+        "baseline_compiled", work / "baseline" / "serving" / "compiled.py"
+    )
+    compiled = None
+    if spec and spec.loader and Path(spec.origin or "").exists():
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # its dataclasses look their module up
+        spec.loader.exec_module(module)
+        compiled = module.compile_model(model)
+    loaded = load_model(work / "model", None)
+    ours = engine.load(loaded.pipeline, loaded.onnx, Batch.from_frame(onnx_export.probe_frame()), 1)
+    assert ours is not None, "the engine refused the benchmark's model"
+    floors = {}
+    for n in sizes:
+        batch = Batch.from_frame(sample.head(n))
+        frame = batch.to_frame()
+        batch.category_codes()
+        floors[f"sklearn Pipeline.predict_proba, {n} rows"] = floor_us(
+            lambda f=frame: model.predict_proba(f), 50
+        )
+        if compiled is not None:
+            floors[f"baseline compiled.py, {n} rows"] = floor_us(
+                lambda b=batch: compiled.predict_proba(b), 200
+            )
+        floors[f"engine (numpy + onnxruntime), {n} rows"] = floor_us(
+            lambda b=batch: ours.predict_proba(b), 200
+        )
+    return floors
+
+
+def run_loads(servers: list[Server], env: dict[str, str], seconds: int, work: Path) -> list[Result]:
     results: list[Result] = []
-    for label, extra in (("this predictor (kserve logging)", []),
-                         ("this predictor (--configure_logging false)", ["--configure_logging", "false"])):  # fmt: skip
-        port = free_port()
-        cmd = [sys.executable, "-m", "serving", "--model_dir", str(work / "model"),
-               "--model_name", "churn", "--model_version", "1", "--host", "127.0.0.1",
-               "--http_port", str(port), "--enable_grpc", "false",
-               "--enable_latency_logging", "false", *extra]  # fmt: skip
-        base = f"http://127.0.0.1:{port}"
-        results += bench_server(label, cmd, env, f"{base}/v2/health/ready",
-                                f"{base}/v2/models/churn/infer", bodies_ours, args.seconds, work)  # fmt: skip
+    try:
+        for server in servers:
+            server.start(env)
+        for protocol, concurrency, rows in LOADS:
+            for server in servers:
+                if (protocol, rows) in server.bodies:
+                    results.append(server.load(protocol, concurrency, rows, seconds, work))
+    finally:
+        for server in servers:
+            server.stop()
+    return results
 
-    mlserver = args.mlserver.resolve() / "bin" / "mlserver"
-    if mlserver.exists():
-        for workers in (1, 0):
-            port = free_port()
-            (work / "mlserver" / "settings.json").write_text(json.dumps({
-                "host": "127.0.0.1", "http_port": port, "grpc_port": free_port(),
-                "metrics_port": free_port(), "parallel_workers": workers,
-            }))  # fmt: skip
-            (work / "mlserver" / "model-settings.json").write_text(json.dumps({
-                "name": "churn", "implementation": "mlserver_sklearn.SKLearnModel",
-                "parameters": {"uri": "./model.joblib"},
-            }))  # fmt: skip
-            base = f"http://127.0.0.1:{port}"
-            label = f"MLServer sklearn (parallel_workers: {workers})"
-            results += bench_server(label, [str(mlserver), "start", "."], env,
-                                    f"{base}/v2/models/churn/ready", f"{base}/v2/models/churn/infer",
-                                    bodies_mls, args.seconds, work, cwd=work / "mlserver")  # fmt: skip
-    else:
-        print(f"  (no MLServer at {mlserver}: `make bench-serving` creates it)")
 
+def report(results: list[Result], floors: dict[str, float], new: str, old: str, seconds: int):  # noqa: ANN201
+    base = {(r.protocol, r.concurrency, r.rows): r for r in results if r.server == old}
     print()
-    print(f"{os.cpu_count()} cores, wrk -t1, {args.seconds} s per cell after a 2 s warm-up, "
-          "V2 JSON, probabilities output")  # fmt: skip
-    print("| server | concurrency | rows/request | req/s | p50 ms | p99 ms | errors | RSS MB |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(f"{os.cpu_count()} cores, wrk -t1, {seconds} s per cell after a 2 s warm-up, servers "
+          "interleaved, JSON bodies, probabilities output")  # fmt: skip
+    print("| server | protocol | concurrency | rows/request | req/s | rows/s | × baseline | "
+          "p50 ms | p99 ms | errors | RSS MB |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
-        print(f"| {r.server} | {r.concurrency} | {r.rows} | {r.rps:.0f} | {r.p50_ms:.2f} | "
-              f"{r.p99_ms:.2f} | {r.errors} | {r.rss_mb:.0f} |")  # fmt: skip
+        ref = base.get((r.protocol, r.concurrency, r.rows))
+        ratio = f"{r.rows_per_s / ref.rows_per_s:.2f}" if ref and r.server != old else ""
+        print(f"| {r.server} | {r.protocol.upper()} | {r.concurrency} | {r.rows} | {r.rps:.0f} | "
+              f"{r.rows_per_s:.0f} | {ratio} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.errors} | "
+              f"{r.rss_mb:.0f} |")  # fmt: skip
     print()
     print("| in-process floor | µs per call |")
     print("|---|---|")
     for k, v in floors.items():
         print(f"| {k} | {v:.0f} |")
-    shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -39,6 +39,26 @@ class ModelLineage:
     extra: dict[str, str] = field(default_factory=dict)
 
 
+class ListsResponse(InferResponse):
+    """A V2 response whose outputs hold JSON lists already (``predict`` makes them with numpy's
+    ``tolist``). Its REST form is the protocol's JSON object made from those lists; KServe's own
+    ``to_rest`` turns each list into an array and back, one ``.item()`` per value (the largest
+    cost of a 256-row response). No binary outputs: this predictor never offers them."""
+
+    def to_rest(self) -> tuple[dict[str, Any], None]:
+        outputs = [
+            {"name": o.name, "shape": o.shape, "datatype": o.datatype, "data": o.data}
+            for o in self.outputs
+        ]
+        body = {
+            "id": self.id,
+            "model_name": self.model_name,
+            "model_version": self.model_version,
+            "outputs": outputs,
+        }
+        return body, None
+
+
 @functools.cache
 def _probe() -> Batch:
     """One fixed row for the readiness probe."""
@@ -228,7 +248,7 @@ class ChurnModel(Model):
             outputs.append(
                 InferOutput("probabilities", [len(batch), 2], "FP64", proba.ravel().tolist())
             )
-        return InferResponse(
+        return ListsResponse(
             response_id=payload.id or "",
             model_name=self.name,
             model_version=self.model_version,
