@@ -349,8 +349,15 @@ def rollback_canary(
     head = _head_text(repo, rel)
     changed = committed = False
     version, back_to = state.version, ""
+    head_state = overlay_state(head, path) if head is not None else None
+    states: list[tuple[str, str]] | None = None
     if state.canary < 100:
         states = ([] if _same(head, text) else [("", text)]) + _history(repo, rel)
+    elif head_state is not None and head_state.canary < 100 and not _same(head, text):
+        # the canary is committed but the work tree is not: a rollback killed before its commit
+        version = head_state.version
+        states = _history(repo, rel)
+    if states is not None:
         found = _before(states, version, path)
         stable = overlay_state(found, path) if found is not None else None
         if found is None or stable is None or not stable.version.isdigit() or stable.version == "0":
@@ -360,6 +367,11 @@ def rollback_canary(
             )
         back_to = stable.version
         stable_text = found
+        if state.canary == 100 and not _same(text, stable_text):
+            raise StackError(
+                f"{path} has changes that are not committed and are not a rollback of "
+                f"v{version}: commit or discard them, then run this again"
+            )
         if not _same(text, stable_text):
             promote.write_atomic(path, stable_text)
             changed = True
