@@ -267,12 +267,21 @@ def add_version(
             if source.resolve() != names.target.resolve():
                 names.target.parent.mkdir(parents=True, exist_ok=True)
                 _copy_replace(source, names.target)
-            with _dvc_errors("dvc add failed"), contextlib.redirect_stdout(io.StringIO()):
+            # DVC's INFO lines ("To track the changes with git...") go to a stdout handler bound
+            # at its first import, which may be before any redirect: its level keeps them out
+            with (
+                _dvc_errors("dvc add failed"),
+                _dvc_log_level(logging.WARNING),
+                contextlib.redirect_stdout(io.StringIO()),
+            ):
                 repo = _quiet_repo(repo_root)
                 repo.add(str(names.target))
             md5 = pointer_md5(names.pointer)
             _journal_write(journal, {**_journal_read(journal), "md5": md5})
-            with _dvc_errors(f"dvc push to remote '{remote or 'default'}' failed"):
+            with (
+                _dvc_errors(f"dvc push to remote '{remote or 'default'}' failed"),
+                _dvc_log_level(logging.WARNING),
+            ):
                 repo.push(targets=[str(names.pointer)], remote=remote)
             tracked = [
                 names.pointer_rel,
