@@ -101,6 +101,9 @@ class SinkSettings:
     max_buffered_rows: int = 200_000
     # the largest event body accepted (bytes)
     max_body: int = 8 << 20
+    # /metrics serves the sink's namespace's live quality (the label store's live-quality.json,
+    # docs/monitoring.md "Live quality"), read at most once per this many seconds
+    live_quality_cache_s: float = 15.0
 
 
 # The floors kept in the repository: changed only by a commit here, never by a run's parameters.

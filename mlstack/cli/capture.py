@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -18,7 +19,13 @@ def _sink(args: argparse.Namespace, settings: Settings) -> None:
     root = args.root or settings.captures
     try:
         namespace = capture.check_name(args.namespace, "--namespace") if args.namespace else None
-        sink.serve(sink.Sink(root, wal, settings.sink, namespace), args.host, args.port)
+        sink_settings = settings.sink
+        if args.live_quality_cache is not None:
+            if not args.live_quality_cache >= 0:
+                raise StackError("--live-quality-cache must be a number of seconds, 0 or more")
+            sink_settings = replace(sink_settings, live_quality_cache_s=args.live_quality_cache)
+        served = sink.Sink(root, wal, sink_settings, namespace, labels=settings.labels)
+        sink.serve(served, args.host, args.port)
     except OSError as exc:
         raise StackError(f"payload sink cannot start: {exc.strerror or exc}") from None
 
@@ -62,6 +69,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                      "MLSTACK_SINK_NAMESPACE; the manifest sets the pod's own)")  # fmt: skip
     run.add_argument("--host", default="127.0.0.1", help="address to listen on")
     run.add_argument("--port", type=int, default=8080, help="port to listen on")
+    run.add_argument("--live-quality-cache", type=float, default=None, metavar="SECONDS",
+                     help="read the label store's live-quality.json (MLSTACK_LABELS_DIR) at "
+                     "most once per SECONDS for /metrics (default: "
+                     "SinkSettings.live_quality_cache_s)")  # fmt: skip
     run.set_defaults(func=_sink)
     show = cap_sub.add_parser("show", help="rows captured, per environment, model and version")
     show.add_argument("--root", default="", help="captures root (default: as for sink)")

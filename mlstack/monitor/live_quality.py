@@ -14,9 +14,12 @@ scrape) and turns each version's figures into gauges:
 - ``model_live_quality_window_end_seconds{...}``: when the newest labelled prediction was
   received (how old the figures are).
 
-``namespace`` is the environment the captures were made in (the predictor's namespace), so a
-scrape config must keep the exporter's labels (``honor_labels: true``; a PodMonitor's
-``honorLabels``) or Prometheus renames it ``exported_namespace``.
+In the cluster the payload sink serves these series (``mlstack.monitor.sink``): each namespace's
+sink exports its own namespace's rows without a ``namespace`` label, which its PodMonitor target
+adds, like every other series of the namespace. This exporter, for a store read from elsewhere
+(a laptop, a test), serves every environment's rows labelled ``namespace`` (the environment the
+captures were made in), so its scrape config must keep the exporter's labels
+(``honor_labels: true``) or Prometheus renames it ``exported_namespace``.
 
 ``python -m mlstack.monitor.live_quality --store DIR [--host H] [--port P]`` serves it until
 SIGTERM or SIGINT.
@@ -27,7 +30,7 @@ from __future__ import annotations
 import argparse
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import datetime
 from pathlib import Path
 from types import FrameType
@@ -37,10 +40,48 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from mlstack.errors import StackError, exit_on_error
-from mlstack.monitor.labels import read_quality
+from mlstack.monitor.labels import VersionQuality, read_quality
 
 LABELS = ["model_name", "model_version", "namespace"]
 DEFAULT_PORT = 9108
+
+
+def families(
+    qualities: Iterable[VersionQuality], *, with_namespace: bool = True
+) -> list[GaugeMetricFamily]:
+    """The four gauge families of ``qualities``, labelled ``LABELS``; without the ``namespace``
+    label when ``with_namespace`` is false (the payload sink: its scrape target's namespace is
+    the label, as for every other series of the namespace)."""
+    names = LABELS if with_namespace else LABELS[:-1]
+    roc = GaugeMetricFamily(
+        "model_live_roc_auc",
+        "ROC AUC of the version's labelled predictions in the labelled window",
+        labels=names,
+    )
+    f1 = GaugeMetricFamily(
+        "model_live_f1",
+        "F1 at the model's threshold of the version's labelled predictions in the window",
+        labels=names,
+    )
+    count = GaugeMetricFamily(
+        "model_live_labelled_predictions",
+        "Labelled predictions of the version in the labelled window",
+        labels=names,
+    )
+    end = GaugeMetricFamily(
+        "model_live_quality_window_end_seconds",
+        "When the newest labelled prediction of the window was received (Unix time)",
+        labels=names,
+    )
+    for q in qualities:
+        values = [q.model_name, q.model_version, q.environment][: len(names)]
+        count.add_metric(values, float(q.labelled))
+        end.add_metric(values, datetime.fromisoformat(q.window_end).timestamp())
+        if q.roc_auc is not None:
+            roc.add_metric(values, q.roc_auc)
+        if q.f1 is not None:
+            f1.add_metric(values, q.f1)
+    return [roc, f1, count, end]
 
 
 class LiveQualityCollector(Collector):
@@ -50,39 +91,11 @@ class LiveQualityCollector(Collector):
         self.store = store
 
     def collect(self) -> Iterator[Metric]:
-        roc = GaugeMetricFamily(
-            "model_live_roc_auc",
-            "ROC AUC of the version's labelled predictions in the labelled window",
-            labels=LABELS,
-        )
-        f1 = GaugeMetricFamily(
-            "model_live_f1",
-            "F1 at the model's threshold of the version's labelled predictions in the window",
-            labels=LABELS,
-        )
-        count = GaugeMetricFamily(
-            "model_live_labelled_predictions",
-            "Labelled predictions of the version in the labelled window",
-            labels=LABELS,
-        )
-        end = GaugeMetricFamily(
-            "model_live_quality_window_end_seconds",
-            "When the newest labelled prediction of the window was received (Unix time)",
-            labels=LABELS,
-        )
         try:
             qualities = read_quality(self.store)
         except StackError:
             qualities = []  # a torn or foreign file: no samples rather than wrong ones
-        for q in qualities:
-            values = [q.model_name, q.model_version, q.environment]
-            count.add_metric(values, float(q.labelled))
-            end.add_metric(values, datetime.fromisoformat(q.window_end).timestamp())
-            if q.roc_auc is not None:
-                roc.add_metric(values, q.roc_auc)
-            if q.f1 is not None:
-                f1.add_metric(values, q.f1)
-        yield from (roc, f1, count, end)
+        yield from families(qualities)
 
 
 def registry(store: str | Path) -> CollectorRegistry:

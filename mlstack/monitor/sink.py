@@ -46,9 +46,12 @@ from typing import Any
 
 import pandas as pd
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.core import Metric
 
 from mlstack.errors import StackError
 from mlstack.monitor import capture
+from mlstack.monitor.labels import QUALITY_FILE, VersionQuality
+from mlstack.monitor.live_quality import families
 from mlstack.monitor.relay import BadRequest, _BoundedServer, decode_json
 from mlstack.schema import DECISION_THRESHOLD, FEATURES
 from mlstack.settings import SinkSettings
@@ -399,6 +402,79 @@ class Metrics:
         self.buffered = Gauge(
             "payload_sink_buffered_rows", "rows waiting for their batch", registry=self.registry
         )
+        self.quality_errors = Counter(
+            "payload_sink_live_quality_errors",
+            "reads of the label store's live-quality.json that served nothing, by reason "
+            "(missing, unreadable)",
+            ["reason"], registry=None,
+        )  # fmt: skip
+        # served by the sink's LiveQuality collector, after the read it counts
+
+
+# --- live quality -------------------------------------------------------------------------------
+
+
+def read_live_quality(store: str | Path) -> list[VersionQuality]:
+    """The versions in ``<store>/live-quality.json`` (what ``mlstack labels add`` writes: a
+    directory or an ``s3://`` prefix, read with the sink's own S3 client and credentials, as it
+    writes captures). ``FileNotFoundError`` when there is none, ``StackError`` when it cannot be
+    read or is not such a file."""
+    path = f"{str(store).rstrip('/')}/{QUALITY_FILE}"
+    try:
+        if path.startswith("s3://"):
+            with capture._s3().open(path, "rb") as fh:
+                data = fh.read()
+        else:
+            data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # the store: S3 down, refused credentials, a directory, ...
+        raise StackError(f"cannot read {path}: {exc}") from None
+    try:
+        return [VersionQuality(**v) for v in json.loads(data)["versions"]]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise StackError(f"{path} is not a live-quality file: {exc!r}") from None
+
+
+class LiveQuality:
+    """The live quality of the sink's own namespace on its ``/metrics``: the label store's
+    ``live-quality.json`` read at a scrape, at most once per ``cache_s`` seconds (what was read,
+    or the failure, is served until then). Rows of other namespaces are left out, and so is the
+    ``namespace`` label: the scrape target's namespace is the label. A missing or unreadable file
+    serves no samples and counts ``payload_sink_live_quality_errors{reason}`` (served here, after
+    the read). Without a store or a namespace it serves only that counter."""
+
+    def __init__(
+        self, store: str | Path | None, namespace: str | None, cache_s: float, errors: Counter
+    ) -> None:
+        self.store, self.namespace, self.cache_s, self.errors = store, namespace, cache_s, errors
+        self._lock = threading.Lock()
+        self._read_at: float | None = None
+        self._rows: list[VersionQuality] = []
+
+    def _read(self, store: str | Path, namespace: str) -> list[VersionQuality]:
+        try:
+            rows = read_live_quality(store)
+        except FileNotFoundError:
+            self.errors.labels("missing").inc()
+            return []
+        except StackError as exc:
+            print(f"sink: live quality not served: {exc}", file=sys.stderr, flush=True)
+            self.errors.labels("unreadable").inc()
+            return []
+        return [q for q in rows if q.environment == namespace]
+
+    def collect(self) -> Iterator[Metric]:
+        if self.store is None or self.namespace is None:
+            yield from self.errors.collect()
+            return
+        with self._lock:
+            now = time.monotonic()
+            if self._read_at is None or now - self._read_at >= self.cache_s:
+                self._rows, self._read_at = self._read(self.store, self.namespace), now
+            rows = self._rows
+        yield from families(rows, with_namespace=False)
+        yield from self.errors.collect()
 
 
 @dataclass
@@ -419,11 +495,19 @@ class Sink:
         wal_dir: Path,
         settings: SinkSettings,
         namespace: str | None = None,
+        labels: str | Path | None = None,
     ) -> None:
         self.root, self.wal_dir, self.settings = root, Path(wal_dir), settings
         # the namespace this sink serves (its own): events naming another one are refused
         self.namespace = namespace
         self.metrics = Metrics()
+        # the label store: its live-quality.json's rows of this namespace are served on /metrics
+        # (a sink without a namespace of its own serves none)
+        self.metrics.registry.register(
+            LiveQuality(
+                labels, namespace, settings.live_quality_cache_s, self.metrics.quality_errors
+            )
+        )
         self._lock = threading.Lock()  # pending, rows, the open segment
         self._sync_lock = threading.Lock()  # one fsync at a time
         self._flush_lock = threading.Lock()  # one batch write at a time
