@@ -99,3 +99,17 @@ def test_prometheus_scrapes_series_the_sink_exports(tmp_path: Path) -> None:
         "payload_sink_pending_events",
         "payload_sink_buffered_rows",
     } <= names
+
+
+@pytest.mark.parametrize("env", OVERLAYS)
+def test_the_sink_serves_live_quality_from_the_label_store_beside_its_captures(env: str) -> None:
+    """The label store is in the captures' bucket (the credentials the sink already has), and the
+    PodMonitor keeps Prometheus's own namespace label: the sink exports none (no honorLabels)."""
+    docs = rendered(env)
+    [container] = find(docs, "Deployment", "payload-sink")["spec"]["template"]["spec"]["containers"]
+    values = {e["name"]: e.get("value") for e in container["env"]}
+    bucket = urllib.parse.urlsplit(values["MLSTACK_CAPTURE_ROOT"]).netloc
+    store = urllib.parse.urlsplit(values["MLSTACK_LABELS_DIR"])
+    assert (store.scheme, store.netloc) == ("s3", bucket)
+    [endpoint] = find(docs, "PodMonitor", "payload-sink")["spec"]["podMetricsEndpoints"]
+    assert not endpoint.get("honorLabels", False)
