@@ -1,10 +1,12 @@
-"""Live quality in a real Prometheus: the exporter scraped as a scrape config must (keeping its
-`namespace` label), and the project's ChurnModelLiveQualityLow rule (its `for` shortened to 3 s)
-firing for the version below the gate's floor, and only for it."""
+"""Live quality in a real Prometheus, served as the cluster serves it: each namespace's payload
+sink (a real process per namespace, one label store) scraped as its PodMonitor scrapes it (the
+target's namespace label, honor_labels off), and the project's ChurnModelLiveQualityLow rule (its
+`for` shortened to 3 s) firing for the version below the gate's floor, and only for it."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import time
@@ -23,7 +25,7 @@ from tests.unit.test_labels import predictions
 
 PROMETHEUS = shutil.which("prometheus")
 pytestmark = [
-    pytest.mark.slow,  # a Prometheus and an exporter: ~20 s here
+    pytest.mark.slow,  # a Prometheus and two sinks: ~20 s here
     pytest.mark.skipif(not PROMETHEUS, reason="make tools installs prometheus"),
 ]
 
@@ -61,35 +63,55 @@ def test_prometheus_scrapes_live_quality_and_the_alert_fires_for_the_low_version
     by_env = {q.environment: q for q in quality}
     assert by_env["ml-production"].roc_auc < 0.75 < by_env["ml-staging"].roc_auc
 
-    exporter_port, prom_port = free_port(), free_port()
+    namespaces = ["ml-staging", "ml-production"]
+    ports = {ns: free_port() for ns in namespaces}
+    prom_port = free_port()
+    # what the Prometheus Operator makes of the sink's PodMonitor: the pod's namespace, pod,
+    # container and endpoint as target labels, honor_labels false
+    targets = [
+        {
+            "targets": [f"127.0.0.1:{ports[ns]}"],
+            "labels": {
+                "namespace": ns,
+                "pod": f"payload-sink-{ns}",
+                "container": "sink",
+                "endpoint": "http",
+            },
+        }
+        for ns in namespaces
+    ]
     (tmp_path / "prometheus.yml").write_text(
         yaml.safe_dump(
             {
                 "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
                 "rule_files": [str(fast_rule(tmp_path))],
                 "scrape_configs": [
-                    {
-                        "job_name": "live-quality",
-                        "honor_labels": True,  # keep the exporter's namespace label
-                        "static_configs": [{"targets": [f"127.0.0.1:{exporter_port}"]}],
-                    }
+                    {"job_name": "payload-sink", "honor_labels": False, "static_configs": targets}
                 ],
             }
         )
     )
     prom = f"http://127.0.0.1:{prom_port}"
-    exporter = [
-        sys.executable, "-m", "mlstack.monitor.live_quality", "--store", str(store),
-        "--host", "127.0.0.1", "--port", str(exporter_port),
-    ]  # fmt: skip
+
+    def sink(ns: str) -> list[str]:
+        return [
+            sys.executable, "-m", "mlstack.monitor.sink", "--namespace", ns,
+            "--root", str(tmp_path / "sink-captures"), "--wal", str(tmp_path / f"wal-{ns}"),
+            "--host", "127.0.0.1", "--port", str(ports[ns]), "--live-quality-cache", "1",
+        ]  # fmt: skip
+
+    env = {**os.environ, "MLSTACK_LABELS_DIR": str(store), "MLSTACK_STATE_DIR": str(tmp_path)}
     prometheus = [
         PROMETHEUS, f"--config.file={tmp_path / 'prometheus.yml'}",
         f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{prom_port}",
     ]  # fmt: skip
     with (
-        running(exporter, tmp_path / "exporter.log", f"http://127.0.0.1:{exporter_port}/metrics"),
+        running(sink(namespaces[0]), tmp_path / "sink-0.log",
+                f"http://127.0.0.1:{ports[namespaces[0]]}/healthz", env=env),
+        running(sink(namespaces[1]), tmp_path / "sink-1.log",
+                f"http://127.0.0.1:{ports[namespaces[1]]}/healthz", env=env),
         running(prometheus, tmp_path / "prometheus.log", f"{prom}/-/ready"),
-    ):
+    ):  # fmt: skip
         firing: list[dict] = []
         deadline = time.monotonic() + 90
         while not firing and time.monotonic() < deadline:
@@ -105,8 +127,12 @@ def test_prometheus_scrapes_live_quality_and_the_alert_fires_for_the_low_version
             "model_name": "churn-classifier",
             "model_version": "3",
             "namespace": "ml-production",
+            "retrain": "true",
             "severity": "warning",
         }
     ]
+    # each series from its own namespace's sink, labelled by its target (no exported_namespace)
+    assert all(s["metric"]["pod"] == f"payload-sink-{s['metric']['namespace']}" for s in series)
+    assert not any("exported_namespace" in s["metric"] for s in series)
     got = {s["metric"]["namespace"]: float(s["value"][1]) for s in series}
     assert got == pytest.approx({e: q.roc_auc for e, q in by_env.items()})
