@@ -32,3 +32,14 @@ def test_an_environment_that_is_not_a_kubernetes_name_is_one_error_line(tmp_path
         "error: environment '../etc' is not a Kubernetes name (lower-case letters, digits and "
         "'-', at most 63 characters, starting and ending with a letter or digit)"
     ]
+
+
+def test_a_negative_live_quality_cache_is_one_error_line(tmp_path: Path) -> None:
+    done = run_cli(
+        "capture", "sink", "--wal", str(tmp_path / "wal"), "--port", "0",
+        "--live-quality-cache", "-1",
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [
+        "error: --live-quality-cache must be a number of seconds, 0 or more"
+    ]
