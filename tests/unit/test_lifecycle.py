@@ -315,31 +315,36 @@ print("done", flush=True)
 """
 
 
-def _timed_run(world: World, action: str) -> float:
-    """Seconds one uninterrupted run of the call takes here, imports excluded."""
+def _timed_run(world: World, action: str) -> tuple[float, float]:
+    """Seconds one uninterrupted run of the call takes here (imports excluded), and when in it
+    the branch moved (the commit): the kills are timed on both sides of it."""
+    ref = world.repo / ".git" / "refs" / "heads" / "main"
+    before = ref.read_text()
     proc = subprocess.Popen(
         [sys.executable, "-c", _RUN, str(world.manifests), world.uri, action, MODEL],
         stdout=subprocess.PIPE, text=True, cwd=code_root(),
     )  # fmt: skip
     assert proc.stdout is not None and proc.stdout.readline() == "started\n"
-    start = time.monotonic()
-    assert proc.stdout.readline() == "done\n"
+    start, committed_at = time.monotonic(), None
+    while proc.poll() is None:
+        if committed_at is None and ref.read_text() != before:
+            committed_at = time.monotonic() - start
+        time.sleep(0.01)
     took = time.monotonic() - start
-    proc.wait(timeout=60)
+    assert proc.stdout.read() == "done\n" and proc.returncode == 0
     proc.stdout.close()
-    return took
+    assert committed_at is not None
+    return took, committed_at
 
 
-def _kill_at_random(world: World, action: str, rng: random.Random, took: float) -> None:
+def _kill_at_random(world: World, action: str, delay: float) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-c", _RUN, str(world.manifests), world.uri, action, MODEL],
         stdout=subprocess.PIPE, text=True, cwd=code_root(), start_new_session=True,
     )  # fmt: skip
     try:
         assert proc.stdout is not None and proc.stdout.readline() == "started\n"
-        # the git writes come first and take a small part of the call (MLflow's store is most
-        # of it): every other kill lands in the first fifth, the others anywhere or just after
-        time.sleep(rng.uniform(0.0, took * rng.choice((0.2, 1.1))))
+        time.sleep(delay)
     finally:
         proc.send_signal(signal.SIGKILL)  # the Python process only, as a kill -9 would
         proc.wait(timeout=60)
@@ -380,10 +385,13 @@ def test_a_killed_rollout_leaves_old_or_new_and_a_rerun_finishes_it(world: World
     promoted = canary.replace("  value: 10\n", "  value: 100\n")
     rng = random.Random(23 if action == "promote" else 29)
     seen = set()
-    took = _timed_run(world, action)  # on a busy machine a run takes longer: kill within it
-    for _ in range(8):
+    took, committed_at = _timed_run(world, action)  # as long as it takes on this machine now
+    for i in range(8):
         _reset(world)
-        _kill_at_random(world, action, rng, took)
+        # every other kill before the commit (the overlay's write, the policy checks), the others
+        # after it (the tags and aliases) or just after the end
+        delay = rng.uniform(0, committed_at) if i % 2 else rng.uniform(committed_at, took * 1.1)
+        _kill_at_random(world, action, delay)
         head_text = world.text_at("HEAD")
         work = world.overlay.read_text()
         champion = world.alias("champion")
