@@ -12,14 +12,20 @@ versioned V2 route, and says the server is ready whatever its models do. Here:
   prediction; ``/v2/models/{name}/ready`` and ``/v1/models/{name}`` run the same probe.
 """
 
+from collections.abc import Callable, Coroutine
 from typing import Any
 
+import orjson
 from fastapi import FastAPI, Request, Response
+from fastapi.encoders import jsonable_encoder
 from fastapi.routing import APIRoute, APIRouter
 from kserve import model_server
-from kserve.errors import ModelNotFound
+from kserve.constants.constants import INFERENCE_CONTENT_LENGTH_HEADER
+from kserve.errors import ModelNotFound, ModelNotReady
+from kserve.model import BaseKServeModel
 from kserve.model_repository import ModelRepository
 from kserve.protocol.dataplane import DataPlane
+from kserve.protocol.infer_type import InferInput, InferRequest, RequestedOutput
 from kserve.protocol.model_repository_extension import ModelRepositoryExtension
 from kserve.protocol.rest.server import RESTServer
 from kserve.protocol.rest.v2_datamodels import (
@@ -98,6 +104,19 @@ class ServingDataPlane(DataPlane):
             return bool(model.ready)
         return bool(await super().model_ready(model_name))
 
+    async def get_model(self, name: str) -> BaseKServeModel:
+        """The registered model for an inference. KServe's runs the model's health check first
+        (for ChurnModel the readiness probe: a second prediction on every request) and reloads
+        the model when that fails; here a loaded model serves as it is, and only one not loaded
+        yet is loaded. A model that stops answering fails its requests and its readiness probe
+        (``/v2/health/ready``), which takes the pod out of service."""
+        model = self.model_registry.get_model(name)
+        if model is None:
+            raise ModelNotFound(name)
+        if not model.ready:
+            model.load()
+        return model
+
     async def model_metadata(self, model_name: str) -> dict:
         meta = await super().model_metadata(model_name)
         version = served_version(self, model_name)
@@ -110,6 +129,159 @@ def served_version(dataplane: DataPlane, model_name: str) -> str:
     if model is None:
         raise ModelNotFound(model_name)
     return str(getattr(model, "model_version", "") or "")
+
+
+_REQUEST_KEYS = frozenset({"id", "parameters", "inputs", "outputs"})
+_INPUT_KEYS = frozenset({"name", "shape", "datatype", "parameters", "data"})
+_OUTPUT_KEYS = frozenset({"name", "parameters"})
+_PARAMETER_TYPES = frozenset({str, int, float, bool})  # KServe's InferParameter
+_TENSOR_KEYS = ("name", "shape", "datatype", "parameters", "data")
+_ORJSON = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY  # FastAPI's ORJSONResponse
+
+
+def _plain_parameters(value: Any) -> bool:
+    return value is None or (
+        type(value) is dict and all(type(v) in _PARAMETER_TYPES for v in value.values())
+    )
+
+
+def plain_infer_request(body: bytes, model_name: str) -> InferRequest | None:
+    """The V2 request in ``body`` when it is a JSON object that KServe's ``InferenceRequest``
+    model takes as it is: only its fields, each of the JSON type it declares (nothing to coerce),
+    no FP16 data. None for anything else, which then takes KServe's way (its pydantic model, its
+    422 or 400): a request answered here is one KServe would have accepted unchanged."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    if type(doc) is not dict or not doc.keys() <= _REQUEST_KEYS:
+        return None
+    request_id, parameters = doc.get("id"), doc.get("parameters")
+    inputs, outputs = doc.get("inputs"), doc.get("outputs")
+    if not (request_id is None or type(request_id) is str) or not _plain_parameters(parameters):
+        return None
+    if type(inputs) is not list or not (outputs is None or type(outputs) is list):
+        return None
+    infer_inputs = []
+    for tensor in inputs:
+        if type(tensor) is not dict or not tensor.keys() <= _INPUT_KEYS:
+            return None
+        name, shape, datatype = tensor.get("name"), tensor.get("shape"), tensor.get("datatype")
+        data, params = tensor.get("data"), tensor.get("parameters")
+        if type(name) is not str or type(datatype) is not str or type(data) is not list:
+            return None
+        if type(shape) is not list or not all(type(d) is int for d in shape):
+            return None
+        if not _plain_parameters(params) or (datatype == "FP16" and data):
+            return None  # KServe refuses FP16 data in JSON, with its own message
+        infer_inputs.append(
+            InferInput(name, shape, datatype, data, {} if params is None else params)
+        )
+    requested = []
+    for output in outputs or ():
+        if type(output) is not dict or not output.keys() <= _OUTPUT_KEYS:
+            return None
+        name, params = output.get("name"), output.get("parameters")
+        if type(name) is not str or not _plain_parameters(params):
+            return None
+        requested.append(RequestedOutput(name, {} if params is None else params))
+    return InferRequest(
+        model_name=model_name,
+        infer_inputs=infer_inputs,
+        request_id=request_id,
+        parameters=parameters,
+        request_outputs=requested or None,
+    )
+
+
+def _plain_tensor(output: Any) -> bool:
+    return (
+        type(output) is dict
+        and output.keys() <= set(_TENSOR_KEYS)
+        and type(output.get("name")) is str
+        and type(output.get("datatype")) is str
+        and type(output.get("data")) is list
+        and type(output.get("shape")) is list
+        and all(type(d) is int for d in output["shape"])
+        and _plain_parameters(output.get("parameters"))
+    )
+
+
+def response_body(response: Any) -> bytes:
+    """The JSON bytes of a V2 response as KServe's route makes them (``InferenceResponse``, its
+    fields in order, then FastAPI's ORJSONResponse), written directly when every field already
+    has its declared type (what ``ChurnModel`` returns), through the pydantic model otherwise."""
+    if (
+        type(response) is dict
+        and response.keys() <= {"model_name", "model_version", "id", "parameters", "outputs"}
+        and type(response.get("model_name")) is str
+        and type(response.get("model_version")) in (str, type(None))
+        and type(response.get("id")) is str
+        and _plain_parameters(response.get("parameters"))
+        and type(response.get("outputs")) is list
+        and all(map(_plain_tensor, response["outputs"]))
+    ):
+        body = {
+            "model_name": response["model_name"],
+            "model_version": response.get("model_version"),
+            "id": response["id"],
+            "parameters": response.get("parameters"),
+            "outputs": [{k: o.get(k) for k in _TENSOR_KEYS} for o in response["outputs"]],
+        }
+    else:
+        body = jsonable_encoder(InferenceResponse.model_validate(response))
+    return orjson.dumps(body, option=_ORJSON)
+
+
+def _plain_route(dataplane: DataPlane, check: Any) -> type[APIRoute]:
+    """The route class of V2 inference: a plain JSON request (``plain_infer_request``) is
+    decoded with orjson and answered with ``response_body``, through the same data plane call as
+    KServe's route (the model's ``__call__``: its latency histograms, including for a request the
+    model refuses); any other request goes to the endpoint as FastAPI validates it."""
+
+    class PlainInferRoute(APIRoute):
+        def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+            validated = super().get_route_handler()
+
+            async def handler(request: Request) -> Response:
+                answer = await plain_infer(request)
+                return answer if answer is not None else await validated(request)
+
+            return handler
+
+    async def plain_infer(request: Request) -> Response | None:
+        headers = request.headers
+        if (
+            request.url.query  # KServe's ?model_version=: its route checks it
+            or headers.get("content-type") != "application/json"
+            or INFERENCE_CONTENT_LENGTH_HEADER in headers  # binary tensors
+            or any(key.startswith("ce-") for key in headers)  # a CloudEvent
+        ):
+            return None
+        model_name = request.path_params["model_name"]
+        infer_request = plain_infer_request(await request.body(), model_name)
+        if infer_request is None:
+            return None
+        check(model_name, request.path_params.get("model_version"))
+        if not await dataplane.model_ready(model_name, True):
+            raise ModelNotReady(model_name)
+        request_headers = dict(headers)
+        response, response_headers = await dataplane.infer(
+            model_name=model_name, request=infer_request, headers=request_headers
+        )
+        response, encoded_headers = dataplane.encode(
+            model_name=model_name, response=response, headers=request_headers, req_attributes={}
+        )
+        response_headers.update(encoded_headers)
+        response_headers.pop("content-length", None)
+        response_headers.pop("content-type", None)
+        if isinstance(response, bytes):
+            return Response(response, headers=response_headers)
+        return Response(
+            response_body(response), media_type="application/json", headers=response_headers
+        )
+
+    return PlainInferRoute
 
 
 def mount_model_routes(app: FastAPI, dataplane: DataPlane) -> None:
@@ -142,15 +314,23 @@ def mount_model_routes(app: FastAPI, dataplane: DataPlane) -> None:
         check(model_name, model_version)
         return await v2.infer(raw_request, raw_response, model_name, request_body)
 
+    plain = _plain_route(dataplane, check)
     for prefix in (MODEL, VERSIONED):
         for path, endpoint, response_model, method in (
             (prefix, metadata, ModelMetadataResponse, "GET"),
             (f"{prefix}/ready", ready, ModelReadyResponse, "GET"),
-            (f"{prefix}/infer", infer, None, "POST"),
         ):
             app.add_api_route(
                 path, endpoint, response_model=response_model, methods=[method], tags=["V2"]
             )
+        app.router.add_api_route(
+            f"{prefix}/infer",
+            infer,
+            response_model=None,
+            methods=["POST"],
+            tags=["V2"],
+            route_class_override=plain,
+        )
 
 
 class SurfaceRESTServer(RESTServer):

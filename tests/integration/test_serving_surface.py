@@ -173,39 +173,59 @@ def _until(check, timeout: float = 60) -> bool:
     return True
 
 
-@pytest.mark.reliability("readiness-after-unload")
-def test_readiness_follows_whether_the_model_answers(store, tmp_path):
+@pytest.fixture(scope="module")
+def in_process(store, tmp_path_factory):
+    """The served version in this process behind serving.surface, counting the batch sizes its
+    model predicts (readiness probes included)."""
     from serving.model import ChurnModel
+
+    class Counting(ChurnModel):
+        sizes: list[int] = []
+
+        def predict_proba(self, batch):
+            self.sizes.append(len(batch))
+            return super().predict_proba(batch)
 
     _, uri = store
     mlflow.set_tracking_uri(uri)
     model_dir = mlflow.artifacts.download_artifacts(
-        artifact_uri=f"models:/{MODEL}/{SERVED}", dst_path=str(tmp_path)
+        artifact_uri=f"models:/{MODEL}/{SERVED}", dst_path=str(tmp_path_factory.mktemp("inproc"))
     )
-    model = ChurnModel(MODEL, Path(model_dir), SERVED)
+    model = Counting(MODEL, Path(model_dir), SERVED)
     model.load()
     port = free_port()
     base = f"http://127.0.0.1:{port}"
+    with _InProcess(model, port) as served:
+        assert _until(lambda: call(f"{base}/v2/health/ready")[0] == 200)
+        yield base, model, served
+
+
+@pytest.mark.reliability("readiness-after-unload")
+def test_readiness_follows_whether_the_model_answers(in_process):
+    base, model, served = in_process
     probes = (
         f"{base}/v2/health/ready",
         f"{base}/v2/models/{MODEL}/ready",
         f"{base}/v1/models/{MODEL}",
     )
-    with _InProcess(model, port) as served:
-        assert _until(lambda: call(probes[0])[0] == 200)
-        assert predicts(base) and [call(p)[0] for p in probes] == [200, 200, 200]
-        # broken: the model no longer answers (its fitted objects gone)
-        pipeline, engine = model.pipeline, model.engine
-        model.pipeline = model.engine = None
-        assert [call(p)[0] for p in probes] == [503, 503, 503]
-        model.pipeline, model.engine = pipeline, engine
-        assert [call(p)[0] for p in probes] == [200, 200, 200]
-        # unloaded (what KServe's repository extension did for any client): not ready, not found
-        served.registry.unload(MODEL)
+    assert predicts(base) and [call(p)[0] for p in probes] == [200, 200, 200]
+    # broken: the model no longer answers (its fitted objects gone)
+    pipeline, engine = model.pipeline, model.engine
+    model.pipeline = model.engine = None
+    assert [call(p)[0] for p in probes] == [503, 503, 503]
+    model.pipeline, model.engine = pipeline, engine
+    assert [call(p)[0] for p in probes] == [200, 200, 200]
+    # unloaded (what KServe's repository extension did for any client): not ready, not found
+    served.registry.unload(MODEL)
+    try:
         assert not predicts(base)
         status, _, text = call(probes[0])
         assert status == 503, text
         assert [call(p)[0] for p in probes[1:]] == [404, 404]
+    finally:
+        model.load()  # unloading stopped it: loaded and registered again for the next test
+        served.registry.update(model)
+    assert _until(lambda: call(probes[0])[0] == 200)
 
 
 def _fuzz(op, mode, base: str, statuses: collections.Counter, errors: list[str]) -> None:
@@ -262,3 +282,84 @@ def test_schemathesis_over_the_predictors_openapi_finds_no_5xx(server):
     assert not errors, "\n".join(errors[:20])
     assert len(operations) >= 14 and total >= 600
     assert "POST /v2/models/{model_name}/versions/{model_version}/infer 400" in statuses
+
+
+def test_an_inference_predicts_once_without_a_readiness_probe(in_process):
+    """KServe's data plane ran the model's health check (a probe prediction) before every
+    inference; here a request costs its own prediction only, V1 and V2 alike."""
+    base, model, _ = in_process
+    body = one_row_v2()
+    rows = len(body["inputs"][0]["data"]) // len(NAMES)
+    model.sizes.clear()
+    assert call(f"{base}/v2/models/{MODEL}/infer", body)[0] == 200
+    assert model.sizes == [rows]
+    model.sizes.clear()
+    row = Batch.from_frame(generate.generate(1, 5)).to_frame()[NAMES].iloc[0]
+    good = dict(zip(NAMES, row, strict=True))
+    good = {k: (None if v != v else v) for k, v in good.items()}  # NaN -> null
+    status, _, text = call(f"{base}/v1/models/{MODEL}:predict", {"instances": [good, good]})
+    assert status == 200, text
+    assert model.sizes == [2]
+
+
+def _named_inputs(rows: int) -> list[dict]:
+    batch = Batch.from_frame(generate.generate(rows, 43))
+    inputs = [
+        {"name": n, "shape": [rows], "datatype": "FP64", "data": batch.numeric[:, j].tolist()}
+        for j, n in enumerate(NAMES[:5])
+    ]
+    inputs += [
+        {"name": n, "shape": [rows, 1], "datatype": "BYTES",
+         "data": [v or "" for v in batch.categorical[:, j]]}
+        for j, n in enumerate(NAMES[5:])
+    ]  # fmt: skip
+    return inputs
+
+
+@pytest.mark.reliability("v2-plain-route-as-kserve")
+def test_plain_v2_route_answers_byte_for_byte_as_kserves_validated_one(in_process):
+    """A V2 request with content-type application/json is decoded by orjson and answered
+    directly (serving.surface.plain_infer_request, response_body); the same request with a
+    charset goes through KServe's pydantic route. Status, body bytes and the version header are
+    the same, for good requests and for ones the model or KServe's schema refuses."""
+    base, *_ = in_process
+    inputs = _named_inputs(4)
+    missing = [i for i in inputs if i["name"] != "age"]
+    bodies = [
+        one_row_v2(),
+        {"inputs": inputs},
+        {"id": "r-1", "inputs": inputs, "outputs": [{"name": "predict"}]},
+        {"inputs": inputs, "parameters": {"a": 1, "b": "x"}, "outputs": []},
+        {"inputs": missing},  # the model refuses: 400 naming the input
+        {"inputs": inputs, "outputs": [{"name": "nope"}]},  # 400 naming the output
+        {"inputs": [{**inputs[0], "shape": ["4"]}, *inputs[1:]]},  # pydantic coerces "4"
+        {"inputs": [{**inputs[0], "datatype": "FP16"}, *inputs[1:]]},  # KServe refuses FP16
+        {"inputs": inputs, "id": 3},  # 422 from the schema
+        {"outputs": []},  # 422: no inputs
+        [inputs],  # 422: not an object
+        {"inputs": inputs, "extra": {"ignored": True}},  # KServe ignores unknown fields
+    ]
+    routes = [
+        f"{base}/v2/models/{MODEL}/infer",
+        f"{base}/v2/models/{MODEL}/versions/{SERVED}/infer",
+        f"{base}/v2/models/{MODEL}/versions/2/infer",
+        f"{base}/v2/models/nope/infer",
+    ]
+    statuses = set()
+    for url in routes:
+        for body in bodies:
+            plain = call(url, body)
+            validated = call(url, body, "application/json; charset=utf-8")
+            assert plain[0] == validated[0] and plain[2] == validated[2], (url, body, plain)
+            assert plain[1].get("x-model-version") == validated[1].get("x-model-version")
+            statuses.add(plain[0])
+    assert statuses == {200, 400, 404, 422}
+    status, headers, text = call(routes[0], {"id": "r-1", "inputs": inputs})
+    assert status == 200 and headers["content-type"] == "application/json"
+    answer = json.loads(text)
+    assert list(answer) == ["model_name", "model_version", "id", "parameters", "outputs"]
+    assert answer["id"] == "r-1" and [o["name"] for o in answer["outputs"]] == [
+        "predict",
+        "probabilities",
+    ]
+    assert answer["outputs"][1]["shape"] == [4, 2] and len(answer["outputs"][1]["data"]) == 8
