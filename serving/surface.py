@@ -35,6 +35,7 @@ from kserve.protocol.rest.v2_datamodels import (
     ModelReadyResponse,
 )
 from kserve.protocol.rest.v2_endpoints import V2Endpoints
+from timing_asgi import TimingMiddleware
 
 MODEL = "/v2/models/{model_name}"
 VERSIONED = f"{MODEL}/versions/{{model_version}}"
@@ -333,6 +334,27 @@ def mount_model_routes(app: FastAPI, dataplane: DataPlane) -> None:
         )
 
 
+class CachedRouteNames:
+    """The metric namer of KServe's ``TimingMiddleware`` (the ``kserve.trace`` timing line of
+    every request) with its names kept: KServe's (``StarletteScopeToName``) matches each request
+    against every route a second time, before routing, and the name depends only on the method
+    and the path. The names of the first ``limit`` distinct ones are kept (clients choose paths)."""
+
+    def __init__(self, namer: Callable[[dict], str], limit: int = 256):
+        self.namer = namer
+        self.limit = limit
+        self.names: dict[tuple[Any, Any, Any], str] = {}
+
+    def __call__(self, scope: dict) -> str:
+        key = (scope.get("method"), scope.get("root_path"), scope.get("path"))
+        name = self.names.get(key)
+        if name is None:
+            name = self.namer(scope)
+            if len(self.names) < self.limit:
+                self.names[key] = name
+        return name
+
+
 class SurfaceRESTServer(RESTServer):
     """KServe's REST server bound to ``host``, with the surface described above."""
 
@@ -341,6 +363,13 @@ class SurfaceRESTServer(RESTServer):
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.config.host = self.host  # KServe's own always binds 0.0.0.0
+
+    def _add_middlewares(self, app: FastAPI) -> None:
+        super()._add_middlewares(app)
+        for middleware in app.user_middleware:
+            namer = middleware.kwargs.get("metric_namer")
+            if middleware.cls is TimingMiddleware and namer is not None:
+                middleware.kwargs["metric_namer"] = CachedRouteNames(namer)
 
     def _register_endpoints(self, app: FastAPI) -> None:
         # KServe builds one APIRouter per protocol and includes it in the app: each is cut down

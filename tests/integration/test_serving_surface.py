@@ -363,3 +363,34 @@ def test_plain_v2_route_answers_byte_for_byte_as_kserves_validated_one(in_proces
         "probabilities",
     ]
     assert answer["outputs"][1]["shape"] == [4, 2] and len(answer["outputs"][1]["data"]) == 8
+
+
+def test_timing_line_names_as_kserves_route_matching(in_process):
+    """KServe's TimingMiddleware names each request's kserve.trace line by matching it against
+    every route; the predictor keeps those names per method and path: the same names."""
+    from kserve import model_server
+    from timing_asgi import TimingMiddleware
+    from timing_asgi.integrations import StarletteScopeToName
+
+    from serving.surface import CachedRouteNames
+
+    app = model_server.app
+    (timing,) = [m for m in app.user_middleware if m.cls is TimingMiddleware]
+    cached = timing.kwargs["metric_namer"]
+    assert isinstance(cached, CachedRouteNames)
+    kserves = StarletteScopeToName(prefix="kserve.io", starlette_app=app)
+    paths = [
+        ("POST", f"/v2/models/{MODEL}/infer"),
+        ("POST", f"/v2/models/{MODEL}/versions/{SERVED}/infer"),
+        ("GET", f"/v2/models/{MODEL}/ready"),
+        ("POST", f"/v1/models/{MODEL}:predict"),
+        ("GET", "/v2/health/ready"),
+        ("GET", "/metrics"),
+        ("GET", "/no/such/route"),
+    ]
+    for _ in range(2):  # computed, then kept
+        for method, path in paths:
+            scope = {"type": "http", "method": method, "path": path, "root_path": ""}
+            assert cached(scope) == kserves(scope), path
+    assert all((method, "", path) in cached.names for method, path in paths)
+    assert "infer" in cached({"type": "http", "method": "POST", "path": paths[0][1]})
