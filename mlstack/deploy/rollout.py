@@ -200,7 +200,9 @@ def analyze(
     checks: list[Check] = []
 
     # traffic
-    total = {v: served.get(v, 0.0) + refused.get(v, 0.0) for v in versions.values()}
+    # the predictor refuses a request inside predict: request_predict_seconds counts refused
+    # requests too (max: a refusal before predict, e.g. by the HTTP surface, is counted once)
+    total = {v: max(served.get(v, 0.0), refused.get(v, 0.0)) for v in versions.values()}
     short = [f"{role} v{v}" for role, v in versions.items() if total[v] < thresholds.min_requests]
     counts = ", ".join(f"{role} v{v} {total[v]:.0f}" for role, v in versions.items())
     if short:

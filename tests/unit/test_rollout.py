@@ -40,7 +40,7 @@ SHIFTED = tuple(reversed(SCORES))
 @dataclass(frozen=True)
 class Pod:
     version: str
-    rps: float  # predictions per second
+    rps: float  # predict calls per second (KServe's request_predict_seconds: refused ones too)
     refused_rps: float
     latency: tuple[float, ...] = FAST
     scores: tuple[float, ...] = SCORES
@@ -192,7 +192,7 @@ def test_a_canary_refusing_more_requests_is_rolled_back_with_exit_20(prometheus:
     verdict = analyze(prometheus, "erroring")
     assert verdict.decision == rollout.ROLLBACK
     status, line = lines(verdict)["error_ratio"]
-    assert status == rollout.FAIL and line.startswith("error ratio: canary 13.0")
+    assert status == rollout.FAIL and line.startswith("error ratio: canary 15.0")
     assert {n for n, (s, _) in lines(verdict).items() if s == rollout.FAIL} == {"error_ratio"}
     done = run_cli(
         "rollout", "analyze", "--env", "production", "--namespace", "erroring",
