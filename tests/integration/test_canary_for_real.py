@@ -59,7 +59,7 @@ ROWS_PER_REQUEST = 8
 # latency check is covered on fixed series in tests/unit/test_rollout.py)
 THRESHOLDS = CanaryThresholds(p99_latency_floor_s=2.0)
 # enough requests for min_requests on the canary at 10 % (with a margin for extrapolation)
-FULL = 2600
+FULL = 3000
 QUIET = 600  # the canary gets 60: below min_requests
 
 
@@ -203,7 +203,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             uri, Path(uri.removeprefix("sqlite:///")), releases, prom, stable, canary, rows,
             np.asarray(scores),
         )  # fmt: skip
-        wait_scraped(stack)
+        stack.last_at = wait_scraped(stack)  # the scoring requests: before every case's window
         yield stack
 
 
@@ -287,16 +287,18 @@ def split(
 
 
 def run_case(stack: Stack, requests: list[tuple[Pod, list[list[object]]]]) -> rollout.Verdict:
-    """Drive ``requests`` in a window of their own and analyse it."""
-    start = stack.last_at + 1.5
-    while time.time() < start:
+    """Drive ``requests`` in a window of their own and analyse it: the window starts just after
+    the previous case's end (every sample of its traffic lies before that) and holds a few
+    scrapes of the counters at rest before this case's first request (the base ``increase``
+    counts from, even if a scrape comes late on a busy machine)."""
+    opens = stack.last_at + 0.5
+    while time.time() < opens + 3.5:
         time.sleep(0.2)
-    start = time.time()
     results = drive(stack, requests)
     assert sum(n for (_, status), n in results.items() if status not in (200, 400)) == 0, results
     at = wait_scraped(stack)
     stack.last_at = at
-    window = f"{math.ceil(at - start) + 1}s"
+    window = f"{math.floor(at - opens)}s"
     return rollout.analyze(
         stack.prometheus,
         model_name=MODEL,
