@@ -20,12 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from cloudevents.conversion import to_binary
-from cloudevents.http import CloudEvent
 
 from mlstack.data import generate
 from mlstack.monitor import capture
 from tests.conftest import free_port
+from tests.support.logger import event
 from tests.support.servers import start, stop
 
 pytestmark = pytest.mark.slow
@@ -43,20 +42,6 @@ def payloads(n: int) -> list[tuple[dict, dict]]:
         out.append(({"instances": [row]}, {"predictions": [int(p >= 0.5)],
                                           "probabilities": [[1 - p, p]]}))  # fmt: skip
     return out
-
-
-def event(kind: str, event_id: str, data: dict) -> tuple[dict[str, str], bytes]:
-    attributes = {
-        "type": f"org.kubeflow.serving.inference.{kind}",
-        "source": "http://localhost:9081/",
-        "id": event_id,
-        "inferenceservicename": "churn-classifier",
-        "namespace": "ml-staging",
-        "component": "predictor",
-        "endpoint": "default",
-    }
-    headers, body = to_binary(CloudEvent(attributes, data))
-    return {**headers, "Content-Type": "application/json"}, body
 
 
 @dataclass

@@ -15,34 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cloudevents.conversion import to_binary
-from cloudevents.http import CloudEvent
 
 from mlstack.data import generate
 from mlstack.monitor import capture, sink
 from mlstack.schema import feature_names
 from mlstack.settings import SinkSettings
+from tests.support.logger import event
 
 SETTINGS = SinkSettings(batch_rows=10_000, batch_seconds=3600, pair_timeout_s=3600)
-
-
-def event(
-    kind: str, event_id: str, data: Any, *, namespace: str = "ml-staging", **extra: str
-) -> tuple[dict[str, str], bytes]:
-    """The headers and body KServe's logger posts (pkg/logger/worker.go: binary mode)."""
-    attributes = {
-        "type": f"org.kubeflow.serving.inference.{kind}",
-        "source": "http://localhost:9081/",
-        "id": event_id,
-        "inferenceservicename": "churn-classifier",
-        "namespace": namespace,
-        "component": "predictor",
-        "endpoint": "default",
-        "metadata": "{}",
-        **extra,
-    }
-    headers, body = to_binary(CloudEvent(attributes, data))
-    return {**headers, "Content-Type": "application/json"}, body
 
 
 def rows(n: int, seed: int = 5) -> list[dict[str, Any]]:
