@@ -35,12 +35,11 @@ from mlflow.exceptions import MlflowException
 
 from mlstack.data import generate
 from mlstack.deploy import lifecycle, promote, rollout
-from mlstack.settings import CanaryThresholds, Gates, code_root
-from mlstack.train.tracking import sqlite_store
-from mlstack.train.training import HyperParams, TrainingLineage
+from mlstack.settings import CanaryThresholds, code_root
+from mlstack.train.training import TrainingLineage
 from serving.codec import NAMES, NUMERIC
 from tests.conftest import free_port, git
-from tests.support.servers import call, running, train_and_register
+from tests.support.servers import call, running, two_releases
 
 PROMETHEUS = shutil.which("prometheus")
 pytestmark = [
@@ -154,19 +153,8 @@ def prometheus_config(path: Path, pods: list[tuple[Pod, int]]) -> None:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     root = tmp_path_factory.mktemp("canary")
-    uri = sqlite_store(root / "mlflow")
-    data = root / "train.csv"
-    generate.write_csv(generate.generate(1200, 7), data)
-    for _ in range(2):  # v1 the bootstrap champion, v2 the challenger (the same parameters)
-        train_and_register(
-            data, params=HyperParams(max_iter=40), lineage=LINEAGE, model=MODEL,
-            tracking_uri=uri, experiment="canary", gates=Gates(),
-        )  # fmt: skip
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
-    releases = {
-        v: promote.resolve_release(MODEL, v, tracking_uri=uri, allow_local_storage=True)
-        for v in ("1", "2")
-    }
+    # v1 the bootstrap champion, v2 the challenger (the same parameters)
+    uri, releases = two_releases(root, model=MODEL, lineage=LINEAGE, experiment="canary")
     ports = {"stable": free_port(), "canary": free_port()}
     stable = Pod(
         "churn-classifier-predictor-7d9f8b6c5-stab1", "1", f"http://127.0.0.1:{ports['stable']}"

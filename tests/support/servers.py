@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from mlstack.data import generate
+from mlstack.deploy.promote import Release, resolve_release
 from mlstack.settings import Gates
 from mlstack.train import registry
 from mlstack.train.evaluation import evaluate
@@ -37,6 +38,27 @@ def call(url: str, body: bytes | dict | None = None, content_type: str = "applic
         return err.code, dict(err.headers), err.read()
     except OSError:
         return 0, {}, b""
+
+
+def two_releases(
+    root: Path, *, model: str, lineage: TrainingLineage, experiment: str
+) -> tuple[str, dict[str, Release]]:
+    """A sqlite store under ``root`` holding two versions of ``model`` trained with the same
+    parameters by the pipeline's train, evaluate and register steps (v1 the bootstrap champion,
+    v2 a challenger that ties it), and their releases. Returns the tracking URI and releases."""
+    uri = sqlite_store(root / "mlflow")
+    data = root / "train.csv"
+    generate.write_csv(generate.generate(1200, 7), data)
+    for _ in range(2):
+        train_and_register(
+            data, params=HyperParams(max_iter=40), lineage=lineage, model=model,
+            tracking_uri=uri, experiment=experiment, gates=Gates(),
+        )  # fmt: skip
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    releases = {
+        v: resolve_release(model, v, tracking_uri=uri, allow_local_storage=True) for v in ("1", "2")
+    }
+    return uri, releases
 
 
 def train_and_register(

@@ -20,15 +20,13 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from mlstack.data import generate
 from mlstack.deploy import lifecycle, promote
 from mlstack.errors import StackError
-from mlstack.settings import Gates, code_root
-from mlstack.train.tracking import sqlite_store
-from mlstack.train.training import HyperParams, TrainingLineage
+from mlstack.settings import code_root
+from mlstack.train.training import TrainingLineage
 from tests.conftest import git
 from tests.support.cli import run_cli
-from tests.support.servers import train_and_register
+from tests.support.servers import two_releases
 
 MODEL = "churn-lifecycle"
 LINEAGE = TrainingLineage("md5-lc", "data/churn.csv", "d" * 40, "kfp-run-l", "churn-training-l")
@@ -45,19 +43,8 @@ class Store:
 def store(tmp_path_factory: pytest.TempPathFactory) -> Store:
     """Two versions registered by the pipeline's own train, evaluate and register, once."""
     root = tmp_path_factory.mktemp("lifecycle")
-    uri = sqlite_store(root / "mlflow")
-    data = root / "train.csv"
-    generate.write_csv(generate.generate(1200, 7), data)
-    for _ in range(2):  # the same parameters: v2 ties v1, and a tie passes
-        train_and_register(
-            data, params=HyperParams(max_iter=40), lineage=LINEAGE, model=MODEL,
-            tracking_uri=uri, experiment="lifecycle", gates=Gates(),
-        )  # fmt: skip
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
-    releases = {
-        v: promote.resolve_release(MODEL, v, tracking_uri=uri, allow_local_storage=True)
-        for v in ("1", "2")
-    }
+    # the same parameters: v2 ties v1, and a tie passes
+    uri, releases = two_releases(root, model=MODEL, lineage=LINEAGE, experiment="lifecycle")
     return Store(Path(uri.removeprefix("sqlite:///")), releases)
 
 
