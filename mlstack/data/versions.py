@@ -27,7 +27,8 @@ remote. Rules kept here:
   - DVC rewrites its own ``.dvc/tmp/rwlock`` in place (truncate, then write), so a kill at that
     moment leaves it empty or cut short and every later DVC command fails on it. ``recover`` resets
     an unreadable one to "no holders" under DVC's own ``rwlock.lock``; a readable one is left to DVC,
-    which drops entries of dead processes itself.
+    which drops entries of dead processes itself. A kill inside DVC's copy or link test can also
+    leave one of its ``.<token>.tmp`` files beside the data: ``recover`` removes those.
 
   A pointer that is empty or not a DVC pointer without a journal to repair it (edited by hand, or
   torn by an older version of this code) is refused with one line naming ``git checkout HEAD --``;
@@ -532,8 +533,21 @@ def recover(repo_root: Path) -> str | None:
         )
     for path in names.saved().values():  # a copy killed before its rename
         path.with_name(f".{path.name}.incoming").unlink(missing_ok=True)
+    _remove_dvc_partials(names.target.parent)
     _end(journal)
     return f"{repaired}; {outcome}" if repaired else outcome
+
+
+# dvc_objects' tmp_fname(): "." + secrets.token_urlsafe(16) + ".tmp", the name of the file DVC's
+# link-type test and its copies write beside the data before a rename
+_DVC_PARTIAL = re.compile(r"\.[A-Za-z0-9_-]{22}\.tmp")
+
+
+def _remove_dvc_partials(folder: Path) -> None:
+    """Remove the temp files a DVC command killed mid-copy left beside the data."""
+    for path in folder.glob(".*.tmp"):
+        if _DVC_PARTIAL.fullmatch(path.name) and path.is_file():
+            path.unlink(missing_ok=True)
 
 
 def _repair_dvc_rwlock(repo_root: Path) -> str | None:

@@ -43,13 +43,23 @@ def postgres(port: int, user: str = "mlflow") -> Iterator[str]:
 
 @contextlib.contextmanager
 def s3(port: int) -> Iterator[str]:
-    """moto's S3 on 127.0.0.1:``port``; yields its endpoint URL."""
+    """moto's S3 on 127.0.0.1:``port``, empty; yields its endpoint URL.
+
+    moto keeps its buckets in process-wide state, so an earlier test's objects would still be
+    there (and us-east-1's CreateBucket answers 200 for a bucket that exists): its reset endpoint
+    empties them first."""
+    import urllib.request
+
     from moto.server import ThreadedMotoServer
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()  # its socket is made in a thread started here: in this thread's namespace
     try:
-        yield f"http://127.0.0.1:{port}"
+        url = f"http://127.0.0.1:{port}"
+        reset = urllib.request.Request(f"{url}/moto-api/reset", data=b"", method="POST")
+        with urllib.request.urlopen(reset, timeout=60) as answer:
+            assert answer.status == 200, answer.status
+        yield url
     finally:
         server.stop()
 

@@ -441,6 +441,10 @@ def test_data_add_killed_inside_git_commit_is_finished_or_undone_by_the_next_com
     while (data_repo / ".git/index.lock").exists():  # the orphaned git commit finishing
         time.sleep(0.2)
     assert (data_repo / ".dvc/tmp/mlstack-add/journal.json").exists()
+    # what a kill inside DVC's link test or copy leaves beside the data, named by DVC itself
+    from dvc_objects.fs.utils import tmp_fname
+
+    (data_repo / "data" / tmp_fname()).write_bytes(b"partial")
 
     done = run_cli("data", "status", env={"MLSTACK_REPO_ROOT": str(data_repo)})
 
