@@ -147,9 +147,10 @@ def decode_json(data: bytes) -> object:
         raise BadRequest(400, f"body is not JSON: {str(exc)[:200]}") from None
 
 
-def content_length(headers: Message) -> int:
+def content_length(headers: Message, limit: int = MAX_BODY, what: str = "body") -> int:
     """The body's length from the request headers: one ``Content-Length``, a plain non-negative
-    integer of at most ``MAX_BODY``; ``Transfer-Encoding`` refused (``BadRequest``)."""
+    integer of at most ``limit``; ``Transfer-Encoding`` refused (``BadRequest``). The payload
+    sink reads its events' lengths with it too."""
     if headers.get_all("Transfer-Encoding"):
         raise BadRequest(400, "Transfer-Encoding is not accepted: send one Content-Length")
     values = headers.get_all("Content-Length") or []
@@ -160,8 +161,8 @@ def content_length(headers: Message) -> int:
     value = values[0].strip(" \t")
     if not _LENGTH.fullmatch(value):
         raise BadRequest(400, "Content-Length must be a non-negative integer")
-    if int(value) > MAX_BODY:
-        raise BadRequest(413, f"body over {MAX_BODY} bytes")
+    if int(value) > limit:
+        raise BadRequest(413, f"{what} over {limit} bytes")
     return int(value)
 
 

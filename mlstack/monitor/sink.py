@@ -52,7 +52,7 @@ from mlstack.errors import StackError
 from mlstack.monitor import capture
 from mlstack.monitor.labels import QUALITY_FILE, VersionQuality
 from mlstack.monitor.live_quality import families
-from mlstack.monitor.relay import BadRequest, _BoundedServer, decode_json
+from mlstack.monitor.relay import BadRequest, _BoundedServer, content_length, decode_json
 from mlstack.schema import DECISION_THRESHOLD, FEATURES
 from mlstack.settings import SinkSettings
 
@@ -65,7 +65,6 @@ REQUEST_DEADLINE = 30.0  # seconds for a whole event to arrive, from its first b
 # Go's default transport (90 s), so the logger closes an idle connection before the sink does
 IDLE_TIMEOUT = 120.0
 MAX_CONNECTIONS = 64
-_LENGTH = re.compile(r"[0-9]{1,16}")
 # an inference id: the logger's UUID or a caller's own Ce-Id (printable ASCII, no spaces)
 _ID = re.compile(r"^[\x21-\x7e]{1,128}$")
 _VERSION = re.compile(r"^[\x21-\x7e]{0,64}$")
@@ -749,14 +748,10 @@ class _EventReader(io.RawIOBase):
 
 
 def _length(headers: Message, limit: int) -> int:
-    if headers.get_all("Transfer-Encoding"):
-        raise EventError(400, "Transfer-Encoding is not accepted: send one Content-Length")
-    values = headers.get_all("Content-Length") or []
-    if len(values) != 1 or not _LENGTH.fullmatch(values[0].strip(" \t")):
-        raise EventError(411, "one Content-Length (a non-negative integer) is required")
-    if int(values[0]) > limit:
-        raise EventError(413, f"event body over {limit} bytes")
-    return int(values[0])
+    try:
+        return content_length(headers, limit, "event body")
+    except BadRequest as exc:
+        raise EventError(exc.status, str(exc)) from None
 
 
 def make_server(
