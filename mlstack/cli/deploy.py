@@ -7,6 +7,7 @@ from pathlib import Path
 
 from mlstack.cli.output import add_output_option, emit
 from mlstack.errors import StackError
+from mlstack.files import write_atomic
 from mlstack.settings import Settings
 
 
@@ -33,7 +34,7 @@ def _promote(args: argparse.Namespace, settings: Settings) -> None:
         # the card first: a card that cannot be written stops the promotion before the overlay
         card = promote.model_card(release.model_name, release.version, uri)
         try:
-            promote.write_atomic(Path(args.model_card), card)
+            write_atomic(Path(args.model_card), card)
         except OSError as exc:
             raise StackError(
                 f"cannot write the model card to {args.model_card}: {exc.strerror or exc} "

@@ -54,6 +54,7 @@ import yaml
 
 from mlstack.data.git_auth import git_credentials, redact
 from mlstack.errors import StackError
+from mlstack.files import write_atomic
 
 
 @dataclass(frozen=True)
@@ -381,15 +382,6 @@ def _add_lock(repo_root: Path, *, timeout: float) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _fsync_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    tmp.replace(path)
-
-
 def _copy_replace(src: Path, dst: Path) -> None:
     """``dst`` becomes a copy of ``src`` in one rename: never a half-written ``dst``."""
     tmp = dst.with_name(f".{dst.name}.incoming")
@@ -460,7 +452,7 @@ def _journal_read(journal: Path) -> dict[str, object]:
 
 
 def _journal_write(journal: Path, doc: dict[str, object]) -> None:
-    _fsync_write(journal, json.dumps(doc, indent=1).encode())
+    write_atomic(journal, json.dumps(doc, indent=1).encode())
 
 
 def _begin(repo_root: Path, names: _Files, head: str) -> Path:
@@ -568,7 +560,7 @@ def _repair_dvc_rwlock(repo_root: Path) -> str | None:
                 json.loads(path.read_text(encoding="utf-8"))
                 return None
             except (UnicodeDecodeError, ValueError):
-                _fsync_write(path, b"{}")
+                write_atomic(path, b"{}")
     except LockError as exc:
         raise StackError(f"DVC's lock {tmp / 'rwlock.lock'} is held: {_first_line(exc)}") from None
     return "DVC's .dvc/tmp/rwlock was left unreadable by a killed DVC command: reset to no holders"

@@ -8,7 +8,7 @@ unless forced. The states and who moves them: docs/lifecycle.md.
 
 Order of writes (each step is idempotent, and a rerun finishes a step a kill interrupted):
 
-1. the overlay file (``promote.write_atomic``: the old or the new text, never a torn one);
+1. the overlay file (``mlstack.files.write_atomic``: the old or the new text, never a torn one);
 2. the commit of that one path (a temporary index, then ``git update-ref HEAD new old``: the
    branch moves in one compare-and-swap, or not at all; the repository's own index is not
    locked until then);
@@ -32,6 +32,7 @@ from typing import Any
 
 from mlstack.deploy import promote
 from mlstack.errors import StackError
+from mlstack.files import write_atomic
 from mlstack.train import tracking
 from mlstack.train.evaluation import CHAMPION
 
@@ -373,7 +374,7 @@ def rollback_canary(
                 f"v{version}: commit or discard them, then run this again"
             )
         if not _same(text, stable_text):
-            promote.write_atomic(path, stable_text)
+            write_atomic(path, stable_text)
             changed = True
         if commit and not _same(head, stable_text):
             message = (

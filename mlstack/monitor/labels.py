@@ -38,6 +38,7 @@ import numpy as np
 import pandas as pd
 
 from mlstack.errors import StackError
+from mlstack.files import write_atomic
 from mlstack.schema import CLASSES
 
 LABEL = "label"
@@ -232,19 +233,14 @@ def _read_bytes(path: str) -> bytes | None:
 
 
 def _write_bytes(path: str, data: bytes) -> None:
-    """``path`` becomes ``data`` at once: one PUT on S3, else a fsynced temporary file renamed."""
+    """``path`` becomes ``data`` at once: one PUT on S3, else ``mlstack.files.write_atomic``."""
     if path.startswith("s3://"):
         with _s3().open(path, "wb") as out:
             out.write(data)
         return
     local = Path(path)
     local.parent.mkdir(parents=True, exist_ok=True)
-    tmp = local.with_name(f".{local.name}.tmp")
-    with tmp.open("wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    tmp.replace(local)
+    write_atomic(local, data)
 
 
 def read_labels(store: str | Path) -> pd.DataFrame:

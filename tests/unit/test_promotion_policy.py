@@ -18,6 +18,7 @@ from mlflow import MlflowClient
 
 from mlstack.deploy import policy, promote
 from mlstack.errors import StackError
+from mlstack.files import write_atomic
 from mlstack.settings import GATE_FLOORS, Gates, check_gate_floors, code_root
 from mlstack.train import tracking
 from mlstack.train.evaluation import evaluate
@@ -362,7 +363,7 @@ def test_a_model_card_that_cannot_be_written_stops_before_the_overlay(registered
     assert line.startswith("error: cannot write the model card to /nonexistent/dir/card.md: ")
     assert "nothing promoted" in line
     with pytest.raises(IsADirectoryError):  # a directory where the card should go: also OSError
-        promote.write_atomic(manifests, "card")
+        write_atomic(manifests, "card")
     assert git(manifests.parent, "status", "--porcelain", "--ignored") == ""
 
 
@@ -371,11 +372,11 @@ def test_write_atomic_keeps_the_mode_and_leaves_no_temp_file(tmp_path):
     path.write_text("old\n")
     path.chmod(0o640)
     (tmp_path / ".promotion.yaml.stale1").write_text("")  # a killed write's debris
-    promote.write_atomic(path, "new\n")
+    write_atomic(path, "new\n")
     assert path.read_text() == "new\n" and path.stat().st_mode & 0o777 == 0o640
     assert sorted(p.name for p in tmp_path.iterdir()) == ["promotion.yaml"]
     fresh = tmp_path / "card.md"
-    promote.write_atomic(fresh, "card\n")
+    write_atomic(fresh, "card\n")
     assert fresh.read_text() == "card\n"
 
 
