@@ -1,6 +1,7 @@
 """The churn data contract: columns, dtypes, ranges, categories and data-quality limits.
 
-Validation, training, the data generator and (later) serving all read the features from here.
+Validation, training, the data generator, the feature store and serving all read the features and
+the keys (entity id, event time) from here.
 """
 
 from __future__ import annotations
@@ -41,6 +42,11 @@ FEATURES: tuple[Feature, ...] = (
 )
 
 TARGET = "churned"
+# the entity a row describes (string ids like "C000001") and the time of its snapshot (ISO-8601
+# UTC in a CSV, e.g. "2026-01-05T00:00:00Z"; tz-aware UTC datetimes in pandas/Parquet). A dataset
+# row is one customer's snapshot at a time with its label; a customer may have several snapshots.
+ENTITY = "customer_id"
+EVENT_TIME = "event_timestamp"
 CLASSES: tuple[int, ...] = (0, 1)
 CLASS_NAMES: dict[int, str] = {0: "retained", 1: "churned"}
 
@@ -69,5 +75,5 @@ def categorical_features() -> list[str]:
 
 
 def columns() -> list[str]:
-    """Every column of a dataset file, in order."""
-    return [*feature_names(), TARGET]
+    """Every column of a dataset file, in order: the keys, the model's inputs, the label."""
+    return [ENTITY, EVENT_TIME, *feature_names(), TARGET]

@@ -6,6 +6,7 @@ Every violation names the column and the rule it broke, so a failed pipeline ste
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -13,7 +14,20 @@ import numpy as np
 import pandas as pd
 
 from mlstack.errors import StackError
-from mlstack.schema import CLASSES, FEATURES, MIN_CLASS_SHARE, MIN_ROWS, TARGET, Feature, columns
+from mlstack.schema import (
+    CLASSES,
+    ENTITY,
+    EVENT_TIME,
+    FEATURES,
+    MIN_CLASS_SHARE,
+    MIN_ROWS,
+    TARGET,
+    Feature,
+    columns,
+)
+
+# an ISO-8601 time that says its offset from UTC ("Z" or +hh:mm); a time without one is refused
+_ISO_UTC = re.compile(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})")
 
 
 @dataclass(frozen=True)
@@ -69,6 +83,67 @@ def _check_feature(col: pd.Series, feature: Feature) -> list[Violation]:
     return out
 
 
+def _check_entity(col: pd.Series) -> list[Violation]:
+    missing = int(col.isna().sum())
+    if missing:
+        return [Violation(ENTITY, "missing", f"{missing} rows without a customer id")]
+    not_str = col[~col.map(lambda v: isinstance(v, str))]
+    if len(not_str):
+        example = not_str.iloc[0]
+        example = example.item() if isinstance(example, np.generic) else example
+        return [Violation(ENTITY, "dtype", f"expected a string id, got {example!r}")]
+    empty = int((col.str.strip() == "").sum())
+    if empty:
+        return [Violation(ENTITY, "missing", f"{empty} rows with an empty customer id")]
+    return []
+
+
+def event_times(col: pd.Series) -> pd.Series:
+    """``col`` (ISO-8601 strings with a UTC offset, or tz-aware datetimes) as UTC datetimes;
+    NaT where a value is missing, does not parse, or has no time zone."""
+    if isinstance(col.dtype, pd.DatetimeTZDtype):
+        return col.dt.tz_convert("UTC")
+    if pd.api.types.is_datetime64_any_dtype(col):
+        return pd.Series(pd.NaT, index=col.index, dtype="datetime64[ns, UTC]")
+    text = col.map(lambda v: v if isinstance(v, str) and _ISO_UTC.fullmatch(v.strip()) else None)
+    return pd.to_datetime(text.str.strip(), format="ISO8601", utc=True, errors="coerce")
+
+
+def _check_event_time(col: pd.Series) -> list[Violation]:
+    missing = int(col.isna().sum())
+    if missing:
+        return [Violation(EVENT_TIME, "missing", f"{missing} rows without an event time")]
+    if pd.api.types.is_datetime64_any_dtype(col) and not isinstance(col.dtype, pd.DatetimeTZDtype):
+        return [Violation(EVENT_TIME, "format", "datetimes without a time zone (expected UTC)")]
+    bad = col[event_times(col).isna()]
+    if len(bad):
+        return [
+            Violation(
+                EVENT_TIME,
+                "format",
+                f"{len(bad)} rows not an ISO-8601 UTC time (like 2026-01-05T00:00:00Z), "
+                f"e.g. {bad.iloc[0]!r}",
+            )
+        ]
+    return []
+
+
+def _check_keys(df: pd.DataFrame) -> list[Violation]:
+    keys = pd.DataFrame({ENTITY: df[ENTITY], EVENT_TIME: event_times(df[EVENT_TIME])})
+    repeated = keys[keys.duplicated(keep=False)]
+    if repeated.empty:
+        return []
+    first = repeated.iloc[0]
+    return [
+        Violation(
+            f"{ENTITY}, {EVENT_TIME}",
+            "unique",
+            f"{len(repeated)} rows share a customer and time with another row, e.g. "
+            f"{first[ENTITY]!r} at {first[EVENT_TIME].isoformat()}",
+        )
+    ]
+
+
 def _check_target(col: pd.Series) -> list[Violation]:
     if col.isna().any():
         return [Violation(TARGET, "missing", f"{int(col.isna().sum())} rows without a label")]
@@ -89,12 +164,25 @@ def _check_target(col: pd.Series) -> list[Violation]:
 
 
 def find_violations(df: pd.DataFrame) -> list[Violation]:
-    """Every way ``df`` breaks the schema and the data rules (empty when it is valid)."""
+    """Every way ``df`` breaks the schema and the data rules (empty when it is valid): the keys
+    (a non-empty string ``customer_id``, an ``event_timestamp`` in UTC, no two rows with the same
+    pair), the features' types, ranges, categories and missing shares, and the labels."""
     expected = columns()
     out = [Violation(c, "schema", "column missing") for c in expected if c not in df.columns]
     out += [Violation(c, "schema", "unexpected column") for c in df.columns if c not in expected]
     if len(df) < MIN_ROWS:
         out.append(Violation("*", "rows", f"{len(df)} rows < {MIN_ROWS}"))
+    keys_ok = True
+    if ENTITY in df.columns:
+        found = _check_entity(df[ENTITY])
+        keys_ok = not found
+        out += found
+    if EVENT_TIME in df.columns:
+        found = _check_event_time(df[EVENT_TIME])
+        keys_ok = keys_ok and not found
+        out += found
+    if keys_ok and ENTITY in df.columns and EVENT_TIME in df.columns:
+        out += _check_keys(df)
     for feature in FEATURES:
         if feature.name in df.columns:
             out += _check_feature(df[feature.name], feature)
@@ -137,7 +225,7 @@ def validate_file(
     (``summarize``).
     """
     try:
-        df = pd.read_csv(dataset_path)
+        df = pd.read_csv(dataset_path, dtype={ENTITY: str})
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise DataValidationError([Violation("*", "format", f"not a readable CSV: {exc}")]) from exc
     violations = find_violations(df)

@@ -153,3 +153,70 @@ def test_training_refuses_such_data_in_one_line_instead_of_a_nan_metric(tmp_path
             split_seed=42,
         )
     assert not (tmp_path / "never.db").exists()  # refused before any MLflow call
+
+
+def test_keys_are_required(good):
+    assert rules(good.drop(columns=["customer_id", "event_timestamp"])) == {
+        ("customer_id", "schema"),
+        ("event_timestamp", "schema"),
+    }
+
+
+def test_customer_ids_are_non_empty_strings(good):
+    blank = good.copy()
+    blank.loc[3, "customer_id"] = " "
+    [v] = find_violations(blank)
+    assert str(v) == "column 'customer_id': missing: 1 rows with an empty customer id"
+    absent = good.copy()
+    absent.loc[4, "customer_id"] = None
+    assert str(find_violations(absent)[0]) == (
+        "column 'customer_id': missing: 1 rows without a customer id"
+    )
+    [v] = find_violations(good.assign(customer_id=range(len(good))))
+    assert str(v) == "column 'customer_id': dtype: expected a string id, got 0"
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["2025-01-01T00:00:00", "2025-13-01T00:00:00Z", "yesterday", "2025-01-01", "1735689600"],
+)
+def test_event_times_must_be_iso_8601_with_a_utc_offset(good, value):
+    bad = good.copy()
+    bad.loc[7, "event_timestamp"] = value
+    [v] = find_violations(bad)
+    assert (v.column, v.rule) == ("event_timestamp", "format")
+    assert v.detail.startswith("1 rows not an ISO-8601 UTC time") and repr(value) in v.detail
+
+
+def test_event_times_with_an_offset_or_as_utc_datetimes_are_accepted(good):
+    shifted = good.copy()
+    shifted.loc[7, "event_timestamp"] = "2025-06-01T02:30:00.250+02:00"
+    assert find_violations(shifted) == []
+    as_datetimes = good.assign(event_timestamp=pd.to_datetime(good["event_timestamp"], utc=True))
+    assert find_violations(as_datetimes) == []
+    naive = as_datetimes.assign(
+        event_timestamp=as_datetimes["event_timestamp"].dt.tz_localize(None)
+    )
+    assert rules(naive) == {("event_timestamp", "format")}
+
+
+def test_a_customer_has_at_most_one_row_per_time(good):
+    bad = good.copy()
+    # the same instant written two ways is still the same key
+    bad.loc[9, ["customer_id", "event_timestamp"]] = [bad.loc[8, "customer_id"], "x"]
+    when = pd.Timestamp(bad.loc[8, "event_timestamp"]).tz_convert("Europe/Berlin")
+    bad.loc[9, "event_timestamp"] = when.isoformat()
+    [v] = find_violations(bad)
+    assert str(v).startswith(
+        "column 'customer_id, event_timestamp': unique: 2 rows share a customer and time "
+        f"with another row, e.g. {bad.loc[8, 'customer_id']!r} at "
+    )
+    # a customer's other snapshots, at other times, are fine
+    assert good["customer_id"].duplicated().any() and find_violations(good) == []
+
+
+def test_validate_file_reads_ids_as_text(good, tmp_path: Path):
+    path = tmp_path / "d.csv"
+    generate.write_csv(good.assign(customer_id=[f"{i:07d}" for i in range(len(good))]), path)
+    assert validate_file(path)["rows"] == len(good)
+    assert generate.read_csv(path)["customer_id"].iloc[1] == "0000001"
