@@ -98,8 +98,15 @@ def constraint_errors(
     return errors
 
 
-EXTRAS = {"training": ("platform", "pipeline"), "predictor": ("serving",)}
-OVERRIDES = {"predictor": LOCKS / "predictor-overrides.txt"}
+EXTRAS = {
+    "training": ("platform", "pipeline", "features"),
+    "predictor": ("serving",),
+    "transformer": ("serving", "features"),
+}
+OVERRIDES = {
+    "predictor": LOCKS / "predictor-overrides.txt",
+    "transformer": LOCKS / "predictor-overrides.txt",
+}
 
 
 def requirement_set(key: str) -> list[Requirement]:
@@ -170,7 +177,7 @@ def in_pins() -> dict[str, str]:
 
 
 @pytest.mark.reliability("unhashed-lock-entry")
-@pytest.mark.parametrize("key", ["training", "predictor", "mlflow", "sbom", "build"])
+@pytest.mark.parametrize("key", ["training", "predictor", "transformer", "mlflow", "sbom", "build"])
 def test_every_lock_entry_is_pinned_and_hashed(key):
     entries = lock(key)
     assert entries and hash_errors(entries) == []
@@ -184,10 +191,10 @@ def test_every_lock_entry_is_pinned_and_hashed(key):
 
 
 @pytest.mark.reliability("stale-lock-detected")
-@pytest.mark.parametrize("key", ["training", "predictor", "mlflow", "sbom", "build"])
+@pytest.mark.parametrize("key", ["training", "predictor", "transformer", "mlflow", "sbom", "build"])
 def test_locks_pin_what_constraints_txt_pins(key):
     entries = lock(key)
-    extra = in_pins() if key in ("sbom", "build", "training", "predictor") else {}
+    extra = in_pins() if key in ("sbom", "build", "training", "predictor", "transformer") else {}
     if key == "sbom":
         # the SBOM tool's own closure (never in an image) is the tool's: constraints.txt's pins
         # still hold for every package both name
@@ -208,7 +215,7 @@ def test_locks_pin_what_constraints_txt_pins(key):
 
 
 @pytest.mark.reliability("lock-closure-incomplete")
-@pytest.mark.parametrize("key", ["training", "predictor", "mlflow"])
+@pytest.mark.parametrize("key", ["training", "predictor", "transformer", "mlflow"])
 def test_each_image_lock_is_the_whole_closure_of_its_requirement_set(key):
     entries = lock(key)
     assert closure_errors(key, entries) == []
@@ -310,7 +317,7 @@ def test_the_images_pip_check_accepts_only_what_the_overrides_remove():
 def test_the_build_backend_is_locked_alike_everywhere():
     backend = lock("build")
     assert set(backend) == {"setuptools"}
-    for key in ("training", "predictor"):
+    for key in ("training", "predictor", "transformer"):
         assert lock(key)["setuptools"] == backend["setuptools"]
 
 
