@@ -111,7 +111,7 @@ def generate(rows: int, seed: int, drift: bool = False) -> pd.DataFrame:
     df = pd.DataFrame(
         {
             ENTITY: np.char.add("C", np.char.zfill((owner + 1).astype(str), 6)).astype(object),
-            EVENT_TIME: np.char.add(np.datetime_as_string(times, unit="s"), "Z").astype(object),
+            EVENT_TIME: event_time_text(pd.Series(times).dt.tz_localize("UTC")).to_numpy(),
             "tenure_months": tenure,
             "monthly_charges": monthly,
             "total_charges": total,
@@ -130,6 +130,17 @@ def generate(rows: int, seed: int, drift: bool = False) -> pd.DataFrame:
     df.loc[rng.uniform(size=rows) < 0.02, "payment_method"] = np.nan
     df["age"] = df["age"].astype("Int64")
     return df[columns()]
+
+
+def event_time_text(times: pd.Series) -> pd.Series:
+    """Times (tz-aware) as the canonical CSV text of ``EVENT_TIME``: ISO-8601 in UTC with a "Z",
+    to the second, or to the microsecond for a time with a fraction of a second."""
+    utc = times.dt.tz_convert("UTC").dt.tz_localize(None).to_numpy(dtype="datetime64[us]")
+    whole = utc.astype("datetime64[s]")
+    text = np.where(
+        utc == whole, np.datetime_as_string(whole, unit="s"), np.datetime_as_string(utc, unit="us")
+    )
+    return pd.Series(np.char.add(text, "Z").astype(object), index=times.index)
 
 
 def write_csv(df: pd.DataFrame, path: Path) -> None:

@@ -3,14 +3,20 @@
 (A monitor module: it reads the captures and the label store, and commits through the data stage.)
 
 ``from_production`` takes the captured predictions of one environment that have a stored label
-(``mlstack.monitor.labels``), turns them into rows of the data contract (the schema's features,
-the label as the target), and makes the current data version plus the rows it does not hold yet
-the next version:
+(``mlstack.monitor.labels``), turns them into rows of the data contract (``labelled_rows``: the
+keys, the schema's features, the label as the target), and makes the current data version plus
+the rows it does not hold yet the next version:
 
-- **Not duplicated.** A row is known by a stable key, the sha256 of its canonical content (each
-  feature and the target, numbers as floats, missing as empty: ``row_keys``), the same whatever
-  file or dtype it was read from. A captured row whose key is already in the data (a row the
-  model trained on, or one an earlier run added) is not added again, nor one captured twice.
+- **Keys.** A captured prediction is a customer's snapshot at the time of its request:
+  ``event_timestamp`` is the request's ``received_at`` (ISO-8601 UTC, ``generate.event_time_text``);
+  ``customer_id`` is the customer id the capture carries (a ``customer_id`` column, when it has one
+  and the value is not empty), else the request id: the captured ``id`` itself for the request's
+  first (or only) instance, ``<id>#<row>`` for its later ones, so every row's key is unique.
+- **Not duplicated.** A row is known by a stable key, the sha256 of its canonical content (its
+  customer id, its event time in UTC, each feature and the target, numbers as floats, missing as
+  empty: ``row_keys``), the same whatever file, dtype or time notation it was read from. A captured
+  row whose key is already in the data (one an earlier run added) is not added again, nor one
+  captured twice.
 - **History accumulates with a window.** The new version is the current one with the new rows
   appended (oldest first, captured rows in the order they were received); when it holds more
   than ``max_rows`` rows (``mlstack.settings.Settings.data_max_rows``) the oldest are dropped.
@@ -32,9 +38,9 @@ import numpy as np
 import pandas as pd
 
 from mlstack.data import generate, versions
-from mlstack.data.validate import validate_file
+from mlstack.data.validate import event_times, validate_file
 from mlstack.errors import StackError
-from mlstack.schema import FEATURES, TARGET, columns
+from mlstack.schema import ENTITY, EVENT_TIME, FEATURES, TARGET, columns
 
 
 @dataclass(frozen=True)
@@ -51,11 +57,17 @@ class ProductionVersion:
 
 def row_keys(df: pd.DataFrame) -> pd.Series:
     """The stable key of each row of ``df`` (which has ``columns()``): the sha256 of its
-    canonical text, numbers as ``repr(float)``, missing as empty, categories as text."""
+    canonical text, numbers as ``repr(float)``, missing as empty, categories and ids as text,
+    event times as ``generate.event_time_text`` of their UTC time."""
     parts = []
     for name in columns():
         col = df[name]
-        if name == TARGET or next(f for f in FEATURES if f.name == name).kind == "numeric":
+        if name == EVENT_TIME:
+            times = event_times(col)
+            text = generate.event_time_text(times).where(times.notna(), "")
+        elif name == ENTITY:
+            text = col.astype(object).map(lambda v: "" if pd.isna(v) else str(v))
+        elif name == TARGET or next(f for f in FEATURES if f.name == name).kind == "numeric":
             num = pd.to_numeric(col, errors="coerce").astype("float64")
             text = num.map(lambda v: "" if np.isnan(v) else repr(float(v)))
         else:
@@ -69,8 +81,10 @@ def row_keys(df: pd.DataFrame) -> pd.Series:
 
 def _canonical(df: pd.DataFrame) -> pd.DataFrame:
     """``df``'s contract columns with the dtypes the canonical CSV is written from (int features
-    nullable ints, so a missing age does not turn every age into a float)."""
+    nullable ints, so a missing age does not turn every age into a float; the keys as text)."""
     out = df[columns()].copy()
+    for key in (ENTITY, EVENT_TIME):
+        out[key] = out[key].astype(object).where(out[key].notna())
     for feature in FEATURES:
         if feature.dtype == "int":
             out[feature.name] = pd.to_numeric(out[feature.name]).astype("Int64")
@@ -84,12 +98,29 @@ def _canonical(df: pd.DataFrame) -> pd.DataFrame:
 
 def labelled_rows(captures: pd.DataFrame, labels: pd.DataFrame) -> pd.DataFrame:
     """The labelled captured predictions as data rows (``columns()``), in the order they were
-    received."""
+    received; their keys as the module docstring says (**Keys**)."""
     from mlstack.monitor.labels import LABEL, labelled_predictions
 
     joined = labelled_predictions(captures, labels)
     joined = joined.sort_values(["received_at", "id", "row"], kind="stable")
-    return _canonical(joined.assign(**{TARGET: joined[LABEL]}))
+    request = (
+        joined["id"]
+        .astype(str)
+        .where(joined["row"] == 0, joined["id"].astype(str) + "#" + joined["row"].astype(str))
+    )
+    if ENTITY in joined.columns:
+        carried = joined[ENTITY].map(lambda v: v.strip() if isinstance(v, str) else "")
+        request = carried.where(carried != "", request)
+    received = pd.to_datetime(joined["received_at"], utc=True)
+    return _canonical(
+        joined.assign(
+            **{
+                ENTITY: request,
+                EVENT_TIME: generate.event_time_text(received),
+                TARGET: joined[LABEL],
+            }
+        )
+    )
 
 
 def from_production(
