@@ -197,6 +197,14 @@ class Settings:
     # the Prometheus that scrapes the predictors (kube-prometheus-stack's service, port-forwarded
     # or in-cluster); `mlstack rollout analyze` queries it
     prometheus_url: str = "http://localhost:9090"
+    # the feature store (feature_repo/, mlstack/features/): the Feast config file
+    # (MLSTACK_FEAST_CONFIG; empty: feature_repo/feature_store.yaml, the embedded default: file
+    # offline store, SQLite online store and file registry under <state dir>/feast; the cluster
+    # names feature_repo/feature_store.cluster.yaml) and where the ingest and materialize steps
+    # write the features' Parquet source (MLSTACK_FEAST_SOURCE: a path or an s3:// URL; empty:
+    # <state dir>/feast/customer_features.parquet)
+    feast_config: str = ""
+    feast_source: str = ""
 
     @property
     def images(self) -> dict[str, str]:
@@ -221,6 +229,23 @@ class Settings:
     def captures(self) -> str:
         """Where captured predictions live (``MLSTACK_CAPTURE_ROOT``, else ``state/captures``)."""
         return self.capture_root or str(self.state / "captures")
+
+    @property
+    def feast_dir(self) -> Path:
+        """The embedded feature store's files (registry, SQLite online store, the source)."""
+        return self.state / "feast"
+
+    @property
+    def feast_config_file(self) -> Path:
+        """The Feast config file ``open_store`` reads (``MLSTACK_FEAST_CONFIG``)."""
+        if self.feast_config:
+            return Path(self.feast_config)
+        return code_root() / "feature_repo" / "feature_store.yaml"
+
+    @property
+    def feature_source(self) -> str:
+        """The features' Parquet source (``MLSTACK_FEAST_SOURCE``)."""
+        return self.feast_source or str(self.feast_dir / "customer_features.parquet")
 
     @property
     def mlflow_tracking_uri(self) -> str:
@@ -270,6 +295,8 @@ _ENV_FIELDS = {
     "labels_dir": str,
     "data_max_rows": int,
     "capture_root": str,
+    "feast_config": str,
+    "feast_source": str,
 }
 
 
@@ -305,6 +332,8 @@ _UNSET_MEANS = {
     "state_dir": "<repo root>/.mlstack",
     "labels_dir": "<state dir>/labels",
     "capture_root": "<state dir>/captures",
+    "feast_config": "feature_repo/feature_store.yaml",
+    "feast_source": "<state dir>/feast/customer_features.parquet",
 }
 
 
