@@ -14,6 +14,7 @@ import contextlib
 import gc
 import os
 import re
+import sys
 import tempfile
 from pathlib import Path
 
@@ -95,13 +96,8 @@ def main() -> None:
     # no cyclic collection while importing and loading (~10% of the start's CPU here,
     # docs/serving.md "Image"), then they are frozen out of every later collection
     gc.disable()
-    # skops.io before kserve: at import, skops names each numpy and scipy ufunc it trusts by
-    # scanning sys.modules in import order for it (skops/io/_utils.py, whichmodule); behind
-    # kserve's thousands of modules (its Kubernetes client) that scan costs ~1.3 CPU-s here,
-    # ahead of them next to nothing (docs/serving.md "Image")
-    import skops.io  # noqa: F401
-    from threadpoolctl import threadpool_limits
-
+    # scikit-learn, scipy and skops are not imported here: the ONNX engine serves without them
+    # (they are imported only when it cannot: the sklearn fallback, serving.model)
     from serving import surface
     from serving.model import ChurnModel
 
@@ -110,9 +106,9 @@ def main() -> None:
         # the drift window and the model's engine live in this process; scale with replicas
         raise SystemExit("error: --workers must be 1 (run more replicas instead)")
     # sklearn's OpenMP pool and onnxruntime's threads see every core of the node, not the pod's
-    # limit: both get the limit
+    # limit: both get the limit (OpenMP reads the variable when sklearn, if ever, loads it)
     threads = int(os.environ.get("OMP_NUM_THREADS", cpu_limit() or 1))
-    threadpool_limits(threads)
+    os.environ["OMP_NUM_THREADS"] = str(threads)
     # only a registry download needs a scratch directory: in a pod the root filesystem is
     # read-only and the model is already in --model_dir (KServe's storage initializer)
     scratch = (
@@ -137,6 +133,10 @@ def main() -> None:
         # a model the project's loader refuses (format, trusted types, digest): one error line,
         # exit 1, no server
         model.load()
+        if "sklearn" in sys.modules:  # the fallback loaded it: its pools get the limit too
+            from threadpoolctl import threadpool_limits
+
+            threadpool_limits(threads)
         gc.freeze()
         gc.enable()
         # on args.host, without the repository extension, readiness = answering (surface.py)

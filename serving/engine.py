@@ -5,7 +5,9 @@ sklearn's Pipeline costs milliseconds for one row (a ``ColumnTransformer`` over 
 one Cython call per tree). ``Preprocessing.from_pipeline`` reads the fitted values of the
 preprocessing steps through their public attributes (the numeric imputer's medians and missing
 indicators, the categorical imputer's fill value, the one-hot encoder's categories) and applies
-them to a ``Batch`` with a few vectorised steps; onnxruntime runs the trees. ``load`` returns the
+them to a ``Batch`` with a few vectorised steps; onnxruntime runs the trees. ``load_recorded``
+builds the engine from the graph alone (the preprocessing values and probe probabilities training
+recorded in it), so a predictor starts without importing scikit-learn; ``load`` returns the
 engine only when it gives the Pipeline's probabilities (to ``onnx_export.TOLERANCE``: the ONNX
 trees are float32) on a probe batch with missing and unseen values, and None for a model shape it
 does not know: the predictor then serves through sklearn and says so (``model_fast_path`` 0).
@@ -14,6 +16,7 @@ does not know: the predictor then serves through sklearn and says so (``model_fa
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,54 +43,45 @@ class Preprocessing:
     def from_pipeline(cls, pipeline: Any) -> Preprocessing | None:
         """The preprocessing of the Pipeline ``mlstack.train.training.build_model`` makes; None
         for any other shape."""
+        return cls.from_values(onnx_export.preprocessing_values(pipeline))
+
+    @classmethod
+    def from_values(cls, values: Any) -> Preprocessing | None:
+        """From the fitted values ``onnx_export.preprocessing_values`` reads (what a graph's
+        record carries); None when they are not that for this schema's features."""
         try:
-            pre = pipeline.named_steps["preprocess"]
-            transformers = [(name, est, list(cols)) for name, est, cols in pre.transformers_]
-            (num_name, num_imputer, num_cols), (cat_name, cat_pipe, cat_cols) = [
-                t for t in transformers if t[0] != "remainder" or t[1] != "drop"
-            ]
-            cat_imputer = cat_pipe.named_steps["impute"]
-            onehot = cat_pipe.named_steps["onehot"]
-            shape_known = (
-                (num_name, cat_name) == ("num", "cat")
-                and num_cols == [f.name for f in NUMERIC]
-                and cat_cols == [f.name for f in CATEGORICAL]
-                and type(num_imputer).__name__ == "SimpleImputer"
-                and num_imputer.strategy == "median"
-                and cat_imputer.strategy == "constant"
-                and type(onehot).__name__ == "OneHotEncoder"
-                and onehot.drop_idx_ is None
-                and onehot.handle_unknown == "ignore"
-                and len(onehot.categories_) == len(CATEGORICAL)
-            )
-            if not shape_known:
-                return None
-            indicator = num_imputer.indicator_
-            indicator_cols = (
-                np.asarray(indicator.features_, dtype=np.intp)
-                if indicator is not None
-                else np.array([], dtype=np.intp)
-            )
-            fill = cat_imputer.fill_value
-            offset = len(NUMERIC) + indicator_cols.size
-            onehot_cols = []
-            for feature, fitted in zip(CATEGORICAL, onehot.categories_, strict=True):
-                column = {str(c): offset + k for k, c in enumerate(fitted)}
-                table = np.full(len(feature.categories) + 2, -1, dtype=np.intp)
-                for code, value in enumerate(feature.categories):
-                    table[code] = column.get(value, -1)
-                table[UNKNOWN] = -1
-                table[MISSING] = column.get(str(fill), -1)
-                onehot_cols.append(table)
-                offset += len(fitted)
-            return cls(
-                medians=np.asarray(num_imputer.statistics_, dtype=np.float64),
-                indicator_cols=indicator_cols,
-                onehot_cols=onehot_cols,
-                width=offset,
-            )
-        except (AttributeError, KeyError, TypeError, ValueError):
+            num_cols, cat_cols = list(values["numeric"]), list(values["categorical"])
+            categories = [[str(c) for c in fitted] for fitted in values["categories"]]
+            indicator_cols = np.asarray(values["indicator_features"], dtype=np.intp).reshape(-1)
+            medians = np.asarray(values["medians"], dtype=np.float64)
+            fill = str(values["fill_value"])
+        except (KeyError, TypeError, ValueError):
             return None
+        if (
+            num_cols != [f.name for f in NUMERIC]
+            or cat_cols != [f.name for f in CATEGORICAL]
+            or medians.shape != (len(NUMERIC),)
+            or len(categories) != len(CATEGORICAL)
+            or not np.all((indicator_cols >= 0) & (indicator_cols < len(NUMERIC)))
+        ):
+            return None
+        offset = len(NUMERIC) + indicator_cols.size
+        onehot_cols = []
+        for feature, fitted in zip(CATEGORICAL, categories, strict=True):
+            column = {c: offset + k for k, c in enumerate(fitted)}
+            table = np.full(len(feature.categories) + 2, -1, dtype=np.intp)
+            for code, value in enumerate(feature.categories):
+                table[code] = column.get(value, -1)
+            table[UNKNOWN] = -1
+            table[MISSING] = column.get(fill, -1)
+            onehot_cols.append(table)
+            offset += len(fitted)
+        return cls(
+            medians=medians,
+            indicator_cols=indicator_cols,
+            onehot_cols=onehot_cols,
+            width=offset,
+        )
 
     def transform(self, batch: Batch) -> np.ndarray:
         """(n, width) float32: what the classifier's ONNX graph takes."""
@@ -118,6 +112,61 @@ class OnnxEngine:
         return onnx_export.run(self.session, self.preprocessing.transform(batch))
 
 
+def _probe(record: dict[str, Any]) -> tuple[Batch, np.ndarray]:
+    """The probe rows and sklearn's probabilities for them, as a graph's record carries them."""
+    probe = record["probe"]
+    numeric = np.array(
+        [[math.nan if v is None else float(v) for v in row] for row in probe["numeric"]],
+        dtype=np.float64,
+    ).reshape(-1, len(NUMERIC))
+    categorical = np.array(probe["categorical"], dtype=object).reshape(-1, len(CATEGORICAL))
+    want = np.asarray(probe["probabilities"], dtype=np.float64)
+    return Batch(numeric, categorical), want
+
+
+def _agrees(engine: OnnxEngine, probe: Batch, want: np.ndarray, against: str) -> bool:
+    got = engine.predict_proba(probe)
+    diff = float(np.max(np.abs(got - want))) if got.shape == want.shape else float("inf")
+    if not diff <= onnx_export.TOLERANCE:
+        log.warning(
+            "the ONNX engine differs from %s by %.3g on the probe (allowed %g)",
+            against,
+            diff,
+            onnx_export.TOLERANCE,
+        )
+        return False
+    return True
+
+
+def load_recorded(model: bytes | None, sha256: str | None, threads: int) -> OnnxEngine | None:
+    """The engine from the graph alone, without scikit-learn: the preprocessing values and the
+    probe its record carries (``onnx_export.record``, written at training), when the graph is the
+    one MLmodel names (``sha256``) and reproduces the Pipeline's probabilities recorded for the
+    probe rows; None (and why, in the log) otherwise, and ``load`` checks it against the
+    Pipeline itself."""
+    if model is None or sha256 is None:
+        return None
+    if onnx_export.sha256(model) != sha256:
+        log.warning("the ONNX graph is not the one the model's MLmodel names (sha256)")
+        return None
+    try:
+        session = onnx_export.session(model, threads)
+        record = onnx_export.recorded(session)
+        if record is None:
+            log.warning("the ONNX graph carries no record of its preprocessing and probe")
+            return None
+        preprocessing = Preprocessing.from_values(record.get("preprocessing"))
+        if preprocessing is None:
+            log.warning("the graph's recorded preprocessing is not the shape the engine knows")
+            return None
+        engine = OnnxEngine(preprocessing, session)
+        probe, want = _probe(record)
+        return engine if _agrees(engine, probe, want, "the recorded probabilities") else None
+    except Exception:  # a graph onnxruntime refuses or a record of another shape
+        log.exception("onnxruntime could not run the model's ONNX classifier on its record")
+        return None
+
+
 def load(pipeline: Any, model: bytes | None, probe: Batch, threads: int) -> OnnxEngine | None:
     """The engine for ``pipeline`` with its classifier's ONNX ``model`` on ``threads`` threads,
     when it gives the Pipeline's probabilities on ``probe``; None (and why, in the log)
@@ -131,17 +180,8 @@ def load(pipeline: Any, model: bytes | None, probe: Batch, threads: int) -> Onnx
         return None
     try:
         engine = OnnxEngine(preprocessing, onnx_export.session(model, threads))
-        got = engine.predict_proba(probe)
+        want = pipeline.predict_proba(probe.to_frame())
+        return engine if _agrees(engine, probe, want, "the Pipeline") else None
     except Exception:  # a graph onnxruntime refuses or one of another shape: served by sklearn
         log.exception("onnxruntime could not run the model's ONNX classifier")
         return None
-    want = pipeline.predict_proba(probe.to_frame())
-    diff = float(np.max(np.abs(got - want))) if got.shape == want.shape else float("inf")
-    if not diff <= onnx_export.TOLERANCE:
-        log.warning(
-            "the ONNX engine differs from the Pipeline by %.3g on the probe (allowed %g)",
-            diff,
-            onnx_export.TOLERANCE,
-        )
-        return None
-    return engine

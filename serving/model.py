@@ -91,8 +91,11 @@ class ChurnModel(Model):
         # onnxruntime's intra- and inter-op threads: the container's CPU budget (__main__.py)
         self.threads = threads
         self.threshold = DECISION_THRESHOLD
+        # the scikit-learn Pipeline: parsed only when the ONNX engine cannot serve (the fallback)
         self.pipeline: Any = None
-        self.engine: engine.OnnxEngine | None = None
+        # not ``engine``: KServe's Model has an ``engine`` flag of its own (a model that starts
+        # an engine server, which ModelServer.start and ModelRepository.unload act on)
+        self.onnx_engine: engine.OnnxEngine | None = None
         self.drift: monitoring.DriftWindow | None = None
         self.lineage: ModelLineage | None = None
 
@@ -106,12 +109,18 @@ class ChurnModel(Model):
                 "not checked against the ones evaluated",
                 self.model_dir,
             )
-        loaded = artifacts.load_model(self.model_dir, self.expected_digest or None)
+        loaded = artifacts.load_model(self.model_dir, self.expected_digest or None, lazy=True)
         self.digest = loaded.digest
-        self.pipeline = loaded.pipeline
-        probe = Batch.from_frame(onnx_export.probe_frame())
-        self.engine = engine.load(self.pipeline, loaded.onnx, probe, self.threads)
-        if self.engine is None:
+        # the graph checked against the probe probabilities recorded with it at training: no
+        # scikit-learn imported, no Pipeline parsed (the start of a pod, docs/serving.md "Image")
+        self.onnx_engine = engine.load_recorded(loaded.onnx, loaded.onnx_sha256, self.threads)
+        if self.onnx_engine is None:
+            # the fallback: the Pipeline parsed (skops, trusted types), the graph checked
+            # against it, else the Pipeline serves
+            self.pipeline = loaded.pipeline
+            probe = Batch.from_frame(onnx_export.probe_frame())
+            self.onnx_engine = engine.load(self.pipeline, loaded.onnx, probe, self.threads)
+        if self.onnx_engine is None:
             log.warning(
                 "the ONNX engine is unavailable for this model: serving through sklearn "
                 "(model_fast_path 0)"
@@ -144,7 +153,7 @@ class ChurnModel(Model):
             self.lineage.kfp_run_id,
         ).set(1)
         monitoring.FAST_PATH.labels(self.name, self.model_version, self.engine_name).set(
-            1 if self.engine is not None else 0
+            1 if self.onnx_engine is not None else 0
         )
         for metric, value in loaded.metrics.items():
             monitoring.TRAINING_METRIC.labels(self.name, self.model_version, metric).set(value)
@@ -154,7 +163,7 @@ class ChurnModel(Model):
     @property
     def engine_name(self) -> str:
         """What serves: ``onnxruntime`` (after the numpy preprocessing) or ``sklearn``."""
-        return "onnxruntime" if self.engine is not None else "sklearn"
+        return "onnxruntime" if self.onnx_engine is not None else "sklearn"
 
     async def healthy(self) -> bool:
         """Ready means answering: loaded and registered, and a probe row gets two finite
@@ -170,8 +179,8 @@ class ChurnModel(Model):
         return proba.shape == (1, 2) and bool(np.isfinite(proba).all())
 
     def predict_proba(self, batch: Batch) -> np.ndarray:
-        if self.engine is not None:
-            return self.engine.predict_proba(batch)
+        if self.onnx_engine is not None:
+            return self.onnx_engine.predict_proba(batch)
         return np.asarray(self.pipeline.predict_proba(batch.to_frame()), dtype=np.float64)
 
     def _refuse(self, exc: InputError) -> InvalidInput:

@@ -9,6 +9,7 @@ initializer and MLflow both download regular files; a link could point anywhere)
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlstack.errors import StackError
-from mlstack.train.onnx_export import ONNX_PATH
+from mlstack.train.onnx_export import ONNX_PATH, SHA256_METADATA
 
 if TYPE_CHECKING:
     from sklearn.pipeline import Pipeline
@@ -73,17 +74,29 @@ _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 @dataclass(frozen=True)
 class LoadedModel:
     """A model the project's loader accepted: the pipeline, its digest and what MLmodel's
-    ``metadata`` says (written by training: drift reference, lineage, threshold, metrics)."""
+    ``metadata`` says (written by training: drift reference, lineage, threshold, metrics).
 
-    pipeline: Pipeline
+    ``pipeline`` is parsed from ``skops`` (the bytes of ``model.skops``, read at load) by skops
+    with the project's trusted types on first use: ``load_model`` does it at once unless asked
+    to be ``lazy`` (the predictor, whose ONNX engine serves without scikit-learn)."""
+
+    model_dir: Path
     digest: str
+    skops: bytes = field(repr=False)
     # the classifier as ONNX (training's extra_files/classifier.onnx); None for a model logged
     # without it, which the predictor serves through sklearn
     onnx: bytes | None = None
+    # the graph's sha256 as MLmodel's metadata records it (training's), None when it names none
+    onnx_sha256: str | None = None
     reference_profile: dict[str, Any] | None = None
     lineage: dict[str, str] = field(default_factory=dict)
     decision_threshold: float | None = None
     metrics: dict[str, float] = field(default_factory=dict)
+
+    @functools.cached_property
+    def pipeline(self) -> Pipeline:
+        """The scikit-learn Pipeline (``StackError`` for untrusted types or an unreadable file)."""
+        return _load_skops(self.model_dir, self.skops)
 
 
 def model_digest(model_dir: Path) -> str:
@@ -160,16 +173,19 @@ def _model_file(model_dir: Path) -> Path:
 
 
 def _metadata(
-    model_dir: Path, mlmodel: dict[str, Any], pipeline: Pipeline, digest: str, onnx: bytes | None
+    model_dir: Path, mlmodel: dict[str, Any], skops: bytes, digest: str, onnx: bytes | None
 ) -> LoadedModel:
     meta = _mapping(mlmodel.get("metadata"), "MLmodel 'metadata'", model_dir)
     try:
         profile = meta.get("reference_profile")
         threshold = meta.get("decision_threshold")
+        onnx_sha256 = meta.get(SHA256_METADATA)
         return LoadedModel(
-            pipeline=pipeline,
+            model_dir=model_dir,
             digest=digest,
+            skops=skops,
             onnx=onnx,
+            onnx_sha256=None if onnx_sha256 is None else str(onnx_sha256),
             reference_profile=_mapping(profile, "reference_profile", model_dir) or None,
             lineage={
                 str(k): "" if v is None else str(v)
@@ -185,7 +201,7 @@ def _metadata(
         raise _refuse(model_dir, f"unreadable MLmodel metadata: {exc}") from None
 
 
-def load_model(model_dir: Path, expected_digest: str | None) -> LoadedModel:
+def load_model(model_dir: Path, expected_digest: str | None, *, lazy: bool = False) -> LoadedModel:
     """Load the sklearn pipeline in ``model_dir`` the one way this project allows.
 
     The directory's digest (``model_digest``) is checked first when ``expected_digest`` is given;
@@ -194,7 +210,9 @@ def load_model(model_dir: Path, expected_digest: str | None) -> LoadedModel:
     ``SKOPS_TRUSTED_TYPES`` (never the list in the artifact) and must hold a ``Pipeline``; the
     classifier's ONNX graph, when there is one, is read as bytes from ``ONNX_PATH`` (the only
     extra file allowed; the predictor runs it with onnxruntime's standard operators and checks
-    it against the pipeline). Nothing in the directory is executed or imported.
+    it against the pipeline). Nothing in the directory is executed or imported. With ``lazy``
+    the skops file is read but parsed only when ``pipeline`` is first used (scikit-learn is not
+    imported until then).
 
     Returns the pipeline with its digest and metadata. Raises ``StackError`` (one line) for a
     missing directory, a digest other than the expected one, a symbolic link, another format or
@@ -219,17 +237,20 @@ def load_model(model_dir: Path, expected_digest: str | None) -> LoadedModel:
         raise _refuse(model_dir, f"{MLMODEL_FILE} is not YAML: {exc}".splitlines()[0]) from None
     mlmodel = _mapping(mlmodel, MLMODEL_FILE, model_dir)
     _check_flavors(model_dir, mlmodel)
-    pipeline = _load_skops(model_dir, _model_file(model_dir))
-    return _metadata(model_dir, mlmodel, pipeline, digest, _onnx_file(model_dir))
+    skops = _model_file(model_dir).read_bytes()
+    loaded = _metadata(model_dir, mlmodel, skops, digest, _onnx_file(model_dir))
+    if not lazy:
+        loaded.pipeline  # noqa: B018 (parsed now: a file skops refuses is refused here)
+    return loaded
 
 
-def _load_skops(model_dir: Path, path: Path) -> Pipeline:
+def _load_skops(model_dir: Path, data: bytes) -> Pipeline:
     import skops.io
     from sklearn.pipeline import Pipeline
     from skops.io.exceptions import UntrustedTypesFoundException
 
     try:
-        obj = skops.io.load(path, trusted=list(SKOPS_TRUSTED_TYPES))
+        obj = skops.io.loads(data, trusted=list(SKOPS_TRUSTED_TYPES))
     except UntrustedTypesFoundException as exc:
         raise _refuse(model_dir, f"{SKOPS_FILE} holds untrusted types: {exc}") from None
     except Exception as exc:  # noqa: BLE001 (any other failure of a foreign file: one line)

@@ -9,10 +9,20 @@ check against sklearn allows ``TOLERANCE`` on each probability.
 The file travels in the MLflow model directory as an ``extra_files`` entry of the sklearn flavor
 (``ONNX_PATH``), so the model digest covers it; ``mlstack.train.artifacts.load_model`` reads it
 from that fixed path only.
+
+The graph also carries, in its ``metadata_props`` (``RECORD_KEY``, JSON), what the predictor needs
+to serve and check it without scikit-learn: the fitted preprocessing's values
+(``preprocessing_values``: medians, missing-indicator columns, the categorical fill value and
+one-hot categories) and the probe rows with sklearn's probabilities for them, recorded at training.
+MLmodel's metadata names the graph's sha256 (``model_metadata``), so a graph swapped into another
+model's directory is not taken at its word.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +42,10 @@ ONNX_PATH = f"extra_files/{ONNX_FILE}"
 TOLERANCE = 1e-5
 INPUT_NAME = "X"
 PROBABILITIES = "probabilities"
+# the graph's metadata_props key of the engine's record (JSON: preprocessing values and the probe)
+RECORD_KEY = "mlstack.engine"
+# MLmodel metadata: the sha256 of the graph logged with the model
+SHA256_METADATA = "onnx_sha256"
 
 
 def probe_frame(rows: int = 500) -> pd.DataFrame:
@@ -49,6 +63,94 @@ def probe_frame(rows: int = 500) -> pd.DataFrame:
         df.loc[df.index[1 + j], name] = "never-seen"
         df.loc[df.index[1 + len(categorical) + j], name] = None
     return df
+
+
+def preprocessing_values(pipeline: Pipeline) -> dict[str, Any] | None:
+    """The fitted values of the preprocessing ``mlstack.train.training.build_model`` makes, read
+    through public attributes, as plain JSON values: ``numeric`` and ``categorical`` (column
+    names), ``medians``, ``indicator_features`` (numeric columns with a missing indicator),
+    ``fill_value`` (the categorical imputer's) and ``categories`` (the one-hot encoder's, per
+    categorical column). None for a Pipeline of any other shape."""
+    try:
+        pre = pipeline.named_steps["preprocess"]
+        transformers = [(name, est, list(cols)) for name, est, cols in pre.transformers_]
+        (num_name, num_imputer, num_cols), (cat_name, cat_pipe, cat_cols) = [
+            t for t in transformers if t[0] != "remainder" or t[1] != "drop"
+        ]
+        cat_imputer = cat_pipe.named_steps["impute"]
+        onehot = cat_pipe.named_steps["onehot"]
+        shape_known = (
+            (num_name, cat_name) == ("num", "cat")
+            and type(num_imputer).__name__ == "SimpleImputer"
+            and num_imputer.strategy == "median"
+            and cat_imputer.strategy == "constant"
+            and type(onehot).__name__ == "OneHotEncoder"
+            and onehot.drop_idx_ is None
+            and onehot.handle_unknown == "ignore"
+            and len(onehot.categories_) == len(cat_cols)
+        )
+        if not shape_known:
+            return None
+        indicator = num_imputer.indicator_
+        return {
+            "numeric": [str(c) for c in num_cols],
+            "categorical": [str(c) for c in cat_cols],
+            "medians": [float(v) for v in num_imputer.statistics_],
+            "indicator_features": []
+            if indicator is None
+            else [int(i) for i in indicator.features_],
+            "fill_value": str(cat_imputer.fill_value),
+            "categories": [[str(c) for c in fitted] for fitted in onehot.categories_],
+        }
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return None
+
+
+def _json_value(value: Any) -> Any:
+    """A probe cell as JSON: NaN and missing as null."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return value
+
+
+def record(pipeline: Pipeline, frame: pd.DataFrame) -> dict[str, Any]:
+    """The engine's record (``RECORD_KEY``): the preprocessing values and the ``frame``'s rows
+    (schema features, null for missing) with sklearn's probabilities for them."""
+    from mlstack.schema import categorical_features, numeric_features
+    from mlstack.train.training import features
+
+    numeric, categorical = numeric_features(), categorical_features()
+    proba = pipeline.predict_proba(features(frame))
+    return {
+        "preprocessing": preprocessing_values(pipeline),
+        "probe": {
+            "numeric": [[_json_value(float(v)) for v in row] for row in frame[numeric].to_numpy()],
+            "categorical": [[_json_value(v) for v in row] for row in frame[categorical].to_numpy()],
+            "probabilities": [[float(p) for p in row] for row in proba],
+        },
+    }
+
+
+def recorded(sess: Any) -> dict[str, Any] | None:
+    """The engine's record a graph carries (``RECORD_KEY``), or None when it has none or it is
+    not a JSON object."""
+    text = sess.get_modelmeta().custom_metadata_map.get(RECORD_KEY)
+    if text is None:
+        return None
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def sha256(model: bytes) -> str:
+    return hashlib.sha256(model).hexdigest()
+
+
+def model_metadata(onnx_file: Path) -> dict[str, str]:
+    """What MLmodel's metadata says about the graph written to ``onnx_file``: its sha256."""
+    return {SHA256_METADATA: sha256(onnx_file.read_bytes())}
 
 
 def classifier_onnx(pipeline: Pipeline) -> bytes:
@@ -110,14 +212,19 @@ def write(pipeline: Pipeline, directory: Path) -> Path:
     """Convert the classifier, check it against sklearn on ``probe_frame()`` and write it to
     ``directory/ONNX_FILE`` (for ``extra_files``). ``StackError`` when the conversion fails or
     the check finds a difference over ``TOLERANCE``: a model the predictor would serve through
-    sklearn is not logged."""
+    sklearn is not logged. The graph carries the engine's record (``record``) of the probe."""
+    import onnx
+
     model = classifier_onnx(pipeline)
-    diff = max_difference(pipeline, model, probe_frame())
+    frame = probe_frame()
+    diff = max_difference(pipeline, model, frame)
     if not diff <= TOLERANCE:
         raise StackError(
             f"the ONNX classifier differs from sklearn by {diff:.3g} on the probe rows (allowed "
             f"{TOLERANCE:g}): not logging a model the predictor would serve through sklearn"
         )
+    graph = onnx.load_from_string(model)
+    onnx.helper.set_model_props(graph, {RECORD_KEY: json.dumps(record(pipeline, frame))})
     path = directory / ONNX_FILE
-    path.write_bytes(model)
+    path.write_bytes(graph.SerializeToString())
     return path

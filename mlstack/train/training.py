@@ -314,6 +314,8 @@ def _log_run(
             extra_files=[str(onnx_file)],
             # travels with the model files, so a predictor needs nothing else
             metadata={
+                # the graph's sha256: the predictor trusts its recorded probe only for this graph
+                **onnx_export.model_metadata(onnx_file),
                 "reference_profile": profile.to_dict(profile.build(train)),
                 "lineage": {**asdict(lineage), "mlflow_run_id": run.info.run_id},
                 "decision_threshold": DECISION_THRESHOLD,

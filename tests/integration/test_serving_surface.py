@@ -210,10 +210,10 @@ def test_readiness_follows_whether_the_model_answers(in_process):
     )
     assert predicts(base) and [call(p)[0] for p in probes] == [200, 200, 200]
     # broken: the model no longer answers (its fitted objects gone)
-    pipeline, engine = model.pipeline, model.engine
-    model.pipeline = model.engine = None
+    pipeline, engine = model.pipeline, model.onnx_engine
+    model.pipeline = model.onnx_engine = None
     assert [call(p)[0] for p in probes] == [503, 503, 503]
-    model.pipeline, model.engine = pipeline, engine
+    model.pipeline, model.onnx_engine = pipeline, engine
     assert [call(p)[0] for p in probes] == [200, 200, 200]
     # unloaded (what KServe's repository extension did for any client): not ready, not found
     served.registry.unload(MODEL)

@@ -30,12 +30,14 @@ def saved_model(path: Path, rows: int = 1500) -> Path:
     model = build_model(HyperParams(max_iter=40))
     model.fit(features(df), df[TARGET])
     with tempfile.TemporaryDirectory(prefix="mlstack-onnx-") as scratch:
+        onnx_file = onnx_export.write(model, Path(scratch))
         mlflow.sklearn.save_model(
             model,
             str(path),
             skops_trusted_types=list(SKOPS_TRUSTED_TYPES),
-            extra_files=[str(onnx_export.write(model, Path(scratch)))],
+            extra_files=[str(onnx_file)],
             metadata={
+                **onnx_export.model_metadata(onnx_file),
                 "reference_profile": profiles.to_dict(profiles.build(df)),
                 "lineage": {"data_md5": "md5-test", "git_sha": "a" * 40},
                 "decision_threshold": DECISION_THRESHOLD,

@@ -182,6 +182,79 @@ def test_an_onnx_graph_that_is_not_the_pipelines_is_not_served(good, tmp_path):
         np.testing.assert_allclose(served.predict_proba(Batch.from_frame(rows)), want, atol=0)
 
 
+def test_the_predictor_starts_on_the_graphs_record_without_importing_scikit_learn(good):
+    """A fresh interpreter loads the model as the predictor's start does: the engine is built
+    from the graph's record (preprocessing values, probe probabilities recorded at training),
+    scikit-learn, scipy and skops are never imported and the Pipeline is not parsed."""
+    import json
+    import subprocess
+    import sys
+
+    code = (
+        "import json, sys\n"
+        "from pathlib import Path\n"
+        "from serving.model import ChurnModel\n"
+        f"m = ChurnModel('churn-start', Path({str(good)!r}), '1')\n"
+        "assert m.load()\n"
+        "print(json.dumps({'engine': m.engine_name, 'pipeline': m.pipeline is not None,\n"
+        "    'imported': sorted(k for k in ('sklearn', 'scipy', 'skops') if k in sys.modules)}))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+        cwd=Path(__file__).parents[2],
+    )
+    assert json.loads(out.stdout.splitlines()[-1]) == {
+        "engine": "onnxruntime",
+        "pipeline": False,
+        "imported": [],
+    }
+
+
+def test_a_graph_without_a_record_is_checked_against_the_pipeline(good, tmp_path):
+    """A model logged before graphs carried their record (or whose MLmodel names no graph): the
+    Pipeline is parsed and the graph checked against it, and the engine still serves."""
+    pipeline = load_model(good, None).pipeline
+    old = shutil.copytree(good, tmp_path / "old")
+    (old / onnx_export.ONNX_PATH).write_bytes(onnx_export.classifier_onnx(pipeline))
+
+    def forget_the_graph(doc: dict) -> None:
+        del doc["metadata"][onnx_export.SHA256_METADATA]
+
+    from tests.support.artifacts import _rewrite_mlmodel
+
+    _rewrite_mlmodel(old, forget_the_graph)
+    served = ChurnModel("churn-old", old, "1")
+    assert served.load() and served.engine_name == "onnxruntime"
+    assert served.pipeline is not None  # the fallback's check parsed it
+    rows = generate.generate(60, 8, drift=True)
+    np.testing.assert_allclose(
+        served.predict_proba(Batch.from_frame(rows)),
+        pipeline.predict_proba(features(rows)),
+        atol=onnx_export.TOLERANCE,
+    )
+
+
+def test_the_onnx_engine_is_not_kserves_engine_flag_and_unload_works(good):
+    """KServe's Model has an ``engine`` flag (a model with an engine server: ModelServer.start
+    starts it, ModelRepository.unload stops it); the predictor's ONNX engine does not set it."""
+    import asyncio
+
+    from kserve.model_repository import ModelRepository
+
+    served = ChurnModel("churn-unload", good, "1")
+    assert served.load() and served.engine_name == "onnxruntime"
+    assert served.engine is False
+    registry = ModelRepository()
+    registry.update(served)
+    assert asyncio.run(registry.is_model_ready("churn-unload"))
+    registry.unload("churn-unload")
+    assert registry.get_model("churn-unload") is None
+
+
 @pytest.mark.reliability("tampered-model-refused-at-load")
 def test_one_changed_byte_is_refused_with_both_digests_named(good, tmp_path):
     digest = model_digest(good)

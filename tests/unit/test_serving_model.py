@@ -66,6 +66,64 @@ def test_other_models_and_wrong_graphs_are_served_by_sklearn(fitted, graph):
     assert engine.Preprocessing.from_pipeline(object()) is None
 
 
+def test_the_engine_serves_from_the_graphs_record_as_sklearn_does(fitted, tmp_path):
+    """The graph training writes carries the preprocessing values and the probe's sklearn
+    probabilities: the engine made from it alone equals the Pipeline."""
+    _, model = fitted
+    recorded = onnx_export.write(model, tmp_path).read_bytes()
+    served = engine.load_recorded(recorded, onnx_export.sha256(recorded), threads=1)
+    assert served is not None
+    batch = Batch.from_frame(generate.generate(800, 4, drift=True))
+    batch.categorical[0, 1] = "never-seen"
+    batch.categorical[1, 0] = None
+    batch.numeric[2, :] = np.nan
+    np.testing.assert_allclose(
+        served.predict_proba(batch),
+        model.predict_proba(batch.to_frame()),
+        rtol=0,
+        atol=onnx_export.TOLERANCE,
+    )
+    from_pipeline = engine.Preprocessing.from_pipeline(model)
+    assert from_pipeline is not None
+    np.testing.assert_array_equal(
+        served.preprocessing.transform(batch), from_pipeline.transform(batch)
+    )
+
+
+def _with_record(model: bytes, edit) -> bytes:  # type: ignore[no-untyped-def]
+    import json
+
+    import onnx
+
+    graph = onnx.load_from_string(model)
+    [prop] = [p for p in graph.metadata_props if p.key == onnx_export.RECORD_KEY]
+    record = json.loads(prop.value)
+    edit(record)
+    prop.value = json.dumps(record)
+    return graph.SerializeToString()
+
+
+def test_a_graph_is_taken_at_its_record_only_when_named_and_agreeing(fitted, graph, tmp_path):
+    _, model = fitted
+    recorded = onnx_export.write(model, tmp_path).read_bytes()
+
+    def wrong_probability(record: dict) -> None:
+        record["probe"]["probabilities"][3] = [0.5, 0.5]
+
+    def other_medians(record: dict) -> None:
+        record["preprocessing"]["medians"] = [m + 10 for m in record["preprocessing"]["medians"]]
+
+    def other_columns(record: dict) -> None:
+        record["preprocessing"]["numeric"] = record["preprocessing"]["numeric"][::-1]
+
+    assert engine.load_recorded(recorded, "0" * 64, threads=1) is None  # not the named graph
+    assert engine.load_recorded(recorded, None, threads=1) is None  # MLmodel names no graph
+    assert engine.load_recorded(graph, onnx_export.sha256(graph), threads=1) is None  # no record
+    for edit in (wrong_probability, other_medians, other_columns):
+        edited = _with_record(recorded, edit)
+        assert engine.load_recorded(edited, onnx_export.sha256(edited), threads=1) is None
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 def test_onnxruntime_threads_are_the_cpu_budget(graph, threads):
     options = onnx_export.session(graph, threads).get_session_options()
@@ -150,6 +208,7 @@ def test_the_pipelines_own_model_is_served_by_onnxruntime(tmp_path):
     import mlflow
 
     from mlstack.settings import DEFAULTS
+    from mlstack.train.artifacts import load_model
     from mlstack.train.tracking import sqlite_store
     from mlstack.train.training import TrainingLineage, train_and_log
     from serving.model import ChurnModel
@@ -172,12 +231,14 @@ def test_the_pipelines_own_model_is_served_by_onnxruntime(tmp_path):
     served = ChurnModel("churn-own", local, "3")
     assert served.load()
     assert served.engine_name == "onnxruntime", "the pipeline's model fell back to sklearn"
+    # served from the graph's record: not even the fallback's check against the Pipeline ran
+    assert served.pipeline is None, "the graph's record did not verify: the Pipeline was parsed"
     labels = {"model_name": "churn-own", "model_version": "3", "engine": "onnxruntime"}
     assert REGISTRY.get_sample_value("model_fast_path", labels) == 1.0
     rows = generate.generate(300, 11, drift=True)
     np.testing.assert_allclose(
         served.predict_proba(Batch.from_frame(rows)),
-        served.pipeline.predict_proba(features(rows)),
+        load_model(local, None).pipeline.predict_proba(features(rows)),
         rtol=0,
         atol=onnx_export.TOLERANCE,
     )
