@@ -41,17 +41,19 @@ run: setup
 serve: setup
 	$(BIN)/mlstack serve
 
-## promtool, prometheus, alertmanager, PostgreSQL and npm (Debian's packages; run as root) for
-## the tests; podman (runc, cgroupfs), debootstrap and containers.conf unless docker answers
+## promtool, prometheus, alertmanager, PostgreSQL, redis-server and npm (Debian's packages; run
+## as root) for the tests; podman (runc, cgroupfs), debootstrap and containers.conf unless docker
+## answers
 tools:
 	scripts/images.sh tools
 	command -v promtool >/dev/null && command -v prometheus-alertmanager >/dev/null && \
-	command -v npm >/dev/null && ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+	command -v npm >/dev/null && command -v redis-server >/dev/null && \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
 		{ apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
-		  --no-install-recommends prometheus prometheus-alertmanager postgresql \
+		  --no-install-recommends prometheus prometheus-alertmanager postgresql redis-server \
 		  $$(command -v npm >/dev/null || echo nodejs npm); }
 
-## the training, predictor and MLflow images, named as mlstack/settings.py names them (podman, or
+## the training, predictor, MLflow and Redis images, named as mlstack/settings.py names them (podman, or
 ## docker when its daemon answers; a Debian stand-in base when no registry is reachable)
 images:
 	scripts/images.sh tools
@@ -75,7 +77,7 @@ lint: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/hadolint components/Dockerfile serving/Dockerfile manifests/platform/mlflow-image/Dockerfile \
-		scripts/base/Dockerfile
+		manifests/platform/redis-image/Dockerfile scripts/base/Dockerfile
 	$(BIN)/shellcheck scripts/*.sh
 
 compile: setup

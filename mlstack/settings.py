@@ -171,10 +171,12 @@ class Settings:
     # the images this repository builds (`make images`, build-images.yml publishes this tag and the
     # commit SHA): every component's base_image, the Katib trial, the relay and the MinIO bucket Job
     # run the training image; the InferenceService the predictor; manifests/platform the MLflow
-    # server. Tags: the project's version, and MLflow's pinned version for its server.
+    # server and the Feast online store's Redis. Tags: the project's version, MLflow's pinned
+    # version for its server, Debian bookworm's redis-server version for Redis.
     training_image: str = "ghcr.io/mlstack/churn-training:0.1.0"
     predictor_image: str = "ghcr.io/mlstack/churn-predictor:0.1.0"
     mlflow_image: str = "ghcr.io/mlstack/mlflow-server:3.17.2"
+    redis_image: str = "ghcr.io/mlstack/redis-server:7.0.15"
     # the identity KFP runs use on a cluster (manifests/platform/base/pipeline-runner.yaml)
     kfp_service_account: str = "mlstack-pipeline-runner"
     # local state (gitignored): MLflow sqlite store and artifacts, KFP local outputs and cache
@@ -213,6 +215,7 @@ class Settings:
             "training": self.training_image,
             "predictor": self.predictor_image,
             "mlflow": self.mlflow_image,
+            "redis": self.redis_image,
         }
 
     @property

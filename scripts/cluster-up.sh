@@ -73,6 +73,12 @@ pg_password="$(openssl rand -hex 24)"
 secret mlstack-s3 "access-key-id=mlstack-$(openssl rand -hex 6)" "secret-access-key=$(openssl rand -hex 24)"
 secret mlstack-mlflow-postgres "password=$pg_password" \
   "uri=postgresql+psycopg2://mlflow:${pg_password}@mlflow-postgres.mlops.svc.cluster.local:5432/mlflow"
+# Feast's stores (manifests/platform/dev: the feast database on that Postgres, the online Redis)
+feast_pg_password="$(openssl rand -hex 24)"
+redis_password="$(openssl rand -hex 24)"
+secret mlstack-feast "registry-password=$feast_pg_password" "redis-password=$redis_password" \
+  "registry-uri=postgresql+psycopg://feast:${feast_pg_password}@mlflow-postgres.mlops.svc.cluster.local:5432/feast" \
+  "redis-connection=feast-redis.mlops.svc.cluster.local:6379,password=${redis_password}"
 secret mlstack-github "dispatch-token=${GITHUB_DISPATCH_TOKEN:-none}"
 # what Alertmanager sends the drift relay and the relay expects (manifests/monitoring)
 secret mlstack-alert-relay "webhook-token=$(openssl rand -hex 32)"

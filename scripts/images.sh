@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `make images`: the training, predictor and MLflow images, built from their Dockerfiles and tagged
+# `make images`: the training, predictor, MLflow and Redis images, built from their Dockerfiles and tagged
 # as mlstack/settings.py names them (the one source of truth the IR, the manifests, cluster-up and
 # the image workflow follow). docs/images.md.
 #
@@ -15,7 +15,7 @@
 # installed environment by CycloneDX's tool (locks/sbom.txt, hash-checked, mounted read-only, never
 # installed into the image): .mlstack/sbom/<key>.cdx.json. The image workflow scans it with Trivy.
 #
-# usage: scripts/images.sh [build] [training|predictor|mlflow]...  build (all by default) + SBOMs
+# usage: scripts/images.sh [build] [training|predictor|mlflow|redis]...  build (all by default) + SBOMs
 #        scripts/images.sh sbom [KEY|KEY=IMAGE]...   the SBOMs of built (or pulled) images
 #        scripts/images.sh list           the images' names, one a line
 #        scripts/images.sh names [SHA]    key=image lines (key_repository=..., key_sha=... with SHA)
@@ -33,11 +33,12 @@ CONTAINERS_CONF="${CONTAINERS_CONF:-/etc/containers/containers.conf}"
 STATE=".mlstack"
 SBOM_DIR="$STATE/sbom"
 SBOM_TOOL="$STATE/sbom-tool"
-KEYS=(training predictor mlflow)
+KEYS=(training predictor mlflow redis)
 declare -A DOCKERFILE=(
   [training]=components/Dockerfile
   [predictor]=serving/Dockerfile
   [mlflow]=manifests/platform/mlflow-image/Dockerfile
+  [redis]=manifests/platform/redis-image/Dockerfile
 )
 
 die() { echo "images: $*" >&2; exit 1; }
@@ -289,6 +290,6 @@ case "$command" in
   list) list ;;
   engine) engine ;;
   tools) tools ;;
-  training|predictor|mlflow) build "$command" "$@" ;;
+  training|predictor|mlflow|redis) build "$command" "$@" ;;
   *) die "unknown command '$command' (build, sbom, list, names, engine, tools)" ;;
 esac

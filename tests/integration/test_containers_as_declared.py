@@ -16,6 +16,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from datetime import datetime
@@ -25,7 +26,7 @@ import boto3
 import numpy as np
 import pytest
 
-from mlstack.settings import code_root
+from mlstack.settings import DEFAULTS, code_root
 from mlstack.train.onnx_export import TOLERANCE
 from tests.support import admission
 from tests.support.images import ensure_images
@@ -52,6 +53,7 @@ STORE = {
     ("mlstack-s3", "secret-access-key"): "test-secret-key",
     ("mlstack-github", "dispatch-token"): "test-dispatch-token",
     ("mlstack-alert-relay", "webhook-token"): "test-webhook-token",
+    ("mlstack-feast", "redis-password"): "test-redis-password",
 }
 
 
@@ -67,7 +69,7 @@ def built():
         )
 
     def inspect(ref: str) -> Image:
-        assert ref in (images.training, images.predictor, images.mlflow), f"{ref} is not built here"
+        assert ref in DEFAULTS.images.values(), f"{ref} is not built here"
         return Image.inspect(ref, images.engine)
 
     return inspect
@@ -167,6 +169,7 @@ COVERED = {
     ("manifests/overlays/production", "Deployment", "payload-sink", "sink"),
     ("manifests/platform/dev", "Deployment", "mlflow", "mlflow"),
     ("manifests/platform/dev", "Job", "minio-buckets", "buckets"),
+    ("manifests/platform/dev", "StatefulSet", "feast-redis", "redis"),
     ("katib/experiment.yaml", "Experiment", "churn-tuning", "training"),
 }
 RENDERED = ["manifests/overlays/staging", "manifests/overlays/production", "manifests/monitoring",
@@ -189,8 +192,6 @@ def containers_in(node, found: list[dict]) -> list[dict]:
 def test_every_workload_container_of_ours_is_run_here():
     """A new workload on one of our images fails this until the module runs it too."""
     import yaml
-
-    from mlstack.settings import DEFAULTS
 
     ours = {image.rsplit(":", 1)[0] for image in DEFAULTS.images.values()}
     docs = [(path, d) for path in RENDERED for d in render(ROOT / path)]
@@ -497,6 +498,70 @@ def test_mlflow_server_as_deployed_on_postgres_and_s3(built, pods, tmp_path):
         stopped = assert_stops_on_sigterm(pod, name)
         workers = int(next(a.split("=", 1)[1] for a in container["args"] if a.startswith("--workers=")))  # fmt: skip
         assert len(stopped) >= 2 + workers, stopped
+
+
+# ------------------------------------------------------------------ Feast's online store (Redis)
+
+
+def exec_probe(pod: Pod, name: str, container: dict, kind: str, timeout: float = 120) -> None:
+    """The declared exec probe, run in the container as the kubelet runs it, until it exits 0."""
+    command = container[kind]["exec"]["command"]
+    deadline = time.monotonic() + timeout
+    while True:
+        done = subprocess.run(["podman", "exec", name, *command], capture_output=True, text=True)
+        if done.returncode == 0:
+            return
+        state = pod.state(name)
+        if not state.get("Running") or time.monotonic() > deadline:
+            raise AssertionError(f"{kind} of {name}: {done.stderr}\n{pod.logs(name)}")
+        time.sleep(0.5)
+
+
+def redis_cli(port: int, *args: str, password: str | None = None) -> str:
+    """Debian's redis-cli (`make tools`) against a published port; its answer, stripped."""
+    env = {k: v for k, v in os.environ.items() if k != "REDISCLI_AUTH"}
+    if password:
+        env["REDISCLI_AUTH"] = password
+    done = subprocess.run(["redis-cli", "-h", "127.0.0.1", "-p", str(port), *args],
+                          capture_output=True, text=True, env=env, timeout=60)  # fmt: skip
+    return (done.stdout + done.stderr).strip()
+
+
+def test_feast_redis_as_deployed_wants_its_password_and_keeps_its_data(built, pods, tmp_path):
+    """Redis as manifests/platform/dev declares it: the password only from the Secret's
+    redis.conf, both exec probes pass, a client without the password is refused, one with it
+    writes; SIGTERM saves, and a new container on the same claim reads the value back."""
+    docs = render(ROOT / "manifests" / "platform" / "dev")
+    statefulset = admission.find(docs, "StatefulSet", "feast-redis", "mlops")
+    spec = admission.workload_pod(statefulset)
+    [container] = spec["containers"]
+    img = built(container["image"])
+    assert img.ref == DEFAULTS.redis_image
+    secrets = admission.secrets_in(docs, "mlops", STORE)
+    volumes = materialize(spec, tmp_path, secrets)
+    password = STORE[("mlstack-feast", "redis-password")]
+    port = service_port(docs, "feast-redis", "mlops")
+    assert container["ports"][0]["containerPort"] == port
+    for run in ("first", "again"):
+        pod = Pod(img.ref, ports=[port])
+        pods.append(pod)
+        name = start(pod, spec, "redis", img, PodContext(secrets=secrets, volumes=volumes))
+        exec_probe(pod, name, container, "readinessProbe")
+        exec_probe(pod, name, container, "livenessProbe")
+        published = pod.published[port]
+        if run == "first":
+            assert_confined_as_declared(pod, name, spec, container, img)
+            assert "NOAUTH" in redis_cli(published, "ping")
+            assert "WRONGPASS" in redis_cli(published, "ping", password="wrong")
+            assert redis_cli(published, "ping", password=password) == "PONG"
+            assert redis_cli(published, "set", "mlstack:probe", "kept", password=password) == "OK"
+            # no password anywhere on its command line or in its environment
+            declared = subprocess.run(["podman", "inspect", name], capture_output=True, text=True)
+            assert declared.returncode == 0 and password not in declared.stdout
+        else:
+            assert redis_cli(published, "get", "mlstack:probe", password=password) == "kept"
+        assert_stops_on_sigterm(pod, name)  # Redis handles SIGTERM: saves, exits 0
+    assert list((volumes["data"] / "appendonlydir").iterdir())
 
 
 # ------------------------------------------------------------------------- the Katib trial

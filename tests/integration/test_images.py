@@ -32,7 +32,7 @@ def inspect(images: Images, image: str, field: str) -> str:
 
 
 def test_names_are_the_settings_names(images):
-    assert (images.training, images.predictor, images.mlflow) == tuple(DEFAULTS.images.values())
+    assert {key: getattr(images, key) for key in DEFAULTS.images} == DEFAULTS.images
 
 
 @pytest.mark.parametrize("key", ["training", "predictor", "mlflow"])

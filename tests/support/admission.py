@@ -96,8 +96,14 @@ def secrets_in(
 
 
 def workload_pod(doc: Mapping) -> dict:
-    """The pod spec a Deployment, StatefulSet or Job makes (its template's spec)."""
-    return copy.deepcopy(doc["spec"]["template"]["spec"])
+    """The pod spec a Deployment, StatefulSet or Job makes (its template's spec); a StatefulSet's
+    controller adds a claim volume for each of its volumeClaimTemplates (``<claim>-<set>-0``)."""
+    spec = copy.deepcopy(doc["spec"]["template"]["spec"])
+    for claim in doc["spec"].get("volumeClaimTemplates") or []:
+        name = claim["metadata"]["name"]
+        volume = {"claimName": f"{name}-{doc['metadata']['name']}-0"}
+        spec.setdefault("volumes", []).append({"name": name, "persistentVolumeClaim": volume})
+    return spec
 
 
 def predictor_pod(isvc: Mapping, revision: int = 1) -> tuple[dict, dict[str, str]]:

@@ -29,7 +29,7 @@ from mlstack.settings import DEFAULTS
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "images.sh"
-KEYS = tuple(DEFAULTS.images)  # training, predictor, mlflow
+KEYS = tuple(DEFAULTS.images)  # training, predictor, mlflow, redis
 # a cold build (stand-in base and three images) takes minutes; a loaded CI machine more
 BUILD_TIMEOUT = 3600
 
@@ -42,6 +42,7 @@ class Images:
     training: str
     predictor: str
     mlflow: str
+    redis: str
 
     def run(
         self, image: str, *args: str, options: Sequence[str] = (), timeout: float = 300
@@ -88,9 +89,9 @@ def _build(keys: tuple[str, ...]) -> None:
 
 
 def ensure_images(*keys: str) -> Images:
-    """Build the named images (all three by default) once per test session and return the names.
+    """Build the named images (all of them by default) once per test session and return the names.
 
-    Each key is one of ``training``, ``predictor``, ``mlflow``.
+    Each key is one of ``training``, ``predictor``, ``mlflow``, ``redis``.
     """
     unknown = set(keys) - set(KEYS)
     if unknown:
@@ -110,5 +111,5 @@ _session_built: set[str] = set()
 
 @pytest.fixture(scope="session")
 def images() -> Images:
-    """All three images, built or reused: a fixture for modules that import it."""
+    """All the images, built or reused: a fixture for modules that import it."""
     return ensure_images()

@@ -12,6 +12,7 @@ DOCKERFILES = [
     ROOT / "components" / "Dockerfile",
     ROOT / "serving" / "Dockerfile",
     ROOT / "manifests" / "platform" / "mlflow-image" / "Dockerfile",
+    ROOT / "manifests" / "platform" / "redis-image" / "Dockerfile",
 ]
 STAND_IN = ROOT / "scripts" / "base" / "Dockerfile"
 HADOLINT = shutil.which("hadolint") or str(Path(__file__).parents[2] / ".venv/bin/hadolint")

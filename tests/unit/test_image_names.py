@@ -112,6 +112,7 @@ def test_platform_and_monitoring_workloads_run_our_images():
     dev = rendered("manifests/platform/dev")
     jobs = [d for d in dev if d["kind"] == "Job"]
     assert [c["image"] for c in containers(jobs)] == [IMAGES["training"]]
+    assert image_of(dev, "StatefulSet", "feast-redis", "redis") == IMAGES["redis"]
 
 
 def test_every_rendered_reference_to_our_images_agrees():
@@ -180,7 +181,9 @@ def test_workflow_publishes_the_referenced_tag_and_the_sha_of_every_image():
         "training": "components/Dockerfile",
         "predictor": "serving/Dockerfile",
         "mlflow": "manifests/platform/mlflow-image/Dockerfile",
+        "redis": "manifests/platform/redis-image/Dockerfile",
     }
+    assert set(dockerfiles) == set(IMAGES)
     assert set(builds) == set(dockerfiles.values())
     for key, dockerfile in dockerfiles.items():
         tags = {t.strip() for t in builds[dockerfile]["tags"].splitlines() if t.strip()}

@@ -86,5 +86,5 @@ def test_every_image_is_scanned_from_its_sbom_before_staging_moves():
         edited = copy.deepcopy(doc)
         edit(edited)
         found = scan_errors(edited)
-        # a wrong path is wrong for each of the three images
-        assert len(found) == (3 if name == "path" else 1), (name, found)
+        # a wrong path is wrong for each of the images
+        assert len(found) == (len(DEFAULTS.images) if name == "path" else 1), (name, found)

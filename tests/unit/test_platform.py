@@ -2,6 +2,7 @@
 facts they share with the rest of the stack checked against their one source."""
 
 import functools
+import json
 import re
 from pathlib import Path
 
@@ -362,3 +363,110 @@ def test_promotion_maps_proxied_artifacts_onto_the_deployed_destination():
     assert (
         job["env"]["MLSTACK_ARTIFACTS_DESTINATION"] == "${{ vars.MLSTACK_ARTIFACTS_DESTINATION }}"
     )
+
+
+# --- Feast's cluster stores (dev: Redis and the registry's database on the platform Postgres) ---
+
+
+def cluster_up_secret(name: str) -> dict[str, str]:
+    """The properties `make cluster-up` writes into the dev secret store's ``name`` (with the
+    generated values as ``$var``)."""
+    text = (ROOT / "scripts" / "cluster-up.sh").read_text().replace("\\\n", " ")
+    [line] = [ln for ln in text.splitlines() if ln.strip().startswith(f"secret {name} ")]
+    return dict(re.findall(r'"([\w-]+)=([^"]*)"', line))
+
+
+def test_feast_redis_is_our_image_locked_down_probed_and_reached_by_feasts_clients_only():
+    statefulset = named(dev(), "StatefulSet", "feast-redis", "mlops")
+    spec = statefulset["spec"]["template"]["spec"]
+    [container] = spec["containers"]
+    assert container["image"] == DEFAULTS.redis_image
+    security = container["securityContext"]
+    assert security["readOnlyRootFilesystem"] and security["runAsNonRoot"]
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"]["drop"] == ["ALL"]
+    assert spec["automountServiceAccountToken"] is False
+    assert container["resources"]["limits"] and container["resources"]["requests"]
+    # the password is a file only: nothing of a Secret in the environment or on the command line
+    assert "env" not in container and "envFrom" not in container
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert container["args"][0] == f"{mounts['auth']}/redis.conf"
+    assert container["args"][container["args"].index("--dir") + 1] == mounts["data"]
+    assert container["args"][container["args"].index("--maxmemory-policy") + 1] == "noeviction"
+    for probe in ("readinessProbe", "livenessProbe"):
+        command = " ".join(container[probe]["exec"]["command"])
+        assert f"{mounts['auth']}/password" in command and "ping" in command
+    [claim] = statefulset["spec"]["volumeClaimTemplates"]
+    assert claim["metadata"]["name"] == "data"
+    secret = named(dev(), "ExternalSecret", "feast-redis", "mlops")["spec"]
+    assert secret["target"]["template"]["data"] == {
+        "redis.conf": "requirepass {{ .password }}",
+        "password": "{{ .password }}",
+    }
+    [remote] = secret["data"]
+    assert remote["remoteRef"] == {"key": "mlstack-feast", "property": "redis-password"}
+    port = container["ports"][0]["containerPort"]
+    service = named(dev(), "Service", "feast-redis", "mlops")
+    assert service["spec"]["ports"][0]["port"] == port
+    policy = named(dev(), "NetworkPolicy", "feast-redis", "mlops")["spec"]
+    [rule] = policy["ingress"]
+    allowed = {p["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+               for p in rule["from"]}  # fmt: skip
+    assert allowed == {"kubeflow", "ml-staging", "ml-production"}
+    assert rule["ports"] == [{"port": port, "protocol": "TCP"}]
+
+
+def test_feast_registry_database_is_made_on_the_platform_postgres_from_the_secret():
+    postgres = named(dev(), "StatefulSet", "mlflow-postgres", "mlops")["spec"]["template"]["spec"]
+    [container] = postgres["containers"]
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in postgres["volumes"]}
+    assert mounts["initdb"] == "/docker-entrypoint-initdb.d"
+    init = volumes["initdb"]["configMap"]
+    assert init["defaultMode"] & 0o111  # executed by the entrypoint, not sourced into it
+    [config_map] = [d for d in dev() if d["kind"] == "ConfigMap" and d["metadata"]["name"] == init["name"]]  # fmt: skip
+    assert config_map["metadata"]["namespace"] == "mlops"
+    [script] = config_map["data"].values()
+    assert script == (ROOT / "manifests/platform/dev/feast-registry-init.sh").read_text()
+    assert f"{mounts['feast-password']}/password" in script
+    assert volumes["feast-password"]["secret"]["secretName"] == "feast-postgres"
+    [remote] = named(dev(), "ExternalSecret", "feast-postgres", "mlops")["spec"]["data"]
+    assert remote["remoteRef"] == {"key": "mlstack-feast", "property": "registry-password"}
+    policy = named(dev(), "NetworkPolicy", "mlflow-postgres", "mlops")["spec"]
+    sources = policy["ingress"][0]["from"]
+    allowed = {s["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+               for s in sources if "namespaceSelector" in s}  # fmt: skip
+    assert allowed == {"kubeflow", "ml-staging", "ml-production"}
+    assert {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "mlflow"}}} in sources
+
+
+def test_feast_clients_get_the_stores_the_cluster_config_reads_at_the_dev_services():
+    config = yaml.safe_load((ROOT / "feature_repo" / "feature_store.cluster.yaml").read_text())
+    wanted = set(re.findall(r"\$\{(\w+)\}", json.dumps(config)))  # its values, not its comments
+    assert wanted == {"MLSTACK_FEAST_REGISTRY", "MLSTACK_FEAST_REDIS"}
+    assert config["registry"]["registry_type"] == "sql"
+    assert config["online_store"]["type"] == "redis"
+    for namespace in ("kubeflow", "ml-staging", "ml-production"):
+        for docs in (base(), dev()):
+            spec = named(docs, "ExternalSecret", "feast-store", namespace)["spec"]
+            assert set(spec["target"]["template"]["data"]) == wanted, namespace
+            remote = {d["remoteRef"]["property"] for d in spec["data"]}
+            assert remote == {"registry-uri", "redis-connection"}
+    # what cluster-up generates points at the dev Services, the init script's database and user,
+    # with the same passwords the servers get
+    feast = cluster_up_secret("mlstack-feast")
+    redis_port = named(dev(), "Service", "feast-redis", "mlops")["spec"]["ports"][0]["port"]
+    pg_port = named(dev(), "Service", "mlflow-postgres", "mlops")["spec"]["ports"][0]["port"]
+    assert feast["redis-connection"] == (
+        f"feast-redis.mlops.svc.cluster.local:{redis_port},password=${{redis_password}}"
+    )
+    assert feast["redis-password"] == "$redis_password"
+    assert feast["registry-uri"] == (
+        "postgresql+psycopg://feast:${feast_pg_password}"
+        f"@mlflow-postgres.mlops.svc.cluster.local:{pg_port}/feast"
+    )
+    assert feast["registry-password"] == "$feast_pg_password"
+    script = (ROOT / "manifests/platform/dev/feast-registry-init.sh").read_text()
+    assert "CREATE ROLE feast LOGIN" in script and "CREATE DATABASE feast OWNER feast" in script
+    reader = named(dev(), "Role", "secret-reader", "mlstack-secrets")
+    assert "mlstack-feast" in reader["rules"][0]["resourceNames"]
