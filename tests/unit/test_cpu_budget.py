@@ -277,7 +277,8 @@ def knative_config(tmp: Path, name: str) -> dict[str, str]:
 def predictor_request(tmp: Path) -> int:
     """The staging predictor pod as KServe and Knative build it: our containers, Knative's
     queue-proxy (config-deployment's request, or its Go default) and KServe's logger agent
-    when the predictor logs; the storage initializer runs first, as an init container."""
+    when the predictor logs; the storage initializer runs first, as an init container. Plus the
+    transformer's pod in front of it."""
     isvc = next(
         d for d in render(ROOT / "manifests/overlays/staging") if d["kind"] == "InferenceService"
     )
@@ -292,12 +293,26 @@ def predictor_request(tmp: Path) -> int:
             {"resources": {"requests": {"cpu": defaults["kserve_logger_cpu_request"]["value"]}}}
         )
     storage = UPSTREAM["defaults"]["kserve_storage_initializer_cpu_request"]["value"]
-    return pod_request(
+    pod = pod_request(
         {
             "containers": containers,
             "initContainers": [{"resources": {"requests": {"cpu": storage}}}],
         }
     )
+    # the transformer's pod (its container and its queue-proxy; it does not log) when the
+    # InferenceService has one
+    transformer = isvc["spec"].get("transformer")
+    if transformer:
+        assert not transformer.get("logger")
+        pod += pod_request(
+            {
+                "containers": [
+                    *transformer["containers"],
+                    {"resources": {"requests": {"cpu": queue}}},
+                ]
+            }
+        )
+    return pod
 
 
 def pipeline_step_request() -> int:

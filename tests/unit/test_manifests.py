@@ -112,6 +112,67 @@ def test_predictor_is_locked_down_and_probed(overlay):
         assert "canaryTrafficPercent" in predictor
 
 
+def test_transformer_is_locked_down_like_the_predictor_and_started_as_kserve_starts_it(overlay):
+    """The Feast transformer (docs/serving.md, "Transformer"): the predictor's security context
+    and probes, one worker given so KServe appends no --workers, no --predictor_host of its own
+    (KServe's), the cluster's Feast config and its credentials from the feast-store Secret."""
+    _, docs = overlay
+    isvc = by_kind(docs, "InferenceService")
+    transformer = isvc["spec"]["transformer"]
+    [container] = transformer["containers"]
+    [predictor] = isvc["spec"]["predictor"]["containers"]
+    assert container["securityContext"] == predictor["securityContext"]
+    assert transformer["securityContext"] == isvc["spec"]["predictor"]["securityContext"]
+    assert transformer["automountServiceAccountToken"] is False
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert container[probe] == predictor[probe]
+    assert container["ports"] == predictor["ports"]
+    assert container["resources"]["requests"] and container["resources"]["limits"]
+    args = container["args"]
+    assert "--model_name=churn-classifier" in args and "--workers=1" in args
+    assert "--enable_grpc=false" in args
+    assert not any(a.startswith(("--predictor_host", "--http_port")) for a in args)
+    env = {e["name"]: e for e in container["env"]}
+    assert env["MLSTACK_FEAST_CONFIG"]["value"] == (
+        "/opt/mlstack/feature_repo/feature_store.cluster.yaml"
+    )
+    cluster = yaml.safe_load((ROOT / "feature_repo" / "feature_store.cluster.yaml").read_text())
+    text = yaml.safe_dump(cluster)
+    for name in ("MLSTACK_FEAST_REGISTRY", "MLSTACK_FEAST_REDIS"):
+        assert "${" + name + "}" in text  # the config reads it
+        ref = env[name]["valueFrom"]["secretKeyRef"]
+        assert ref == {"name": "feast-store", "key": name}
+    assert env["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"]["value"] == "false"
+    assert "STORAGE_URI" not in env
+
+
+def test_transformer_alone_reaches_the_feast_stores_and_its_metrics_are_its_own(overlay):
+    """Redis and Postgres in mlops are open to the transformer's pods only; the predictor's
+    PodMonitor scrapes the predictor's pods only, the transformer's renames KServe's series."""
+    _, docs = overlay
+    predictor = by_kind(docs, "NetworkPolicy", "churn-predictor")["spec"]
+    transformer = by_kind(docs, "NetworkPolicy", "churn-transformer")["spec"]
+    # (the predictor's policy's podSelector is not read: another test of this module edits it)
+    assert transformer["podSelector"]["matchLabels"] == {
+        "serving.kserve.io/inferenceservice": "churn-classifier",
+        "component": "transformer",
+    }
+    for port in (6379, 5432):
+        assert egress_allows(transformer, port, namespace="mlops")
+        assert not egress_allows(predictor, port, namespace="mlops")
+    assert egress_allows(transformer, 8081, namespace="kourier-system")
+    assert not egress_allows(transformer, 6379, namespace="default")
+    monitors = {
+        name: by_kind(docs, "PodMonitor", name)["spec"]
+        for name in ("churn-predictor", "churn-transformer")
+    }
+    assert monitors["churn-predictor"]["selector"]["matchLabels"]["component"] == "predictor"
+    assert monitors["churn-transformer"]["selector"]["matchLabels"]["component"] == "transformer"
+    [relabel] = monitors["churn-transformer"]["podMetricsEndpoints"][0]["metricRelabelings"]
+    assert relabel["regex"] == "request_(.+)"
+    assert relabel["replacement"] == "transformer_request_$1"
+
+
 def test_network_policy_denies_by_default_and_admits_serving_and_monitoring(overlay):
     _, docs = overlay
     policy = by_kind(docs, "NetworkPolicy", "churn-predictor")["spec"]
