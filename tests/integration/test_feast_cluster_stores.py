@@ -1,0 +1,156 @@
+"""Feast on the cluster's stores, for real on 127.0.0.1: feature_repo/feature_store.cluster.yaml
+(chosen by MLSTACK_FEAST_CONFIG, its endpoints and credentials from the environment as the
+feast-store Secret gives them) with Debian's ``redis-server`` as the online store and the SQL
+registry in a ``feast`` database made by the dev Postgres's init script
+(manifests/platform/dev/feast-registry-init.sh) on the PostgreSQL the MLflow tests start
+(tests/support/stand_ins.postgres). The project's definitions are applied, the source is
+materialized, and what the online store answers for each customer is the offline source's
+latest snapshot of that customer."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from mlstack.settings import code_root, load_settings
+from tests.conftest import free_port
+from tests.support.servers import stop
+from tests.support.stand_ins import postgres
+
+pytestmark = pytest.mark.slow
+
+ROOT = code_root()
+CONFIG = ROOT / "feature_repo" / "feature_store.cluster.yaml"
+INIT = ROOT / "manifests" / "platform" / "dev" / "feast-registry-init.sh"
+PASSWORD = "test-redis-password"
+
+
+def redis_cli(port: int, *args: str, password: str | None = PASSWORD) -> str:
+    env = {k: v for k, v in os.environ.items() if k != "REDISCLI_AUTH"}
+    if password:
+        env["REDISCLI_AUTH"] = password
+    done = subprocess.run(["redis-cli", "-h", "127.0.0.1", "-p", str(port), *args],
+                          capture_output=True, text=True, env=env, timeout=60)  # fmt: skip
+    return (done.stdout + done.stderr).strip()
+
+
+@contextlib.contextmanager
+def redis_server(root: Path) -> Iterator[int]:
+    """Debian's redis-server (`make tools`) on 127.0.0.1, password required as in the dev
+    StatefulSet (its config file holds `requirepass`); yields its port, stopped on exit."""
+    assert shutil.which("redis-server"), "make tools installs redis-server (Debian's package)"
+    root.mkdir(parents=True)
+    (root / "redis.conf").write_text(f"requirepass {PASSWORD}\n")
+    port = free_port()
+    proc = subprocess.Popen(
+        ["redis-server", str(root / "redis.conf"), "--port", str(port), "--bind", "127.0.0.1",
+         "--dir", str(root), "--save", "", "--appendonly", "no"],
+        stdout=(root / "log").open("w"), stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while redis_cli(port, "ping") != "PONG":
+            assert proc.poll() is None and time.monotonic() < deadline, (root / "log").read_text()
+            time.sleep(0.2)
+        yield port
+    finally:
+        stop(proc)
+
+
+@contextlib.contextmanager
+def feast_database(root: Path) -> Iterator[str]:
+    """The PostgreSQL stand-in with the `feast` database and owner made by the dev Postgres's
+    init script, run as the Postgres image runs it (its superuser and database in POSTGRES_USER
+    and POSTGRES_DB, the password in the Secret's file); yields the registry's URI as the
+    feast-store Secret carries it. The stand-in trusts local connections, so the password is
+    carried, not checked."""
+    root.mkdir(parents=True)
+    secret = root / "password"
+    secret.write_text("test-feast-password")
+    port = free_port()
+    with postgres(port) as admin:
+        env = {**os.environ, "POSTGRES_USER": "mlflow", "POSTGRES_DB": "postgres",
+               "PGHOST": "127.0.0.1", "PGPORT": str(port), "FEAST_PASSWORD_FILE": str(secret)}  # fmt: skip
+        done = subprocess.run(["sh", str(INIT)], env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        assert admin.endswith("/postgres")
+        yield f"postgresql+psycopg://feast:test-feast-password@127.0.0.1:{port}/feast"
+
+
+@pytest.fixture
+def cluster_store(tmp_path, monkeypatch):
+    """The cluster config opened by ``open_store`` with the stores' env set as the pods get it."""
+    with redis_server(tmp_path / "redis") as port, feast_database(tmp_path / "pg") as registry:
+        monkeypatch.setenv("MLSTACK_FEAST_CONFIG", str(CONFIG))
+        monkeypatch.setenv("MLSTACK_FEAST_REGISTRY", registry)
+        monkeypatch.setenv("MLSTACK_FEAST_REDIS", f"127.0.0.1:{port},password={PASSWORD}")
+        yield port, registry
+
+
+def test_cluster_config_materializes_into_redis_with_the_registry_on_postgres(
+    cluster_store, tmp_path
+):
+    import psycopg
+
+    from mlstack.data.generate import generate
+    from mlstack.features import repo
+    from mlstack.features.sources import source_frame, write_source
+    from mlstack.schema import ENTITY, EVENT_TIME, FEATURES
+
+    port, registry = cluster_store
+    settings = load_settings(state_dir=tmp_path / "state")
+    assert settings.feast_config_file == CONFIG
+    frame = source_frame(generate(300, 11))
+    assert frame[ENTITY].duplicated().any()  # some customers changed over time
+    source = str(tmp_path / "customer_features.parquet")
+    write_source(frame, source)
+
+    store = repo.open_store(settings)
+    assert store.config.online_store.type == "redis"
+    assert store.config.registry.registry_type == "sql"
+    repo.apply(store, source)
+    end = datetime.now(UTC)
+    store.materialize_incremental(end_date=end)
+    store.materialize_incremental(end_date=end)  # again: nothing changes
+
+    # the registry is in Postgres, in the feast database: a second client (the transformer's
+    # role) opened from the same config sees the view the first one applied
+    with psycopg.connect(registry.replace("+psycopg", "")) as conn:
+        tables = {r[0] for r in conn.execute("select tablename from pg_tables where tableowner = 'feast'")}  # fmt: skip
+    assert "feature_views" in tables, tables
+    reader = repo.open_store(settings)
+    [view] = reader.list_feature_views()
+    assert view.name == repo.FEATURE_VIEW and repo.drift(reader.get_entity(repo.ENTITY_NAME), view) == []  # fmt: skip
+    assert int(redis_cli(port, "dbsize")) > 0
+    assert "NOAUTH" in redis_cli(port, "dbsize", password=None)
+
+    # online = the offline source's latest snapshot of each customer
+    latest = frame.sort_values(EVENT_TIME).groupby(ENTITY).tail(1).set_index(ENTITY).sort_index()
+    ids = latest.index.tolist()
+    online = reader.get_online_features(
+        features=repo.feature_refs(), entity_rows=[{ENTITY: i} for i in [*ids, "C-UNKNOWN"]]
+    ).to_df()
+    unknown = online[online[ENTITY] == "C-UNKNOWN"]
+    assert unknown[[f.name for f in FEATURES]].isna().all(axis=None)
+    got = online[online[ENTITY] != "C-UNKNOWN"].set_index(ENTITY).sort_index()
+    assert got.index.tolist() == ids
+    for f in FEATURES:
+        want, have = latest[f.name], got[f.name]
+        assert (want.isna().to_numpy() == have.isna().to_numpy()).all(), f.name
+        present = want.notna().to_numpy()
+        if f.dtype == "str":
+            assert want[present].tolist() == have[present].tolist(), f.name
+        else:
+            pd.testing.assert_series_equal(
+                want[present].astype("float64"), have[present].astype("float64"),
+                check_names=False, rtol=1e-12,
+            )  # fmt: skip
