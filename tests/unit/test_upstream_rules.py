@@ -178,10 +178,10 @@ def disallowed(mask: str, features: dict[str, str], obj: dict, path: str = "") -
     return errors
 
 
-def predictor_podspec(isvc: dict) -> dict:
-    """The PodSpec KServe gives Knative: the predictor's PodSpec fields (the rest is KServe's)."""
+def predictor_podspec(isvc: dict, component: str = "predictor") -> dict:
+    """The PodSpec KServe gives Knative: the component's PodSpec fields (the rest is KServe's)."""
     pod_fields = set(k8s.V1PodSpec.attribute_map.values())
-    predictor = json.loads(json.dumps(isvc["spec"]["predictor"]))
+    predictor = json.loads(json.dumps(isvc["spec"][component]))
     return {k: v for k, v in predictor.items() if k in pod_fields}
 
 
@@ -232,6 +232,10 @@ def test_knative_admits_our_inference_services_podspec_with_our_config_features(
     podspec = predictor_podspec(isvc)
     assert "securityContext" in podspec and podspec["containers"]
     assert disallowed("PodSpecMask", features, podspec) == []
+    # the transformer's pod too (its /tmp emptyDir: kubernetes.podspec-volumes-emptydir)
+    transformer = predictor_podspec(isvc, "transformer")
+    assert transformer["volumes"] and transformer["containers"][0]["volumeMounts"]
+    assert disallowed("PodSpecMask", features, transformer) == []
 
 
 # --- Knative: tag-to-digest resolution ------------------------------------------------------
