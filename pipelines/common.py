@@ -81,6 +81,8 @@ def train_evaluate_register(
         dataset=ingested.outputs["dataset"],
         data_md5=ingested.outputs["data_md5"],
         git_sha=ingested.outputs["git_sha"],
+        feature_source_md5=ingested.outputs["feature_source_md5"],
+        feature_views=ingested.outputs["feature_views"],
         data_path=data_path,
         kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
         kfp_run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,

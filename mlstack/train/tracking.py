@@ -15,6 +15,10 @@ TAG_DATA_PATH = "data_path"
 TAG_GIT_SHA = "git_sha"
 TAG_KFP_RUN_ID = "kfp_run_id"
 TAG_KFP_RUN_NAME = "kfp_run_name"
+# the feature store's part (mlstack.features.training): the md5 of the Parquet source the training
+# set was read from, and each feature view's version ("customer_features@<hash of its definition>")
+TAG_FEATURE_SOURCE_MD5 = "feature_source_md5"
+TAG_FEATURE_VIEWS = "feature_views"
 TAG_GATES_PASSED = "gates_passed"
 # per gate: "gate.<name>" = pass|fail and "gate_threshold.<name>" = the threshold the run used
 TAG_GATE_PREFIX = "gate."
@@ -24,7 +28,15 @@ TAG_MODEL_DIGEST = "model_digest"
 # on a model version: "pending" from its creation until its alias is set and read back, then
 # "complete" (mlstack.train.registry); a pending version is what a failed registration left
 TAG_REGISTRATION = "registration"
-LINEAGE_TAGS = (TAG_DATA_MD5, TAG_DATA_PATH, TAG_GIT_SHA, TAG_KFP_RUN_ID, TAG_KFP_RUN_NAME)
+LINEAGE_TAGS = (
+    TAG_DATA_MD5,
+    TAG_DATA_PATH,
+    TAG_GIT_SHA,
+    TAG_KFP_RUN_ID,
+    TAG_KFP_RUN_NAME,
+    TAG_FEATURE_SOURCE_MD5,
+    TAG_FEATURE_VIEWS,
+)
 
 
 # MLflow's HTTP client retries a failed call 7 times with a doubling backoff and waits 120 s for

@@ -90,6 +90,9 @@ class TrainingLineage:
     git_sha: str = ""
     kfp_run_id: str = ""
     kfp_run_name: str = ""
+    # the feature store's: tracking.TAG_FEATURE_SOURCE_MD5, tracking.TAG_FEATURE_VIEWS
+    feature_source_md5: str = ""
+    feature_views: str = ""
 
 
 def split(df: pd.DataFrame, test_size: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:

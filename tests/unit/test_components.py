@@ -27,20 +27,30 @@ def artifact(kind, path: Path):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def ingested(data_repo: Path, tmp_path: Path) -> tuple[Dataset, str, str]:
+def ingested(data_repo: Path, tmp_path: Path, monkeypatch) -> tuple[Dataset, str, str, str, str]:
+    monkeypatch.setenv("MLSTACK_STATE_DIR", str(tmp_path / "state"))  # the feature store's files
     dataset = artifact(Dataset, tmp_path / "dataset.csv")
-    md5, sha = ingest.python_func(
+    md5, sha, source_md5, views = ingest.python_func(
         repo=str(data_repo), data_path=DEFAULTS.data_path, data_rev="HEAD", dataset=dataset
     )
-    return dataset, md5, sha
+    return dataset, md5, sha, source_md5, views
 
 
-def test_ingest_writes_the_version_and_names_it(ingested, data_repo: Path):
-    dataset, md5, sha = ingested
+def test_ingest_writes_the_version_and_names_it(ingested, data_repo: Path, tmp_path: Path):
+    dataset, md5, sha, source_md5, views = ingested
     assert sha == git(data_repo, "rev-parse", "HEAD")
-    assert dataset.metadata == {"md5": md5, "git_sha": sha, "path": DEFAULTS.data_path}
+    assert dataset.metadata == {
+        "md5": md5, "git_sha": sha, "path": DEFAULTS.data_path,
+        "feature_source_md5": source_md5, "feature_views": views,
+    }  # fmt: skip
     header = Path(dataset.path).read_text().splitlines()[0].split(",")
     assert header == columns()
+    # built through the feature store: its source and registry are in the state dir, and the
+    # training set is the data version's rows (each label's own snapshot is the latest at its time)
+    assert (tmp_path / "state" / "feast" / "customer_features.parquet").is_file()
+    assert (tmp_path / "state" / "feast" / "registry.db").is_file()
+    assert views.startswith("customer_features@") and len(source_md5) == 32
+    assert Path(dataset.path).read_bytes() == (data_repo / DEFAULTS.data_path).read_bytes()
 
 
 def test_ingest_of_a_bad_rev_is_one_error_line(data_repo: Path, tmp_path: Path, capsys):
@@ -75,10 +85,11 @@ def test_validate_logs_the_summary_and_refuses_a_broken_file(ingested, tmp_path:
 
 
 def test_train_evaluate_register_pass_their_outputs_on(ingested, tracking_uri: str, tmp_path):
-    dataset, md5, sha = ingested
+    dataset, md5, sha, source_md5, views = ingested
     metrics = artifact(Metrics, tmp_path / "metrics.json")
     run_id, model_uri = train.python_func(
-        dataset=dataset, data_md5=md5, git_sha=sha, data_path=DEFAULTS.data_path,
+        dataset=dataset, data_md5=md5, git_sha=sha, feature_source_md5=source_md5,
+        feature_views=views, data_path=DEFAULTS.data_path,
         kfp_run_id="kfp-1", kfp_run_name="churn-training-x", tracking_uri=tracking_uri,
         experiment_name="components", test_size=0.25, split_seed=42,
         learning_rate=HP.learning_rate, max_iter=HP.max_iter, max_depth=HP.max_depth,
@@ -86,6 +97,8 @@ def test_train_evaluate_register_pass_their_outputs_on(ingested, tracking_uri: s
     )  # fmt: skip
     run = MlflowClient(tracking_uri).get_run(run_id)
     assert run.data.tags["data_md5"] == md5 and run.data.tags["git_sha"] == sha
+    assert run.data.tags["feature_source_md5"] == source_md5
+    assert run.data.tags["feature_views"] == views
     assert run.data.params["max_iter"] == "40"
     assert json.loads(Path(metrics.path).read_text())["roc_auc"] == run.data.metrics["roc_auc"]
     assert metrics.metadata["mlflow_run_id"] == run_id

@@ -22,7 +22,10 @@ from mlstack.train.training import HyperParams, TrainingLineage, TrainResult, tr
 from tests.support.cli import cli_argv
 
 EXP, MODEL = "integrity", "integrity-model"
-LINEAGE = TrainingLineage("abc123", "data/churn.csv", "e" * 40, "kfp-id-9", "churn-training-y")
+LINEAGE = TrainingLineage(
+    "abc123", "data/churn.csv", "e" * 40, "kfp-id-9", "churn-training-y",
+    feature_source_md5="f" * 32, feature_views="customer_features@0123456789abcdef",
+)  # fmt: skip
 GATES = Gates()
 
 
