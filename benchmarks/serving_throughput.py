@@ -6,16 +6,20 @@ logs it: skops and the classifier's ONNX graph) is served by
 - this predictor (`python -m serving --configure_logging false`, as the image runs it);
 - the same predictor at a baseline git revision (`--baseline`, by default the last one with the
   hand-written tree walker `serving/compiled.py`), exported with `git archive` and run from there;
-- with `--mlserver DIR`: MLServer 1.7.1 with mlserver-sklearn, `parallel_workers` 1 (its default)
-  and 0 (its own virtual environment: its starlette/fastapi pins clash with kserve's;
-  `make bench-serving` creates it in .bench/).
+- with `--mlserver DIR`: MLServer 1.7.1 with mlserver-sklearn in its best configuration here,
+  `parallel_workers: 0` (its default, 1, measured slower: docs/serving.md); its own virtual
+  environment (its starlette/fastapi pins clash with kserve's; `make bench-serving` creates it in
+  .bench/).
 All servers run at once and the loads are interleaved (each load on each server in turn), so a
 change in the shared machine's speed hits them alike; the figures to read are this predictor's
 ratios to the baseline. `wrk` (Debian package) sends the same V2 request (one input per feature,
 probabilities requested) at concurrency 1, 8 and 32 with single rows and 8 with 32- and 256-row
 batches, and V1 requests of 32 and 256 row objects at concurrency 8. The in-process floors are the
-sklearn Pipeline's `predict_proba`, the baseline's `compiled.py` and this predictor's engine
-(numpy preprocessing + onnxruntime). Every server binds 127.0.0.1; every load is bounded in time.
+sklearn Pipeline's `predict_proba`, the baseline's `compiled.py`, onnxruntime's `run` alone on
+the preprocessed rows, this predictor's engine (numpy preprocessing + onnxruntime) and its whole
+model call (`ChurnModel.predict` on a decoded V2 request: codec, engine, metrics, drift window,
+response): what a request costs over that is KServe's server. Every server binds 127.0.0.1;
+every load is bounded in time and the run stops by itself.
 
     .venv/bin/python benchmarks/serving_throughput.py [--seconds 8] [--baseline REV] [--mlserver DIR]
 """
@@ -294,10 +298,12 @@ def main() -> None:
         model = build_model(HyperParams())
         model.fit(features(df), df[TARGET])
         (work / "onnx").mkdir()
+        onnx_file = onnx_export.write(model, work / "onnx")
         mlflow.sklearn.save_model(
             model, str(work / "model"), skops_trusted_types=list(SKOPS_TRUSTED_TYPES),
-            extra_files=[str(onnx_export.write(model, work / "onnx"))],
-            metadata={"reference_profile": profiles.to_dict(profiles.build(df))},
+            extra_files=[str(onnx_file)],
+            metadata={**onnx_export.model_metadata(onnx_file),
+                      "reference_profile": profiles.to_dict(profiles.build(df))},
         )  # fmt: skip
         joblib.dump(model, work / "model.joblib")
 
@@ -310,7 +316,7 @@ def main() -> None:
         theirs = {("v2", n): v2_body(Batch.from_frame(sample.head(n)), "predict_proba", True)
                   for n in sizes}  # fmt: skip
 
-        floors = in_process_floors(model, work, sample, sizes)
+        floors = in_process_floors(model, work, sample, sizes, ours)
         for k, v in floors.items():
             print(f"  floor {k}: {v:.0f} µs", flush=True)
 
@@ -320,7 +326,7 @@ def main() -> None:
                    predictor(old, work / "model", ours, cwd=work / "baseline")]  # fmt: skip
         mlserver = args.mlserver.resolve() / "bin" / "mlserver"
         if mlserver.exists():
-            servers += [mlserver_server(mlserver, w, work, theirs) for w in (1, 0)]
+            servers.append(mlserver_server(mlserver, 0, work, theirs))
         else:
             print(f"  (no MLServer at {mlserver}: `make bench-serving` creates it)")
         results = run_loads(servers, env, args.seconds, work)
@@ -329,9 +335,15 @@ def main() -> None:
     report(results, floors, new, old, args.seconds)
 
 
-def in_process_floors(model, work: Path, sample, sizes) -> dict[str, float]:  # noqa: ANN001
+def in_process_floors(model, work: Path, sample, sizes, bodies) -> dict[str, float]:  # noqa: ANN001
     """µs per call of the sklearn Pipeline, the baseline's compiled.py (loaded from the exported
-    tree) and this predictor's engine, on the same rows."""
+    tree), onnxruntime's run alone, this predictor's engine and its model call on a decoded V2
+    request (the ``bodies`` the servers get), on the same rows."""
+    from kserve.protocol.infer_type import InferRequest
+
+    from serving.model import ChurnModel
+    from serving.surface import plain_infer_request
+
     spec = importlib.util.spec_from_file_location(
         "baseline_compiled", work / "baseline" / "serving" / "compiled.py"
     )
@@ -342,13 +354,18 @@ def in_process_floors(model, work: Path, sample, sizes) -> dict[str, float]:  # 
         spec.loader.exec_module(module)
         compiled = module.compile_model(model)
     loaded = load_model(work / "model", None)
-    ours = engine.load(loaded.pipeline, loaded.onnx, Batch.from_frame(onnx_export.probe_frame()), 1)
+    ours = engine.load_recorded(loaded.onnx, loaded.onnx_sha256, 1)
     assert ours is not None, "the engine refused the benchmark's model"
+    served = ChurnModel("churn-floor", work / "model", "1")
+    assert served.load() and served.engine_name == "onnxruntime"
     floors = {}
     for n in sizes:
         batch = Batch.from_frame(sample.head(n))
         frame = batch.to_frame()
         batch.category_codes()
+        x = ours.preprocessing.transform(batch)
+        request = plain_infer_request(bodies[("v2", n)].encode(), "churn-floor")
+        assert isinstance(request, InferRequest)
         floors[f"sklearn Pipeline.predict_proba, {n} rows"] = floor_us(
             lambda f=frame: model.predict_proba(f), 50
         )
@@ -356,8 +373,14 @@ def in_process_floors(model, work: Path, sample, sizes) -> dict[str, float]:  # 
             floors[f"baseline compiled.py, {n} rows"] = floor_us(
                 lambda b=batch: compiled.predict_proba(b), 200
             )
+        floors[f"onnxruntime run alone, {n} rows"] = floor_us(
+            lambda x=x: onnx_export.run(ours.session, x), 200
+        )
         floors[f"engine (numpy + onnxruntime), {n} rows"] = floor_us(
             lambda b=batch: ours.predict_proba(b), 200
+        )
+        floors[f"ChurnModel.predict on the decoded V2 request, {n} rows"] = floor_us(
+            lambda r=request: served.predict(r, {}, {}), 200
         )
     return floors
 
