@@ -175,6 +175,8 @@ class Settings:
     # version for its server, Debian bookworm's redis-server version for Redis.
     training_image: str = "ghcr.io/mlstack/churn-training:0.1.0"
     predictor_image: str = "ghcr.io/mlstack/churn-predictor:0.1.0"
+    # the InferenceService's Feast transformer (serving/transformer.Dockerfile)
+    transformer_image: str = "ghcr.io/mlstack/churn-transformer:0.1.0"
     mlflow_image: str = "ghcr.io/mlstack/mlflow-server:3.17.2"
     redis_image: str = "ghcr.io/mlstack/redis-server:7.0.15"
     # the identity KFP runs use on a cluster (manifests/platform/base/pipeline-runner.yaml)
@@ -214,6 +216,7 @@ class Settings:
         return {
             "training": self.training_image,
             "predictor": self.predictor_image,
+            "transformer": self.transformer_image,
             "mlflow": self.mlflow_image,
             "redis": self.redis_image,
         }

@@ -15,7 +15,7 @@
 # installed environment by CycloneDX's tool (locks/sbom.txt, hash-checked, mounted read-only, never
 # installed into the image): .mlstack/sbom/<key>.cdx.json. The image workflow scans it with Trivy.
 #
-# usage: scripts/images.sh [build] [training|predictor|mlflow|redis]...  build (all by default) + SBOMs
+# usage: scripts/images.sh [build] [training|predictor|transformer|mlflow|redis]...  build (all by default) + SBOMs
 #        scripts/images.sh sbom [KEY|KEY=IMAGE]...   the SBOMs of built (or pulled) images
 #        scripts/images.sh list           the images' names, one a line
 #        scripts/images.sh names [SHA]    key=image lines (key_repository=..., key_sha=... with SHA)
@@ -33,10 +33,11 @@ CONTAINERS_CONF="${CONTAINERS_CONF:-/etc/containers/containers.conf}"
 STATE=".mlstack"
 SBOM_DIR="$STATE/sbom"
 SBOM_TOOL="$STATE/sbom-tool"
-KEYS=(training predictor mlflow redis)
+KEYS=(training predictor transformer mlflow redis)
 declare -A DOCKERFILE=(
   [training]=components/Dockerfile
   [predictor]=serving/Dockerfile
+  [transformer]=serving/transformer.Dockerfile
   [mlflow]=manifests/platform/mlflow-image/Dockerfile
   [redis]=manifests/platform/redis-image/Dockerfile
 )
@@ -290,6 +291,6 @@ case "$command" in
   list) list ;;
   engine) engine ;;
   tools) tools ;;
-  training|predictor|mlflow|redis) build "$command" "$@" ;;
+  training|predictor|transformer|mlflow|redis) build "$command" "$@" ;;
   *) die "unknown command '$command' (build, sbom, list, names, engine, tools)" ;;
 esac

@@ -29,7 +29,7 @@ from mlstack.settings import DEFAULTS
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "images.sh"
-KEYS = tuple(DEFAULTS.images)  # training, predictor, mlflow, redis
+KEYS = tuple(DEFAULTS.images)  # training, predictor, transformer, mlflow, redis
 # a cold build (stand-in base and three images) takes minutes; a loaded CI machine more
 BUILD_TIMEOUT = 3600
 
@@ -41,6 +41,7 @@ class Images:
     engine: str
     training: str
     predictor: str
+    transformer: str
     mlflow: str
     redis: str
 
@@ -91,7 +92,7 @@ def _build(keys: tuple[str, ...]) -> None:
 def ensure_images(*keys: str) -> Images:
     """Build the named images (all of them by default) once per test session and return the names.
 
-    Each key is one of ``training``, ``predictor``, ``mlflow``, ``redis``.
+    Each key is one of ``training``, ``predictor``, ``transformer``, ``mlflow``, ``redis``.
     """
     unknown = set(keys) - set(KEYS)
     if unknown:

@@ -11,6 +11,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILES = [
     ROOT / "components" / "Dockerfile",
     ROOT / "serving" / "Dockerfile",
+    ROOT / "serving" / "transformer.Dockerfile",
     ROOT / "manifests" / "platform" / "mlflow-image" / "Dockerfile",
     ROOT / "manifests" / "platform" / "redis-image" / "Dockerfile",
 ]

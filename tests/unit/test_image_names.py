@@ -61,6 +61,7 @@ def test_tags_follow_the_project_and_mlflow_versions():
     mlflow = re.search(r"^mlflow==(\S+)$", (ROOT / "constraints.txt").read_text(), re.M).group(1)
     assert IMAGES["training"].endswith(f":{project}")
     assert IMAGES["predictor"].endswith(f":{project}")
+    assert IMAGES["transformer"].endswith(f":{project}")
     assert IMAGES["mlflow"].endswith(f":{mlflow}")
 
 
@@ -102,6 +103,15 @@ def test_inferenceservice_runs_the_predictor_image(overlay):
         image_of(base, "InferenceService", DEFAULTS.model_name, "kserve-container")
         == (IMAGES["predictor"])
     )
+    transformer = isvc_transformer(docs)
+    assert transformer == IMAGES["transformer"], transformer
+
+
+def isvc_transformer(docs: list[dict]) -> str:
+    """The image of the InferenceService's transformer container."""
+    [isvc] = [d for d in docs if d["kind"] == "InferenceService"]
+    [container] = isvc["spec"]["transformer"]["containers"]
+    return str(container["image"])
 
 
 def test_platform_and_monitoring_workloads_run_our_images():
@@ -180,6 +190,7 @@ def test_workflow_publishes_the_referenced_tag_and_the_sha_of_every_image():
     dockerfiles = {
         "training": "components/Dockerfile",
         "predictor": "serving/Dockerfile",
+        "transformer": "serving/transformer.Dockerfile",
         "mlflow": "manifests/platform/mlflow-image/Dockerfile",
         "redis": "manifests/platform/redis-image/Dockerfile",
     }
