@@ -229,7 +229,9 @@ def test_metrics_prediction_mix_errors_info_and_drift(server):
     # the pipeline's model is served by onnxruntime, never by the sklearn fallback
     assert m[f'model_fast_path{{engine="onnxruntime",model_name="{MODEL}",model_version="1"}}'] == 1
     psi = f'model_feature_drift_psi{{feature="monthly_charges",model_name="{MODEL}"}}'
-    assert m[psi] < 0.1
+    # 200-row windows of the training population measure 0.03-0.14 (sampling noise, seeds 60-99);
+    # ChurnFeatureDrift fires above 0.25, which drifted windows pass by far (0.55 and more)
+    assert m[psi] < 0.25
     drifted = rows_as_objects(generate.generate(WINDOW, 78, drift=True))
     for i in range(0, WINDOW, 50):
         assert (
