@@ -12,6 +12,7 @@ from mlstack.cli import (
     completion,
     data,
     deploy,
+    features,
     labels,
     monitor,
     pipeline,
@@ -27,6 +28,7 @@ from mlstack.train import tracking
 GROUPS = (
     data,
     pipeline,
+    features,
     tune,
     deploy,
     rollout,

@@ -21,10 +21,15 @@ _TYPES = {"NUMBER_DOUBLE": float, "NUMBER_INTEGER": int, "STRING": str, "BOOLEAN
 
 def pipelines() -> dict[str, object]:
     """IR file name -> pipeline function, for every pipeline of the project."""
+    from pipelines.materialize import materialize_pipeline
     from pipelines.training import training_pipeline
     from pipelines.tuning import tuning_pipeline
 
-    return {"training.yaml": training_pipeline, "tuning.yaml": tuning_pipeline}
+    return {
+        "training.yaml": training_pipeline,
+        "tuning.yaml": tuning_pipeline,
+        "materialize.yaml": materialize_pipeline,
+    }
 
 
 def read_ir(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
