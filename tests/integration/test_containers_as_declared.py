@@ -287,6 +287,180 @@ def test_predictor_as_kserve_starts_it_answers_v1_and_v2(overlay, model_dir, bui
     assert_stops_on_sigterm(pod, name)  # KServe's ModelServer handles SIGTERM itself
 
 
+# ------------------------------------------------------------ the transformer (InferenceService)
+
+FEAST_PASSWORDS = {"redis": "test-redis-password", "registry": "test-feast-password"}
+FEAST_STORE = {
+    ("mlstack-feast", "registry-uri"): "postgresql+psycopg://feast:{registry}@"
+    "mlflow-postgres.mlops.svc.cluster.local:5432/feast".format(**FEAST_PASSWORDS),
+    ("mlstack-feast", "redis-connection"): "feast-redis.mlops.svc.cluster.local:6379,"
+    "password={redis}".format(**FEAST_PASSWORDS),
+}
+
+
+@contextlib.contextmanager
+def gateway(pod: Pod, port: int, target: tuple[str, int]):
+    """A stand-in for Knative's cluster-local gateway: a TCP relay listening on ``port`` inside
+    ``pod``'s network (where ``<isvc>-predictor.<namespace>`` resolves), forwarding each
+    connection to ``target`` on this machine (the predictor pod's published port)."""
+    import socket
+    import threading
+
+    with pod.inside():
+        server = socket.create_server(("127.0.0.1", port))
+
+    def pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for end in (src, dst):
+                with contextlib.suppress(OSError):
+                    end.shutdown(socket.SHUT_RDWR)
+
+    def accept() -> None:  # started outside the pod: its upstream sockets are this machine's
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(target, timeout=30)
+            for a, b in ((conn, upstream), (upstream, conn)):
+                threading.Thread(target=pump, args=(a, b), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield
+    finally:
+        server.close()
+
+
+@contextlib.contextmanager
+def feast_stores_in(pod: Pod, root: Path):
+    """The cluster's Feast stores at the addresses the feast-store Secret names, inside the
+    pod's network: Debian's redis-server on 6379 (password required) and the PostgreSQL stand-in
+    on 5432 with the feast database the dev Postgres's init script makes."""
+    from tests.support.stand_ins import postgres
+
+    root.mkdir(parents=True)
+    (root / "redis.conf").write_text(f"requirepass {FEAST_PASSWORDS['redis']}\n")
+    (root / "pg-password").write_text(FEAST_PASSWORDS["registry"])
+    with pod.inside():
+        redis = subprocess.Popen(
+            ["redis-server", str(root / "redis.conf"), "--port", "6379", "--bind", "127.0.0.1",
+             "--dir", str(root), "--save", "", "--appendonly", "no"],
+            stdout=(root / "redis.log").open("w"), stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        pg = postgres(5432)
+        pg.__enter__()
+    try:
+        env = {**os.environ, "POSTGRES_USER": "mlflow", "POSTGRES_DB": "postgres",
+               "PGHOST": "127.0.0.1", "PGPORT": "5432",
+               "FEAST_PASSWORD_FILE": str(root / "pg-password")}  # fmt: skip
+        init = ROOT / "manifests" / "platform" / "dev" / "feast-registry-init.sh"
+        with pod.inside():
+            done = subprocess.run(["sh", str(init)], env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        yield
+    finally:
+        with pod.inside():
+            pg.__exit__(None, None, None)
+        stop(redis)
+
+
+@pytest.mark.parametrize("overlay", ["staging", "production"])
+def test_transformer_as_kserve_starts_it_answers_customer_ids(
+    overlay, model_dir, built, pods, tmp_path, monkeypatch
+):
+    """The transformer pod as KServe and Knative make it from the rendered InferenceService (the
+    args KServe appends, the feast-store Secret's env, the cluster Feast config in the image), in
+    front of the predictor pod (reached through a stand-in of Knative's gateway at the
+    --predictor_host KServe gives it), its stores real (Redis, the SQL registry on PostgreSQL)
+    and materialized with the project's definitions: ready, confined as declared, an id request
+    answered as the predictor answers the customer's latest features, unknown ids a 404, SIGTERM
+    honoured."""
+    from mlstack.data.generate import generate
+    from mlstack.features import repo
+    from mlstack.features.sources import source_frame, write_source
+    from mlstack.schema import ENTITY, EVENT_TIME
+    from mlstack.settings import load_settings
+    from serving.codec import NAMES
+
+    namespace = f"ml-{overlay}"
+    docs = render(ROOT / "manifests" / "overlays" / overlay)
+    isvc = admission.find(docs, "InferenceService", "churn-classifier", namespace)
+    platform = render(ROOT / "manifests" / "platform" / "dev")
+    secrets = admission.secrets_in(platform, namespace, {**STORE, **FEAST_STORE})
+    assert set(secrets["feast-store"]) == {"MLSTACK_FEAST_REGISTRY", "MLSTACK_FEAST_REDIS"}
+
+    # the predictor, in its own pod
+    pspec, plabels = admission.predictor_pod(isvc)
+    [pcontainer] = [c for c in pspec["containers"] if c["name"] == "kserve-container"]
+    pimg = built(pcontainer["image"])
+    pvolumes = materialize(pspec, tmp_path / "p", given={admission.STORAGE_VOLUME: model_dir})
+    pfields = field_values("predictor-0", namespace, plabels, pspec)
+    ppod = Pod(pimg.ref, ports=[8080])
+    pods.append(ppod)
+    pname = start(ppod, pspec, "kserve-container", pimg, PodContext(fields=pfields, volumes=pvolumes))  # fmt: skip
+    probe_both(ppod, pname, pcontainer)
+
+    # the transformer, as KServe starts it
+    spec, labels = admission.transformer_pod(isvc)
+    [container] = spec["containers"]
+    img = built(container["image"])
+    assert img.ref == DEFAULTS.transformer_image
+    args = container["args"]
+    host = args[args.index("--predictor_host") + 1]
+    assert host == f"churn-classifier-predictor.{namespace}"
+    mlops = ["feast-redis.mlops.svc.cluster.local", "mlflow-postgres.mlops.svc.cluster.local"]
+    pod = Pod(img.ref, ports=[8080], hosts=[host, *mlops])
+    pods.append(pod)
+    with feast_stores_in(pod, tmp_path / "stores"), gateway(pod, 80, ("127.0.0.1", ppod.published[8080])):  # fmt: skip
+        # materialized from this machine, inside the pod's network, with the project's
+        # definitions and the cluster config the image holds
+        data = generate(120, 29)
+        monkeypatch.setenv("MLSTACK_FEAST_CONFIG", str(ROOT / "feature_repo" / "feature_store.cluster.yaml"))  # fmt: skip
+        for key, value in secrets["feast-store"].items():
+            monkeypatch.setenv(key, value.replace("feast-redis.mlops.svc.cluster.local", "127.0.0.1").replace("mlflow-postgres.mlops.svc.cluster.local", "127.0.0.1"))  # fmt: skip
+        with pod.inside():
+            store = repo.open_store(load_settings(state_dir=tmp_path / "state"))
+            frame = source_frame(data)
+            source = str(tmp_path / "customer_features.parquet")
+            write_source(frame, source)
+            repo.apply(store, source)
+            store.materialize_incremental(end_date=datetime.now().astimezone())
+        volumes = materialize(spec, tmp_path / "t", secrets)
+        fields = field_values("transformer-0", namespace, labels, spec)
+        ctx = PodContext(secrets=secrets, fields=fields, volumes=volumes)
+        name = start(pod, spec, "kserve-container", img, ctx)
+        probe_both(pod, name, container)
+        assert_confined_as_declared(pod, name, spec, container, img)
+
+        latest = frame.sort_values(EVENT_TIME).groupby(ENTITY).tail(1).set_index(ENTITY)
+        ids = list(latest.index[:5])
+        raw = json.loads(latest.loc[ids, NAMES].to_json(orient="records"))
+        body = {"parameters": {"probabilities": True}}
+        status, headers, got = call(
+            pod.url(8080, "/v1/models/churn-classifier:predict"),
+            {**body, "instances": [{ENTITY: i} for i in ids]},
+        )
+        assert status == 200, got
+        want = call(
+            ppod.url(8080, "/v1/models/churn-classifier:predict"), {**body, "instances": raw}
+        )
+        assert want[0] == 200, want
+        assert json.loads(got) == json.loads(want[2])
+        assert headers["x-model-version"] == want[1]["x-model-version"]
+        status, _, got = call(
+            pod.url(8080, "/v1/models/churn-classifier:predict"),
+            {"instances": [{ENTITY: "C-none"}]},
+        )
+        assert status == 404 and "C-none" in json.loads(got)["error"]
+        assert_stops_on_sigterm(pod, name)
+
+
 # ----------------------------------------------------------------------------- the drift relay
 
 
@@ -517,20 +691,12 @@ def exec_probe(pod: Pod, name: str, container: dict, kind: str, timeout: float =
         time.sleep(0.5)
 
 
-def redis_cli(port: int, *args: str, password: str | None = None) -> str:
-    """Debian's redis-cli (`make tools`) against a published port; its answer, stripped."""
-    env = {k: v for k, v in os.environ.items() if k != "REDISCLI_AUTH"}
-    if password:
-        env["REDISCLI_AUTH"] = password
-    done = subprocess.run(["redis-cli", "-h", "127.0.0.1", "-p", str(port), *args],
-                          capture_output=True, text=True, env=env, timeout=60)  # fmt: skip
-    return (done.stdout + done.stderr).strip()
-
-
 def test_feast_redis_as_deployed_wants_its_password_and_keeps_its_data(built, pods, tmp_path):
     """Redis as manifests/platform/dev declares it: the password only from the Secret's
     redis.conf, both exec probes pass, a client without the password is refused, one with it
     writes; SIGTERM saves, and a new container on the same claim reads the value back."""
+    from tests.support.stand_ins import redis_cli
+
     docs = render(ROOT / "manifests" / "platform" / "dev")
     statefulset = admission.find(docs, "StatefulSet", "feast-redis", "mlops")
     spec = admission.workload_pod(statefulset)

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import subprocess
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,8 +21,7 @@ import pytest
 
 from mlstack.settings import code_root, load_settings
 from tests.conftest import free_port
-from tests.support.servers import stop
-from tests.support.stand_ins import postgres
+from tests.support.stand_ins import postgres, redis, redis_cli
 
 pytestmark = pytest.mark.slow
 
@@ -32,38 +29,6 @@ ROOT = code_root()
 CONFIG = ROOT / "feature_repo" / "feature_store.cluster.yaml"
 INIT = ROOT / "manifests" / "platform" / "dev" / "feast-registry-init.sh"
 PASSWORD = "test-redis-password"
-
-
-def redis_cli(port: int, *args: str, password: str | None = PASSWORD) -> str:
-    env = {k: v for k, v in os.environ.items() if k != "REDISCLI_AUTH"}
-    if password:
-        env["REDISCLI_AUTH"] = password
-    done = subprocess.run(["redis-cli", "-h", "127.0.0.1", "-p", str(port), *args],
-                          capture_output=True, text=True, env=env, timeout=60)  # fmt: skip
-    return (done.stdout + done.stderr).strip()
-
-
-@contextlib.contextmanager
-def redis_server(root: Path) -> Iterator[int]:
-    """Debian's redis-server (`make tools`) on 127.0.0.1, password required as in the dev
-    StatefulSet (its config file holds `requirepass`); yields its port, stopped on exit."""
-    assert shutil.which("redis-server"), "make tools installs redis-server (Debian's package)"
-    root.mkdir(parents=True)
-    (root / "redis.conf").write_text(f"requirepass {PASSWORD}\n")
-    port = free_port()
-    proc = subprocess.Popen(
-        ["redis-server", str(root / "redis.conf"), "--port", str(port), "--bind", "127.0.0.1",
-         "--dir", str(root), "--save", "", "--appendonly", "no"],
-        stdout=(root / "log").open("w"), stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 60
-        while redis_cli(port, "ping") != "PONG":
-            assert proc.poll() is None and time.monotonic() < deadline, (root / "log").read_text()
-            time.sleep(0.2)
-        yield port
-    finally:
-        stop(proc)
 
 
 @contextlib.contextmanager
@@ -89,7 +54,8 @@ def feast_database(root: Path) -> Iterator[str]:
 @pytest.fixture
 def cluster_store(tmp_path, monkeypatch):
     """The cluster config opened by ``open_store`` with the stores' env set as the pods get it."""
-    with redis_server(tmp_path / "redis") as port, feast_database(tmp_path / "pg") as registry:
+    port = free_port()
+    with redis(port, tmp_path / "redis", PASSWORD), feast_database(tmp_path / "pg") as registry:
         monkeypatch.setenv("MLSTACK_FEAST_CONFIG", str(CONFIG))
         monkeypatch.setenv("MLSTACK_FEAST_REGISTRY", registry)
         monkeypatch.setenv("MLSTACK_FEAST_REDIS", f"127.0.0.1:{port},password={PASSWORD}")
@@ -130,8 +96,8 @@ def test_cluster_config_materializes_into_redis_with_the_registry_on_postgres(
     reader = repo.open_store(settings)
     [view] = reader.list_feature_views()
     assert view.name == repo.FEATURE_VIEW and repo.drift(reader.get_entity(repo.ENTITY_NAME), view) == []  # fmt: skip
-    assert int(redis_cli(port, "dbsize")) > 0
-    assert "NOAUTH" in redis_cli(port, "dbsize", password=None)
+    assert int(redis_cli(port, "dbsize", password=PASSWORD)) > 0
+    assert "NOAUTH" in redis_cli(port, "dbsize")
 
     # online = the offline source's latest snapshot of each customer
     latest = frame.sort_values(EVENT_TIME).groupby(ENTITY).tail(1).set_index(ENTITY).sort_index()

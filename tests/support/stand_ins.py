@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -39,6 +40,41 @@ def postgres(port: int, user: str = "mlflow") -> Iterator[str]:
         subprocess.run([*as_postgres, f"{bin_dir}/pg_ctl", "-D", str(data), "-m", "immediate",
                         "stop"], capture_output=True)  # fmt: skip
         shutil.rmtree(data, ignore_errors=True)
+
+
+def redis_cli(port: int, *args: str, password: str | None = None) -> str:
+    """Debian's redis-cli (`make tools`) against 127.0.0.1:``port`` of the calling thread's
+    network namespace, with ``password`` (REDISCLI_AUTH) or none; its answer, stripped."""
+    env = {k: v for k, v in os.environ.items() if k != "REDISCLI_AUTH"}
+    if password:
+        env["REDISCLI_AUTH"] = password
+    done = subprocess.run(["redis-cli", "-h", "127.0.0.1", "-p", str(port), *args],
+                          capture_output=True, text=True, env=env, timeout=60)  # fmt: skip
+    return (done.stdout + done.stderr).strip()
+
+
+@contextlib.contextmanager
+def redis(port: int, root: Path, password: str) -> Iterator[None]:
+    """Debian's redis-server (`make tools`) on 127.0.0.1:``port``, its password in a config
+    file as the dev StatefulSet gives it (``requirepass``), no persistence; stopped on exit."""
+    from tests.support.servers import stop
+
+    assert shutil.which("redis-server"), "make tools installs redis-server (Debian's package)"
+    root.mkdir(parents=True)
+    (root / "redis.conf").write_text(f"requirepass {password}\n")
+    proc = subprocess.Popen(
+        ["redis-server", str(root / "redis.conf"), "--port", str(port), "--bind", "127.0.0.1",
+         "--dir", str(root), "--save", "", "--appendonly", "no"],
+        stdout=(root / "log").open("w"), stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while redis_cli(port, "ping", password=password) != "PONG":
+            assert proc.poll() is None and time.monotonic() < deadline, (root / "log").read_text()
+            time.sleep(0.2)
+        yield
+    finally:
+        stop(proc)
 
 
 @contextlib.contextmanager
