@@ -3,8 +3,8 @@
 feast-store Secret gives them) with Debian's ``redis-server`` as the online store and the SQL
 registry in a ``feast`` database made by the dev Postgres's init script
 (manifests/platform/dev/feast-registry-init.sh) on the PostgreSQL the MLflow tests start
-(tests/support/stand_ins.postgres). The project's definitions are applied, the source is
-materialized, and what the online store answers for each customer is the offline source's
+(tests/support/stand_ins.postgres). A DVC data version is materialized by the project's
+materialize step, and what the online store answers for each customer is the offline source's
 latest snapshot of that customer."""
 
 from __future__ import annotations
@@ -63,30 +63,26 @@ def cluster_store(tmp_path, monkeypatch):
 
 
 def test_cluster_config_materializes_into_redis_with_the_registry_on_postgres(
-    cluster_store, tmp_path
+    cluster_store, data_repo, tmp_path
 ):
     import psycopg
 
-    from mlstack.data.generate import generate
+    from mlstack.data.generate import read_csv
     from mlstack.features import repo
-    from mlstack.features.sources import source_frame, write_source
+    from mlstack.features.materialize import materialize
+    from mlstack.features.sources import source_frame
     from mlstack.schema import ENTITY, EVENT_TIME, FEATURES
 
     port, registry = cluster_store
+    # the materialize step as `mlstack features materialize` runs it: the data version read
+    # with DVC, its source written (MLSTACK_FEAST_SOURCE), applied and materialized
     settings = load_settings(state_dir=tmp_path / "state")
     assert settings.feast_config_file == CONFIG
-    frame = source_frame(generate(300, 11))
-    assert frame[ENTITY].duplicated().any()  # some customers changed over time
-    source = str(tmp_path / "customer_features.parquet")
-    write_source(frame, source)
-
-    store = repo.open_store(settings)
-    assert store.config.online_store.type == "redis"
-    assert store.config.registry.registry_type == "sql"
-    repo.apply(store, source)
     end = datetime.now(UTC)
-    store.materialize_incremental(end_date=end)
-    store.materialize_incremental(end_date=end)  # again: nothing changes
+    for _ in range(2):  # again: nothing changes
+        materialize(str(data_repo), "data/churn.csv", "HEAD", settings=settings, now=end)
+    frame = source_frame(read_csv(data_repo / "data" / "churn.csv"))
+    assert frame[ENTITY].duplicated().any()  # some customers changed over time
 
     # the registry is in Postgres, in the feast database: a second client (the transformer's
     # role) opened from the same config sees the view the first one applied
