@@ -4,8 +4,10 @@ with the offline store.
 
 ``lookup(store, ids)`` asks the online store (a ``feast.FeatureStore``: SQLite on the embedded
 default, Redis in the cluster) for the contract's features of each id, in one call. An id the
-store has no row for is *unknown*: Feast answers every feature of it with ``NOT_FOUND``, which
-differs from a customer whose optional features are missing (``PRESENT`` with an empty value).
+store has no row for is *unknown*: no feature of it carries an event timestamp. (SQLite answers
+such an id ``NOT_FOUND`` for every feature; Feast 0.67's Redis store answers ``PRESENT`` with
+empty values and a zero timestamp, so the status alone cannot tell.) A known customer whose
+optional features are missing has its row's timestamp, with those values empty.
 Values come back as the model's inputs take them: numbers as int or float, categories as str,
 a missing value (null, or a NaN a float column carried) as None.
 """
@@ -19,9 +21,8 @@ from typing import Any, Protocol
 
 from mlstack.schema import ENTITY, feature_names
 
-# feast.protos.feast.serving.ServingService_pb2.FieldStatus.PRESENT: a value was found for the
-# entity key (null or not); an unknown key is NOT_FOUND (3) for every feature
-_PRESENT = 1
+# feast.protos.feast.serving.ServingService_pb2.FieldStatus.NOT_FOUND
+_NOT_FOUND = 3
 
 
 class OnlineStore(Protocol):
@@ -66,9 +67,13 @@ def lookup(store: OnlineStore, ids: Sequence[str], refs: Sequence[str]) -> Onlin
     values = response.to_dict()
     found = [False] * len(ids)
     for name in by_ref:
-        statuses = proto.results[columns[name]].statuses
-        for k, status in enumerate(statuses):
-            found[k] = found[k] or status == _PRESENT
+        result = proto.results[columns[name]]
+        for k, (status, stamp) in enumerate(
+            zip(result.statuses, result.event_timestamps, strict=True)
+        ):
+            found[k] = found[k] or (
+                status != _NOT_FOUND and (stamp.seconds != 0 or stamp.nanos != 0)
+            )
     rows: list[dict[str, Any] | None] = [
         {name: _value(values[name][k]) for name in names} if found[k] else None
         for k in range(len(ids))

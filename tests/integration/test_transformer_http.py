@@ -22,7 +22,7 @@ import pandas as pd
 import pytest
 
 from mlstack.data import generate
-from mlstack.schema import ENTITY, EVENT_TIME, FEATURES, TARGET, feature_names
+from mlstack.schema import ENTITY, EVENT_TIME, FEATURES, feature_names
 from mlstack.settings import load_settings
 from mlstack.train.training import TrainingLineage
 from tests.conftest import free_port
@@ -77,15 +77,13 @@ def materialized(data: pd.DataFrame, state: Path):
     """The embedded feature store under ``state`` holding ``data``'s snapshots, materialized up
     to now: the Parquet source written, the definitions applied, the online store filled."""
     from mlstack.features import repo
+    from mlstack.features.sources import source_frame, write_source
 
     settings = load_settings(state_dir=state, feast_config="")
     store = repo.open_store(settings)
     source = Path(settings.feature_source)
     source.parent.mkdir(parents=True, exist_ok=True)
-    frame = data.drop(columns=[TARGET]).assign(
-        **{EVENT_TIME: pd.to_datetime(data[EVENT_TIME], utc=True)}
-    )
-    frame.to_parquet(source, index=False)
+    write_source(source_frame(data), str(source))
     repo.apply(store, str(source))
     store.materialize_incremental(end_date=pd.Timestamp.now(tz="UTC"))
     return store

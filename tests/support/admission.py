@@ -106,6 +106,25 @@ def workload_pod(doc: Mapping) -> dict:
     return spec
 
 
+def knative_revision(user: dict, service: str, revision: int) -> None:
+    """What Knative's revision does to the user container of ``service``: one user port (the
+    first declared, else 8080), ``PORT`` and the ``K_*`` env, the probes on the user port."""
+    env = user.setdefault("env", [])
+    ports = user.get("ports") or []
+    port = int(ports[0]["containerPort"]) if ports else 8080
+    user["ports"] = [{"name": "user-port", "containerPort": port}]
+    env.append({"name": "PORT", "value": str(port)})
+    env += [
+        {"name": "K_REVISION", "value": f"{service}-{revision:05d}"},
+        {"name": "K_CONFIGURATION", "value": service},
+        {"name": "K_SERVICE", "value": service},
+    ]
+    for kind in ("readinessProbe", "livenessProbe"):
+        get = (user.get(kind) or {}).get("httpGet")
+        if get:  # queue-proxy probes readiness on the user port; liveness is rewritten to it
+            get["port"] = port
+
+
 def predictor_pod(isvc: Mapping, revision: int = 1) -> tuple[dict, dict[str, str]]:
     """(pod spec, pod labels) of an InferenceService's custom predictor in Knative mode."""
     name = isvc["metadata"]["name"]
@@ -125,23 +144,48 @@ def predictor_pod(isvc: Mapping, revision: int = 1) -> tuple[dict, dict[str, str
         user.setdefault("volumeMounts", []).append(
             {"name": STORAGE_VOLUME, "mountPath": MODEL_MOUNT, "readOnly": read_only}
         )
-    # Knative's revision: one user port (the first declared, else 8080) and its env
     service = f"{name}-predictor"
-    ports = user.get("ports") or []
-    port = int(ports[0]["containerPort"]) if ports else 8080
-    user["ports"] = [{"name": "user-port", "containerPort": port}]
-    env.append({"name": "PORT", "value": str(port)})
-    env += [
-        {"name": "K_REVISION", "value": f"{service}-{revision:05d}"},
-        {"name": "K_CONFIGURATION", "value": service},
-        {"name": "K_SERVICE", "value": service},
-    ]
-    for kind in ("readinessProbe", "livenessProbe"):
-        get = (user.get(kind) or {}).get("httpGet")
-        if get:  # queue-proxy probes readiness on the user port; liveness is rewritten to it
-            get["port"] = port
+    knative_revision(user, service, revision)
     labels = {
         "serving.kserve.io/inferenceservice": name,
+        "serving.knative.dev/service": service,
+        "serving.knative.dev/revision": f"{service}-{revision:05d}",
+    }
+    return pod, labels
+
+
+def transformer_pod(isvc: Mapping, revision: int = 1) -> tuple[dict, dict[str, str]]:
+    """(pod spec, pod labels) of an InferenceService's custom transformer in Knative mode, after
+    KServe v0.20's controller (``CustomTransformer.Default`` and ``GetContainer``; the logic is
+    unchanged on kserve master): the first container named ``kserve-container``, and appended to
+    its args unless an arg starts with them: ``--model_name <isvc>``, ``--predictor_host
+    <isvc>-predictor.<namespace>``, ``--http_port 8080`` and, when the transformer sets
+    ``containerConcurrency``, ``--workers <it>``; ``INFERENCE_SERVICE_NAME`` in its env. Then
+    Knative's revision as for the predictor (``PORT``, ``K_*``, ``user-port``, probes)."""
+    name = isvc["metadata"]["name"]
+    namespace = isvc["metadata"].get("namespace", "default")
+    transformer = isvc["spec"]["transformer"]
+    pod = {k: copy.deepcopy(v) for k, v in transformer.items() if k not in _PREDICTOR_EXTENSION}
+    user = pod["containers"][0]
+    user["name"] = "kserve-container"
+    args = user.setdefault("args", [])
+    appended = [
+        ("--model_name", name),
+        ("--predictor_host", f"{name}-predictor.{namespace}"),
+        ("--http_port", "8080"),
+    ]
+    if transformer.get("containerConcurrency") is not None:
+        appended.append(("--workers", str(transformer["containerConcurrency"])))
+    for flag, value in appended:
+        if not any(a == flag or a.startswith(flag) for a in args):
+            args += [flag, value]
+    env = user.setdefault("env", [])
+    env.append({"name": "INFERENCE_SERVICE_NAME", "value": name})
+    service = f"{name}-transformer"
+    knative_revision(user, service, revision)
+    labels = {
+        "serving.kserve.io/inferenceservice": name,
+        "component": "transformer",
         "serving.knative.dev/service": service,
         "serving.knative.dev/revision": f"{service}-{revision:05d}",
     }
