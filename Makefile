@@ -39,7 +39,8 @@ run: setup
 
 ## serve the current champion on http://127.0.0.1:8080 (V1 and V2 protocols, /metrics)
 serve: setup
-	$(BIN)/mlstack serve
+	$(BIN)/mlstack features materialize
+	$(BIN)/mlstack serve --transformer-port 8081
 
 ## promtool, prometheus, alertmanager, PostgreSQL, redis-server and npm (Debian's packages; run
 ## as root) for the tests; podman (runc, cgroupfs), debootstrap and containers.conf unless docker
@@ -76,7 +77,8 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
-	$(BIN)/hadolint components/Dockerfile serving/Dockerfile manifests/platform/mlflow-image/Dockerfile \
+	$(BIN)/hadolint components/Dockerfile serving/Dockerfile serving/transformer.Dockerfile \
+		manifests/platform/mlflow-image/Dockerfile \
 		manifests/platform/redis-image/Dockerfile scripts/base/Dockerfile
 	$(BIN)/shellcheck scripts/*.sh
 
