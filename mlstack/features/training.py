@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from mlstack.data.generate import event_time_text, read_csv, write_csv
-from mlstack.data.validate import event_times
+from mlstack.data.validate import DataValidationError, event_times, find_violations
 from mlstack.errors import StackError
 from mlstack.features import repo, sources
 from mlstack.schema import ENTITY, EVENT_TIME, FEATURES, TARGET, columns
@@ -90,7 +90,11 @@ def training_set(
 ) -> tuple[str, str]:
     """Write ``data``'s rows as the store's source, apply the definitions, and write the
     training set built through the store to ``out`` (the contract's CSV). Returns the source
-    file's md5 and the feature views' versions (``name@version``)."""
+    file's md5 and the feature views' versions (``name@version``). ``DataValidationError`` when
+    ``data`` breaks the contract (its rows cannot be the view's source)."""
+    violations = find_violations(data)
+    if violations:
+        raise DataValidationError(violations)
     settings = settings or load_settings()
     source_md5 = sources.write_source(sources.source_frame(data), settings.feature_source)
     store = repo.open_store(settings)

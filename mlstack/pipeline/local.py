@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import re
 import sys
 import time
@@ -317,6 +318,7 @@ def run_pipeline(
             warnings.catch_warnings(),
             _capture_run_name() as run_name,
             running,
+            _feature_store_environment(settings),
         ):
             # the local runner uses this environment, not the training image: that is the point
             warnings.filterwarnings(
@@ -359,6 +361,30 @@ def run_pipeline(
         cached=cached,
         registered_now=version is not None and created_ms >= started_ms,
     )
+
+
+@contextlib.contextmanager
+def _feature_store_environment(settings: Settings) -> Iterator[None]:
+    """The steps' feature store is this run's: ``MLSTACK_STATE_DIR`` (the embedded store's files
+    under ``<state>/feast``) and, when set, ``MLSTACK_FEAST_CONFIG``/``MLSTACK_FEAST_SOURCE`` in
+    the environment the local runner's step processes inherit, restored afterwards."""
+    wanted = {
+        "MLSTACK_STATE_DIR": str(settings.state),
+        "MLSTACK_FEAST_CONFIG": settings.feast_config,
+        "MLSTACK_FEAST_SOURCE": settings.feast_source,
+    }
+    before = {name: os.environ.get(name) for name in wanted}
+    for name, value in wanted.items():
+        if value:
+            os.environ[name] = value
+    try:
+        yield
+    finally:
+        for name, old in before.items():
+            if old is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = old
 
 
 def _registration(

@@ -66,14 +66,15 @@ def test_cold_run_cached_rerun_new_data_and_corrupt_data(settings, data_repo: Pa
     else:
         assert third.model_version is None and "registered     nothing" in third.render()
 
-    # a schema-breaking version fails validation, names the column, registers nothing
+    # a schema-breaking version fails validation (at ingest: its rows cannot be the feature
+    # store's source), names the column, registers nothing
     versions_before = len(client.search_model_versions(f"name='{settings.model_name}'"))
     bad = pd.read_csv(new).astype({"monthly_charges": object})
     bad.loc[3, "monthly_charges"] = "unknown"
     bad_path = tmp_path / "bad.csv"
     bad.to_csv(bad_path, index=False)
     versions.add_version(data_repo, bad_path, data_path="data/churn.csv", message="data: corrupt")
-    with pytest.raises(StackError, match="step 'validate'.*column 'monthly_charges': dtype"):
+    with pytest.raises(StackError, match="step 'ingest'.*column 'monthly_charges': dtype"):
         run_pipeline(settings, out=io.StringIO())
     assert len(client.search_model_versions(f"name='{settings.model_name}'")) == versions_before
 

@@ -112,3 +112,12 @@ def test_write_source_replaces_the_file_and_reports_its_md5(tmp_path):
     assert first != again and len(pd.read_parquet(path)) == 10
     assert [p.name for p in path.parent.iterdir()] == ["src.parquet"]
     assert isinstance(Path(path).stat().st_size, int)
+
+
+def test_a_data_version_breaking_the_contract_is_refused_before_the_store(tmp_path):
+    data = generate(rows=400, seed=3).astype({"monthly_charges": object})
+    data.loc[3, "monthly_charges"] = "unknown"
+    settings = load_settings(state_dir=tmp_path)
+    with pytest.raises(StackError, match="column 'monthly_charges': dtype"):
+        training_set(data, tmp_path / "out.csv", settings=settings)
+    assert not Path(settings.feature_source).exists() and not (tmp_path / "out.csv").exists()
