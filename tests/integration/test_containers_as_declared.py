@@ -342,32 +342,21 @@ def feast_stores_in(pod: Pod, root: Path):
     """The cluster's Feast stores at the addresses the feast-store Secret names, inside the
     pod's network: Debian's redis-server on 6379 (password required) and the PostgreSQL stand-in
     on 5432 with the feast database the dev Postgres's init script makes."""
-    from tests.support.stand_ins import postgres
+    from tests.support.stand_ins import postgres, redis
 
     root.mkdir(parents=True)
-    (root / "redis.conf").write_text(f"requirepass {FEAST_PASSWORDS['redis']}\n")
     (root / "pg-password").write_text(FEAST_PASSWORDS["registry"])
-    with pod.inside():
-        redis = subprocess.Popen(
-            ["redis-server", str(root / "redis.conf"), "--port", "6379", "--bind", "127.0.0.1",
-             "--dir", str(root), "--save", "", "--appendonly", "no"],
-            stdout=(root / "redis.log").open("w"), stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        pg = postgres(5432)
-        pg.__enter__()
-    try:
-        env = {**os.environ, "POSTGRES_USER": "mlflow", "POSTGRES_DB": "postgres",
-               "PGHOST": "127.0.0.1", "PGPORT": "5432",
-               "FEAST_PASSWORD_FILE": str(root / "pg-password")}  # fmt: skip
-        init = ROOT / "manifests" / "platform" / "dev" / "feast-registry-init.sh"
-        with pod.inside():
+    env = {**os.environ, "POSTGRES_USER": "mlflow", "POSTGRES_DB": "postgres",
+           "PGHOST": "127.0.0.1", "PGPORT": "5432",
+           "FEAST_PASSWORD_FILE": str(root / "pg-password")}  # fmt: skip
+    init = ROOT / "manifests" / "platform" / "dev" / "feast-registry-init.sh"
+    with contextlib.ExitStack() as stores:
+        with pod.inside():  # the servers' sockets and processes are the pod's
+            stores.enter_context(redis(6379, root / "redis", FEAST_PASSWORDS["redis"]))
+            stores.enter_context(postgres(5432))
             done = subprocess.run(["sh", str(init)], env=env, capture_output=True, text=True)
         assert done.returncode == 0, done.stderr
         yield
-    finally:
-        with pod.inside():
-            pg.__exit__(None, None, None)
-        stop(redis)
 
 
 @pytest.mark.parametrize("overlay", ["staging", "production"])
@@ -423,7 +412,11 @@ def test_transformer_as_kserve_starts_it_answers_customer_ids(
         data = generate(120, 29)
         monkeypatch.setenv("MLSTACK_FEAST_CONFIG", str(ROOT / "feature_repo" / "feature_store.cluster.yaml"))  # fmt: skip
         for key, value in secrets["feast-store"].items():
-            monkeypatch.setenv(key, value.replace("feast-redis.mlops.svc.cluster.local", "127.0.0.1").replace("mlflow-postgres.mlops.svc.cluster.local", "127.0.0.1"))  # fmt: skip
+            # the Service names resolve to the pod's loopback in its containers only (their
+            # /etc/hosts): this process, in the pod's network while inside(), uses the address
+            for host in mlops:
+                value = value.replace(host, "127.0.0.1")
+            monkeypatch.setenv(key, value)
         with pod.inside():
             store = repo.open_store(load_settings(state_dir=tmp_path / "state"))
             frame = source_frame(data)
