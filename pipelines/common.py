@@ -35,14 +35,12 @@ DVC_SECRET_KEYS = (
 GIT_SECRET_KEYS = (TOKEN_ENV, USERNAME_ENV)
 
 
-def ingest_and_validate(
-    repo: Any, data_path: Any, data_rev: Any, *, test_size: Any, split_seed: Any
-) -> dsl.PipelineTask:
-    ingested = ingest(repo=repo, data_path=data_path, data_rev=data_rev)
+def use_data_secrets(task: dsl.PipelineTask) -> None:
+    """The env a step reading a data version gets from the cluster's Secrets."""
     # optional (each key too): without the Secret (the local runner, a cluster reading a public
     # remote) the step reads the repository's default remote; real S3 needs no endpoint key
     kubernetes.use_secret_as_env(
-        ingested,
+        task,
         secret_name=DEFAULTS.dvc_secret,
         secret_key_to_env={key: key for key in DVC_SECRET_KEYS},
         optional=True,
@@ -50,11 +48,18 @@ def ingest_and_validate(
     # a private repository or fork: a read token for REPO_URL (mlstack.data.git_auth), optional
     # too: a public repository needs none
     kubernetes.use_secret_as_env(
-        ingested,
+        task,
         secret_name=DEFAULTS.git_secret,
         secret_key_to_env={key: key for key in GIT_SECRET_KEYS},
         optional=True,
     )
+
+
+def ingest_and_validate(
+    repo: Any, data_path: Any, data_rev: Any, *, test_size: Any, split_seed: Any
+) -> dsl.PipelineTask:
+    ingested = ingest(repo=repo, data_path=data_path, data_rev=data_rev)
+    use_data_secrets(ingested)
     # the split the train step will make must hold every class on both sides
     validated = validate(
         dataset=ingested.outputs["dataset"], test_size=test_size, split_seed=split_seed

@@ -3,11 +3,11 @@ the online store (``components/materialize.py``). Compiled to ``pipelines/materi
 recurring run in ``pipelines/schedules.yaml`` keeps the online store current, and
 ``mlstack features materialize`` runs the same function locally."""
 
-from kfp import dsl, kubernetes
+from kfp import dsl
 
 from components.materialize import materialize
 from mlstack.settings import DEFAULTS
-from pipelines.common import DVC_SECRET_KEYS, GIT_SECRET_KEYS
+from pipelines.common import use_data_secrets
 
 
 @dsl.pipeline(
@@ -19,17 +19,4 @@ def materialize_pipeline(repo: str, data_rev: str, data_path: str = DEFAULTS.dat
     Never cached: each run materializes up to its own time."""
     task = materialize(repo=repo, data_path=data_path, data_rev=data_rev)
     task.set_caching_options(False)
-    # the data version's DVC remote and a private repository's token, as the ingest step reads
-    # them (optional: the local runner and a public remote need neither)
-    kubernetes.use_secret_as_env(
-        task,
-        secret_name=DEFAULTS.dvc_secret,
-        secret_key_to_env={key: key for key in DVC_SECRET_KEYS},
-        optional=True,
-    )
-    kubernetes.use_secret_as_env(
-        task,
-        secret_name=DEFAULTS.git_secret,
-        secret_key_to_env={key: key for key in GIT_SECRET_KEYS},
-        optional=True,
-    )
+    use_data_secrets(task)  # the data version's DVC remote and a private repo's token

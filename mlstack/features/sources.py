@@ -32,6 +32,12 @@ def source_frame(data: pd.DataFrame) -> pd.DataFrame:
         row = int(times.isna().to_numpy().argmax())
         raise StackError(f"{EVENT_TIME} of row {row + 1} is not an ISO-8601 time in UTC")
     out = pd.DataFrame({ENTITY: data[ENTITY].astype(str), EVENT_TIME: times})
+    return typed_features(data, out).reset_index(drop=True)
+
+
+def typed_features(data: pd.DataFrame, out: pd.DataFrame) -> pd.DataFrame:
+    """``out`` with the contract's features of ``data`` added as the view declares them: ints
+    Int64, floats float64 (missing values null), categories objects (None when missing)."""
     for f in FEATURES:
         col = data[f.name]
         if f.dtype == "int":
@@ -40,7 +46,7 @@ def source_frame(data: pd.DataFrame) -> pd.DataFrame:
             out[f.name] = pd.to_numeric(col).astype("float64")
         else:
             out[f.name] = col.astype(object).where(col.notna(), None)
-    return out.reset_index(drop=True)
+    return out
 
 
 def parquet_bytes(frame: pd.DataFrame) -> bytes:

@@ -19,7 +19,7 @@ from mlstack.data.generate import event_time_text, read_csv, write_csv
 from mlstack.data.validate import DataValidationError, event_times, find_violations
 from mlstack.errors import StackError
 from mlstack.features import repo, sources
-from mlstack.schema import ENTITY, EVENT_TIME, FEATURES, TARGET, columns
+from mlstack.schema import ENTITY, EVENT_TIME, TARGET, columns
 from mlstack.settings import Settings, load_settings
 
 if TYPE_CHECKING:
@@ -62,14 +62,7 @@ def historical(store: FeatureStore, entities: pd.DataFrame) -> pd.DataFrame:
             EVENT_TIME: event_time_text(frame[EVENT_TIME]),
         }
     )
-    for f in FEATURES:
-        col = joined[f.name]
-        if f.dtype == "int":
-            out[f.name] = pd.to_numeric(col).astype("Int64")
-        elif f.dtype == "float":
-            out[f.name] = pd.to_numeric(col).astype("float64")
-        else:
-            out[f.name] = col.astype(object).where(col.notna(), None)
+    out = sources.typed_features(joined, out)
     out[TARGET] = frame[TARGET].to_numpy()
     return out[columns()]
 
