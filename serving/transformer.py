@@ -171,6 +171,9 @@ class FeastTransformer(Model):
         self.refs = list(refs)
         self.max_batch_size = max_batch_size
         self.ready = False
+        # one REST client per protocol for the server's life (KServe's factory keeps them): a
+        # client made per request cost ~100 ms each (benchmarks/features.py)
+        self._clients = InferenceClientFactory()
 
     def load(self) -> bool:
         """Ready once the online store answers a look-up."""
@@ -246,7 +249,7 @@ class FeastTransformer(Model):
         if config is None or not config.predictor_host:
             raise TransformerError(500, "no --predictor_host: the transformer has no predictor")
         protocol = "v2" if isinstance(payload, InferRequest) else "v1"
-        client = InferenceClientFactory().get_rest_client(
+        client = self._clients.get_rest_client(
             RESTConfig(protocol=protocol, timeout=config.timeout, retries=config.retries)
         )
         answer_headers: dict[str, str] = {}
