@@ -171,9 +171,11 @@ class FeastTransformer(Model):
         self.refs = list(refs)
         self.max_batch_size = max_batch_size
         self.ready = False
-        # one REST client per protocol for the server's life (KServe's factory keeps them): a
-        # client made per request cost ~100 ms each (benchmarks/features.py)
-        self._clients = InferenceClientFactory()
+        # one REST client per protocol for the server's life, made on first use: KServe's
+        # RESTConfig builds an HTTP transport with a TLS context (the CA bundle read) every time
+        # it is constructed, even when the factory then hands back its cached client; one per
+        # request cost ~60-100 ms each (benchmarks/features.py)
+        self._clients: dict[str, Any] = {}
 
     def load(self) -> bool:
         """Ready once the online store answers a look-up."""
@@ -249,9 +251,12 @@ class FeastTransformer(Model):
         if config is None or not config.predictor_host:
             raise TransformerError(500, "no --predictor_host: the transformer has no predictor")
         protocol = "v2" if isinstance(payload, InferRequest) else "v1"
-        client = self._clients.get_rest_client(
-            RESTConfig(protocol=protocol, timeout=config.timeout, retries=config.retries)
-        )
+        client = self._clients.get(protocol)
+        if client is None:
+            client = InferenceClientFactory().get_rest_client(
+                RESTConfig(protocol=protocol, timeout=config.timeout, retries=config.retries)
+            )
+            self._clients[protocol] = client
         answer_headers: dict[str, str] = {}
         forwarded = {"content-type": "application/json"}
         for key in ("x-request-id", "x-b3-traceid", "traceparent"):
