@@ -37,7 +37,8 @@ run: setup
 	$(BIN)/mlstack data bootstrap
 	$(BIN)/mlstack pipeline run
 
-## serve the current champion on http://127.0.0.1:8080 (V1 and V2 protocols, /metrics)
+## materialize the online store, serve the current champion on http://127.0.0.1:8080 (V1 and V2,
+## /metrics) and the Feast transformer in front of it on :8081 (requests carrying only customer ids)
 serve: setup
 	$(BIN)/mlstack features materialize
 	$(BIN)/mlstack serve --transformer-port 8081
