@@ -17,7 +17,12 @@ unchanged):
   there is the steps' store, as the platform's MLflow server is on a cluster. A sqlite store is
   refused: the container's user would write the database and artifact directories of the host;
 * ``MLSTACK_DVC_REMOTE`` and the ``AWS_*`` keys from this environment, as the cluster's Secret
-  gives them to the ingest step.
+  gives them to the ingest step;
+* ``MLSTACK_STATE_DIR``: a directory in the pipeline root that any user may write (``state``,
+  mode 1777), where the ingest step keeps the embedded feature store (the image's
+  ``MLSTACK_FEAST_CONFIG`` names ``feature_repo/feature_store.yaml``, whose files go under
+  ``<state dir>/feast``); the image's working directory is root's, and its user writes nowhere
+  else but ``/tmp``.
 
 The correction: kfp.local (2.17) starts each container with ``auto_remove=True`` and, when the
 container is gone by the time it asks for the exit status, assumes 0. Under podman it is always
@@ -41,6 +46,9 @@ if TYPE_CHECKING:
     from kfp.local import DockerRunner
 
 GITCONFIG = "/etc/gitconfig"
+# the steps' MLSTACK_STATE_DIR, in the pipeline root (kfp.local's run directories are named by the
+# pipeline, so they never collide with it)
+STEP_STATE = "state"
 
 
 def run_container(
@@ -148,13 +156,24 @@ def check_tracking_uri(tracking_uri: str) -> None:
         )
 
 
+def step_state_dir(pipeline_root: Path) -> Path:
+    """The steps' state directory (``MLSTACK_STATE_DIR``): in the pipeline root, writable by any
+    user (mode 1777) as the pipeline root is."""
+    state = pipeline_root / STEP_STATE
+    state.mkdir(parents=True, exist_ok=True)
+    state.chmod(0o1777)
+    return state
+
+
 def prepare(pipeline_root: Path, repo: Path) -> list[Any]:
-    """The pipeline root made writable by the image's user, and the mounts a step gets."""
+    """The pipeline root (and the steps' state directory in it) made writable by the image's
+    user, and the mounts a step gets."""
     from docker.types import Mount
 
     repo = repo.resolve()
     pipeline_root.mkdir(parents=True, exist_ok=True)
     pipeline_root.chmod(0o1777)
+    step_state_dir(pipeline_root)
     gitconfig = pipeline_root / ".gitconfig"
     gitconfig.write_text(f"[safe]\n\tdirectory = {repo}\n")
     mounts = [
@@ -168,17 +187,16 @@ def prepare(pipeline_root: Path, repo: Path) -> list[Any]:
 
 
 def docker_runner(pipeline_root: Path, repo: Path) -> DockerRunner:
-    """The runner for ``kfp.local.init``: host network, the mounts, the DVC remote's env."""
+    """The runner for ``kfp.local.init``: host network, the mounts, the DVC remote's env and the
+    steps' state directory."""
     from kfp.local import DockerRunner
 
     from pipelines.common import DVC_SECRET_KEYS
 
+    mounts = prepare(pipeline_root, repo)
     env = {key: os.environ[key] for key in DVC_SECRET_KEYS if os.environ.get(key)}
-    return DockerRunner(
-        network_mode="host",
-        mounts=prepare(pipeline_root, repo),
-        environment=env,
-    )
+    env["MLSTACK_STATE_DIR"] = str(step_state_dir(pipeline_root))
+    return DockerRunner(network_mode="host", mounts=mounts, environment=env)
 
 
 def ir_images(ir_path: Path) -> list[str]:

@@ -133,6 +133,11 @@ def test_ir_runs_in_containers_and_registers_a_model(engine, mlflow_server, tmp_
         assert (summary.run_dir / step).stat().st_uid == IMAGE_UID, step
     dataset = summary.run_dir / "ingest" / "dataset"
     assert dataset.stat().st_uid == IMAGE_UID and dataset.stat().st_size > 0
+    # ingest built the training set through the image's embedded feature store (its
+    # feature_repo/, MLSTACK_FEAST_CONFIG), its files in the state directory the runner gave it
+    feast_dir = summary.run_dir.parent / containers.STEP_STATE / "feast"
+    for name in ("customer_features.parquet", "registry.db"):
+        assert (feast_dir / name).stat().st_uid == IMAGE_UID, name
     # the read-only repository was left as it was
     assert git(repo, "status", "--porcelain") == ""
 
@@ -157,7 +162,7 @@ def test_a_failing_step_fails_the_run(engine, mlflow_server, tmp_path: Path):
     bad.to_csv(bad_path, index=False)
     dvcdata.add_version(repo, bad_path, data_path="data/churn.csv", message="data: corrupt")
 
-    with pytest.raises(StackError, match="step 'validate'.*column 'monthly_charges': dtype"):
+    with pytest.raises(StackError, match="step 'ingest'.*column 'monthly_charges': dtype"):
         run_pipeline(settings, runner="docker", out=io.StringIO())
     assert MlflowClient(mlflow_server).search_model_versions(f"name='{settings.model_name}'") == []
 
