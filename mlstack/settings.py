@@ -162,6 +162,13 @@ class Settings:
     # the ingest step's and the Katib trials' env: MLSTACK_GIT_TOKEN, MLSTACK_GIT_USERNAME; made by
     # manifests/platform; optional)
     git_secret: str = "git-credentials"
+    # on a cluster, the Secret with the Feast stores' addresses and credentials (its keys become
+    # the ingest and materialize steps' env: MLSTACK_FEAST_REGISTRY, MLSTACK_FEAST_REDIS; made by
+    # manifests/platform), and the ConfigMap naming the cluster's Feast config in the training
+    # image and the steps' state directory (MLSTACK_FEAST_CONFIG, MLSTACK_STATE_DIR;
+    # manifests/platform/base/pipeline-runner.yaml). Local runs get neither: the embedded store
+    feast_secret: str = "feast-store"
+    steps_config_map: str = "pipeline-steps"
     # the MLflow server's --artifacts-destination, when it proxies artifacts (manifests/platform:
     # s3://mlflow-artifacts): promotion turns `mlflow-artifacts:` URIs into locations KServe reads
     artifacts_destination: str = ""

@@ -55,11 +55,39 @@ def use_data_secrets(task: dsl.PipelineTask) -> None:
     )
 
 
+# what the ingest and materialize steps read from the cluster's Feast Secret
+# (feature_repo/feature_store.cluster.yaml names both)
+FEAST_SECRET_KEYS = ("MLSTACK_FEAST_REGISTRY", "MLSTACK_FEAST_REDIS")
+# and from the steps' ConfigMap: the cluster config in the training image, and the state directory
+# (an emptyDir at STATE_DIR: the image's working directory is not its user's to write)
+STEPS_CONFIG_KEYS = ("MLSTACK_FEAST_CONFIG", "MLSTACK_STATE_DIR")
+STATE_DIR = "/var/lib/mlstack"
+
+
+def use_feature_store(task: dsl.PipelineTask) -> None:
+    """On a cluster, a step using the feature store opens the cluster's (SQL registry, Redis
+    online store) with the credentials of its Secret, and keeps its files (the Parquet source it
+    writes) in an emptyDir. Platform config only: the local runners ignore it, and their steps
+    keep the embedded default (the image's MLSTACK_FEAST_CONFIG, or the checkout's)."""
+    kubernetes.use_secret_as_env(
+        task,
+        secret_name=DEFAULTS.feast_secret,
+        secret_key_to_env={key: key for key in FEAST_SECRET_KEYS},
+    )
+    kubernetes.use_config_map_as_env(
+        task,
+        config_map_name=DEFAULTS.steps_config_map,
+        config_map_key_to_env={key: key for key in STEPS_CONFIG_KEYS},
+    )
+    kubernetes.empty_dir_mount(task, volume_name="mlstack-state", mount_path=STATE_DIR)
+
+
 def ingest_and_validate(
     repo: Any, data_path: Any, data_rev: Any, *, test_size: Any, split_seed: Any
 ) -> dsl.PipelineTask:
     ingested = ingest(repo=repo, data_path=data_path, data_rev=data_rev)
     use_data_secrets(ingested)
+    use_feature_store(ingested)  # the training set from the cluster's registry
     # the split the train step will make must hold every class on both sides
     validated = validate(
         dataset=ingested.outputs["dataset"], test_size=test_size, split_seed=split_seed

@@ -7,7 +7,7 @@ from kfp import dsl
 
 from components.materialize import materialize
 from mlstack.settings import DEFAULTS
-from pipelines.common import use_data_secrets
+from pipelines.common import use_data_secrets, use_feature_store
 
 
 @dsl.pipeline(
@@ -20,3 +20,4 @@ def materialize_pipeline(repo: str, data_rev: str, data_path: str = DEFAULTS.dat
     task = materialize(repo=repo, data_path=data_path, data_rev=data_rev)
     task.set_caching_options(False)
     use_data_secrets(task)  # the data version's DVC remote and a private repo's token
+    use_feature_store(task)  # the cluster's registry and Redis

@@ -114,4 +114,4 @@ def test_the_materialize_pipeline_is_one_uncached_step_with_the_data_secrets():
     assert set(spec["root"]["inputDefinitions"]["parameters"]) == {"repo", "data_rev", "data_path"}
     executor = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     secrets = {s["secretName"] for s in executor["exec-materialize"]["secretAsEnv"]}
-    assert secrets == {DEFAULTS.dvc_secret, DEFAULTS.git_secret}
+    assert secrets == {DEFAULTS.dvc_secret, DEFAULTS.git_secret, DEFAULTS.feast_secret}

@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import pytest
 import yaml
 
 from mlstack.pipeline.compile import compile_all, compile_pipeline, read_ir, stale
@@ -93,9 +94,38 @@ def test_ingest_reads_the_clusters_dvc_and_git_secrets_as_optional_env():
         [(name, spec)] = executors.items()
         assert name == "exec-ingest"
         secrets = {s["secretName"]: s for s in spec["secretAsEnv"]}
-        assert set(secrets) == {DEFAULTS.dvc_secret, DEFAULTS.git_secret}
+        assert set(secrets) == {DEFAULTS.dvc_secret, DEFAULTS.git_secret, DEFAULTS.feast_secret}
         for secret_name, keys in ((DEFAULTS.dvc_secret, DVC_SECRET_KEYS),
                                   (DEFAULTS.git_secret, GIT_SECRET_KEYS)):  # fmt: skip
             secret = secrets[secret_name]
             assert secret["optional"] is True
             assert {k["secretKey"]: k["envVar"] for k in secret["keyToEnv"]} == {k: k for k in keys}
+
+
+@pytest.mark.parametrize("ir_name", ["training.yaml", "tuning.yaml", "materialize.yaml"])
+def test_feature_store_steps_get_the_clusters_feast_config_secret_and_state_dir(ir_name: str):
+    """On a cluster the ingest and materialize steps open the cluster's Feast stores: the
+    feast-store Secret's keys (required), the ConfigMap's config path and state directory, an
+    emptyDir there. All platform config, which kfp.local ignores: no container env in the IR, so
+    the local runners keep the embedded default."""
+    from mlstack.settings import code_root
+    from pipelines.common import FEAST_SECRET_KEYS, STATE_DIR, STEPS_CONFIG_KEYS
+
+    spec, platform = read_ir(code_root() / "pipelines" / ir_name)
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    [name] = executors
+    assert name == ("exec-materialize" if ir_name == "materialize.yaml" else "exec-ingest")
+    step = executors[name]
+    [feast] = [s for s in step["secretAsEnv"] if s["secretName"] == DEFAULTS.feast_secret]
+    assert feast["optional"] is False
+    assert {k["secretKey"]: k["envVar"] for k in feast["keyToEnv"]} == {
+        k: k for k in FEAST_SECRET_KEYS
+    }
+    [config_map] = step["configMapAsEnv"]
+    assert config_map["configMapName"] == DEFAULTS.steps_config_map
+    assert {k["configMapKey"]: k["envVar"] for k in config_map["keyToEnv"]} == {
+        k: k for k in STEPS_CONFIG_KEYS
+    }
+    assert step["emptyDirMounts"] == [{"mountPath": STATE_DIR, "volumeName": "mlstack-state"}]
+    for executor in spec["deploymentSpec"]["executors"].values():
+        assert "env" not in executor["container"]

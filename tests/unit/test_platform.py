@@ -440,6 +440,27 @@ def test_feast_registry_database_is_made_on_the_platform_postgres_from_the_secre
     assert {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "mlflow"}}} in sources
 
 
+def test_the_feature_store_steps_config_map_names_the_images_cluster_config_and_state_dir():
+    """pipelines/common.use_feature_store reads the ConfigMap's keys: the cluster config as the
+    training image carries it (components/Dockerfile copies feature_repo/ into its WORKDIR) and
+    the state directory its emptyDir is mounted at; feast-store in kubeflow gives its Secret keys."""
+    from pipelines.common import FEAST_SECRET_KEYS, STATE_DIR, STEPS_CONFIG_KEYS
+
+    dockerfile = (ROOT / "components" / "Dockerfile").read_text()
+    [workdir] = re.findall(r"^WORKDIR (\S+)$", dockerfile, re.MULTILINE)
+    assert re.search(r"^COPY feature_repo \./feature_repo$", dockerfile, re.MULTILINE)
+    for docs in (base(), dev()):
+        data = named(docs, "ConfigMap", DEFAULTS.steps_config_map, "kubeflow")["data"]
+        assert set(data) == set(STEPS_CONFIG_KEYS)
+        assert data["MLSTACK_STATE_DIR"] == STATE_DIR
+        config = Path(data["MLSTACK_FEAST_CONFIG"])
+        assert config.parent.parent == Path(workdir)
+        assert (ROOT / config.relative_to(workdir)).is_file()
+        assert config.name == "feature_store.cluster.yaml"
+        secret = named(docs, "ExternalSecret", DEFAULTS.feast_secret, "kubeflow")["spec"]
+        assert set(secret["target"]["template"]["data"]) == set(FEAST_SECRET_KEYS)
+
+
 def test_feast_clients_get_the_stores_the_cluster_config_reads_at_the_dev_services():
     config = yaml.safe_load((ROOT / "feature_repo" / "feature_store.cluster.yaml").read_text())
     wanted = set(re.findall(r"\$\{(\w+)\}", json.dumps(config)))  # its values, not its comments
