@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from mlstack.deploy import promote
-from mlstack.settings import code_root
+from mlstack.settings import Settings, code_root
 from tests.support.kube import render
 
 ROOT = code_root()
@@ -60,7 +60,9 @@ def test_every_workload_running_our_images_refuses_pickle(source):
         (doc["metadata"]["name"], c)
         for doc in render(ROOT / source)
         for c in _containers(doc)
+        # the Redis image (Debian's redis-server) has no Python and loads no model
         if str(c.get("image", "")).startswith(OURS)
+        and str(c["image"]).split("@")[0] != Settings().redis_image.split("@")[0]
     ]
     for name, container in ours:
         env = {e["name"]: e.get("value") for e in container.get("env", [])}
