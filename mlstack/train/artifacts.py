@@ -145,6 +145,16 @@ def _check_flavors(model_dir: Path, mlmodel: dict[str, Any]) -> None:
         )
     if sklearn.get("code") or pyfunc.get("code"):
         raise _refuse(model_dir, "it ships code paths (code is never loaded from an artifact)")
+    # the artifact's own list is never used; one that asks for more than the project trusts is
+    # refused at once, on every path (the ONNX engine serves without ever parsing model.skops)
+    asked = sklearn.get("skops_trusted_types") or []
+    if not isinstance(asked, list):
+        raise _refuse(model_dir, "skops_trusted_types is not a list")
+    beyond = sorted({str(t) for t in asked} - set(SKOPS_TRUSTED_TYPES))
+    if beyond:
+        raise _refuse(
+            model_dir, f"MLmodel asks skops to trust untrusted types: {beyond} (never loaded)"
+        )
     extra = sklearn.get("extra_files")
     if extra is not None and extra != [{"path": ONNX_PATH}]:
         raise _refuse(model_dir, f"extra files {extra!r} (only [{{'path': {ONNX_PATH!r}}}])")
