@@ -17,6 +17,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from mlstack.environ import environ
+
 TOKEN_ENV = "MLSTACK_GIT_TOKEN"
 USERNAME_ENV = "MLSTACK_GIT_USERNAME"
 # GitHub takes any username with a token; x-access-token is the one its docs use for app tokens
@@ -29,7 +31,6 @@ case "$1" in
   *) printf '%s\\n' "${TOKEN_ENV}" ;;
 esac
 """
-_GIT_ENV = ("GIT_ASKPASS", "GIT_TERMINAL_PROMPT", "GIT_CONFIG_GLOBAL", "GIT_CONFIG_NOSYSTEM")
 
 
 @contextlib.contextmanager
@@ -40,27 +41,21 @@ def git_credentials() -> Iterator[bool]:
     if not os.environ.get(TOKEN_ENV):
         yield False
         return
-    saved = {key: os.environ.get(key) for key in _GIT_ENV}
     with tempfile.TemporaryDirectory(prefix="mlstack-git-") as tmp:
         askpass = Path(tmp) / "askpass"
         askpass.write_text(_ASKPASS)  # reads the token from the environment; holds none
         askpass.chmod(0o700)
         config = Path(tmp) / "gitconfig"
         config.write_text("")
-        os.environ.update(
-            GIT_ASKPASS=str(askpass),
-            GIT_TERMINAL_PROMPT="0",
-            GIT_CONFIG_GLOBAL=str(config),
-            GIT_CONFIG_NOSYSTEM="1",
-        )
-        try:
+        with environ(
+            {
+                "GIT_ASKPASS": str(askpass),
+                "GIT_TERMINAL_PROMPT": "0",
+                "GIT_CONFIG_GLOBAL": str(config),
+                "GIT_CONFIG_NOSYSTEM": "1",
+            }
+        ):
             yield True
-        finally:
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
 
 
 def redact(text: str) -> str:

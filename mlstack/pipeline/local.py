@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
 import re
 import sys
 import time
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from mlstack.data import versions
+from mlstack.environ import environ
 from mlstack.errors import StackError
 from mlstack.settings import Settings
 from mlstack.train import tracking
@@ -363,8 +363,7 @@ def run_pipeline(
     )
 
 
-@contextlib.contextmanager
-def _feature_store_environment(settings: Settings) -> Iterator[None]:
+def _feature_store_environment(settings: Settings) -> contextlib.AbstractContextManager[None]:
     """The steps' feature store is this run's: ``MLSTACK_STATE_DIR`` (the embedded store's files
     under ``<state>/feast``) and, when set, ``MLSTACK_FEAST_CONFIG``/``MLSTACK_FEAST_SOURCE`` in
     the environment the local runner's step processes inherit, restored afterwards."""
@@ -373,18 +372,7 @@ def _feature_store_environment(settings: Settings) -> Iterator[None]:
         "MLSTACK_FEAST_CONFIG": settings.feast_config,
         "MLSTACK_FEAST_SOURCE": settings.feast_source,
     }
-    before = {name: os.environ.get(name) for name in wanted}
-    for name, value in wanted.items():
-        if value:
-            os.environ[name] = value
-    try:
-        yield
-    finally:
-        for name, old in before.items():
-            if old is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = old
+    return environ({name: value for name, value in wanted.items() if value})
 
 
 def _registration(
