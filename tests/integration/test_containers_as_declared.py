@@ -854,12 +854,12 @@ def dvc_remote_url(repo: Path, remote: str) -> str:
 def mlflow_server(root: Path, port: int, tracking: str) -> subprocess.Popen:
     """This environment's MLflow server on 127.0.0.1:``port`` (tests/support/servers.py's),
     also answering the Host of the in-cluster URL ``tracking``."""
-    from tests.support.servers import mlflow_server_argv
+    from tests.support.servers import MLFLOW_SERVER_ENV, mlflow_server_argv
 
     root.mkdir(parents=True)
     cmd = mlflow_server_argv(port, root)
     allowed = cmd.index("--allowed-hosts") + 1
     cmd[allowed] += "," + tracking.split("://", 1)[1].rstrip("/")
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    env = {**os.environ, **MLFLOW_SERVER_ENV}
     url = f"http://127.0.0.1:{port}/health"
     return start_process(cmd, root / "server.log", url, env=env, timeout=180)

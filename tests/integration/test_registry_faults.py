@@ -156,7 +156,7 @@ def test_mlflow_dying_mid_train_is_one_line_within_the_stated_bound(
     data_repo: Path, tmp_path: Path
 ):
     port, proxy_port = free_port(), free_port()
-    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    env = {**os.environ, **servers.MLFLOW_SERVER_ENV}
     backend = servers.start(
         servers.mlflow_server_argv(port, tmp_path),
         tmp_path / "mlflow.log",
