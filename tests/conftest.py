@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import socket
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -29,6 +32,7 @@ os.environ.update(
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 
 SMALL_ROWS = 1200
+DATA_PATH = "data/churn.csv"
 
 
 @pytest.fixture(autouse=True)
@@ -50,11 +54,38 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# repositories made once per test session (per rows, seed and where the remote lies) and copied
+_DATA_TEMPLATES: dict[tuple[int, int, str], tuple[Path, Path]] = {}
+_TEMPLATE_ROOT = Path(tempfile.mkdtemp(prefix="mlstack-test-templates-"))
+atexit.register(shutil.rmtree, _TEMPLATE_ROOT, ignore_errors=True)
+
+
 def make_data_repo(path: Path, remote: Path, rows: int = SMALL_ROWS, seed: int = 7) -> Path:
-    """A git repo with DVC, a local-directory default remote and one committed data version."""
+    """A git repo with DVC, a local-directory default remote and one committed data version.
+
+    ``versions.seeded_repo`` runs once per test session for each (rows, seed, remote relative to
+    the repository); each call gets its own copy of that repository and its remote. The template
+    records its remote relative to ``.dvc/`` (DVC resolves it there), so the copy's DVC config
+    names the copy's remote and nothing is shared between tests."""
     from mlstack.data import versions
 
-    return versions.seeded_repo(path, remote, data_path="data/churn.csv", rows=rows, seed=seed)
+    relative = os.path.relpath(remote, path)
+    key = (rows, seed, relative)
+    if key not in _DATA_TEMPLATES:
+        base = _TEMPLATE_ROOT / str(len(_DATA_TEMPLATES)) / "a" / "b" / "c" / "d" / "e"
+        template_repo = base / "repo"
+        template_remote = Path(os.path.normpath(template_repo / relative))
+        if not template_remote.is_relative_to(_TEMPLATE_ROOT):
+            return versions.seeded_repo(path, remote, data_path=DATA_PATH, rows=rows, seed=seed)
+        template_repo.mkdir(parents=True)
+        versions.seeded_repo(
+            template_repo, Path(relative), data_path=DATA_PATH, rows=rows, seed=seed
+        )
+        _DATA_TEMPLATES[key] = (template_repo, template_remote)
+    template_repo, template_remote = _DATA_TEMPLATES[key]
+    shutil.copytree(template_repo, path, symlinks=True, dirs_exist_ok=True)
+    shutil.copytree(template_remote, remote, symlinks=True, dirs_exist_ok=True)
+    return path
 
 
 @pytest.fixture
@@ -62,9 +93,25 @@ def data_repo(tmp_path: Path) -> Path:
     return make_data_repo(tmp_path / "repo", tmp_path / "remote")
 
 
+_MLFLOW_TEMPLATE = _TEMPLATE_ROOT / "mlflow"
+
+
+def new_sqlite_store(directory: Path) -> str:
+    """``sqlite_store(directory)`` with its tables already made: MLflow's migrations of a new
+    database (seconds) run once per test session, each store is a copy of that empty one."""
+    template = _MLFLOW_TEMPLATE / "mlflow.db"
+    if not template.exists():
+        from mlflow import MlflowClient
+
+        MlflowClient(sqlite_store(_MLFLOW_TEMPLATE)).search_experiments()
+    uri = sqlite_store(directory)
+    shutil.copyfile(template, directory / "mlflow.db")
+    return uri
+
+
 @pytest.fixture
 def tracking_uri(tmp_path: Path) -> str:
-    return sqlite_store(tmp_path / "mlflow")
+    return new_sqlite_store(tmp_path / "mlflow")
 
 
 @pytest.fixture
