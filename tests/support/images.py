@@ -17,6 +17,7 @@ a container engine it fails with what to do; it never skips: CI must run the con
 
 from __future__ import annotations
 
+import fcntl
 import shutil
 import subprocess
 from collections.abc import Sequence
@@ -72,9 +73,13 @@ def engine() -> str:
 
 
 def _build(keys: tuple[str, ...]) -> None:
+    """``scripts/images.sh build`` of ``keys``, one test process at a time (parallel workers share
+    the engine's images, their SBOMs and this log): a second process finds the layers cached."""
     log = ROOT / ".mlstack" / "images-build.log"
     log.parent.mkdir(exist_ok=True)
-    with log.open("w") as out:
+    with (log.parent / "images-build.lock").open("w") as lock, log.open("a") as out:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        out.truncate(0)
         done = subprocess.run(
             [str(SCRIPT), "build", *keys],
             cwd=ROOT,
@@ -82,8 +87,9 @@ def _build(keys: tuple[str, ...]) -> None:
             stderr=subprocess.STDOUT,
             timeout=BUILD_TIMEOUT,
         )
-    if done.returncode != 0:
+        out.flush()
         tail = "\n".join(log.read_text().splitlines()[-30:])
+    if done.returncode != 0:
         pytest.fail(
             f"scripts/images.sh build {' '.join(keys)} failed ({log}):\n{tail}", pytrace=False
         )
