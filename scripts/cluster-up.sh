@@ -18,6 +18,7 @@ NODE_IMAGE="kindest/node:v1.37.0@sha256:a1ed56cfb0e7b93589bdf97c8cd566405a265939
 REPO_URL="${REPO_URL:-https://github.com/mlstack/mlstack.git}"
 REVISION="${REVISION:-main}"
 MLSTACK="${MLSTACK:-.venv/bin/mlstack}"
+IMAGES="${IMAGES:-scripts/images.sh}"
 TIMEOUT="${TIMEOUT:-1800}"
 
 kind_release() { "$KIND" version 2>/dev/null | awk '{print $2}'; }
@@ -49,8 +50,8 @@ kubectl config use-context "kind-$CLUSTER"
 
 # the images built from this repository (`make images`: named as mlstack/settings.py names them,
 # which is how the manifests name them), built by docker for kind and loaded into the node
-CONTAINER_ENGINE=docker scripts/images.sh build
-scripts/images.sh list | while read -r image; do
+CONTAINER_ENGINE=docker "$IMAGES" build
+"$IMAGES" list | while read -r image; do
   "$KIND" load docker-image --name "$CLUSTER" "$image"
 done
 

@@ -250,26 +250,23 @@ sbom_tool() {
 SBOM_PY='import runpy, sys
 sys.path.insert(0, "/opt/sbom-tool")
 sys.argv = ["cyclonedx-py", "environment", "--output-format", "JSON", "--output-reproducible",
-            "--no-validate", "--output-file", "/out/sbom.json", sys.executable]
+            "--no-validate", "--output-file", "-", sys.executable]
 runpy.run_module("cyclonedx_py", run_name="__main__", alter_sys=True)'
-# The document is written to a mounted directory, not taken from the container's stdout: with
-# other containers starting at the same time, podman 4.3 has returned an empty stdout and exit 0.
-# It replaces the previous SBOM only once it is a whole CycloneDX document.
+# The previous SBOM is replaced only by a whole CycloneDX document: an engine that exits 0 with
+# nothing on stdout (a stub, a broken attach) would otherwise leave an empty file that Trivy
+# scans as an image with nothing in it.
 sbom_of() {
-  local out="$SBOM_DIR/$1.cdx.json" scratch
+  local out="$SBOM_DIR/$1.cdx.json"
   sbom_tool "$2"
   mkdir -p "$SBOM_DIR"
-  scratch="$(mktemp -d "$PWD/$SBOM_DIR/.$1.XXXXXX")"
-  chmod 0777 "$scratch"  # the image's user (not this one) writes the document
   "$ENGINE" run --rm --network none --entrypoint python -v "$PWD/$SBOM_TOOL/lib:/opt/sbom-tool:ro" \
-    -v "$scratch:/out" "$2" -c "$SBOM_PY" >&2 || { rm -rf "$scratch"; die "SBOM of $2 failed"; }
+    "$2" -c "$SBOM_PY" >"$out.tmp" || { rm -f "$out.tmp"; die "SBOM of $2 failed"; }
   if ! python3 -c 'import json, sys; sys.exit(json.load(open(sys.argv[1]))["bomFormat"] != "CycloneDX")' \
-    "$scratch/sbom.json" 2>/dev/null; then
-    rm -rf "$scratch"
+    "$out.tmp" 2>/dev/null; then
+    rm -f "$out.tmp"
     die "SBOM of $2: the tool exited 0 without writing a CycloneDX document"
   fi
-  mv "$scratch/sbom.json" "$out"
-  rm -rf "$scratch"
+  mv "$out.tmp" "$out"
   say "SBOM of $2: $out"
 }
 

@@ -481,6 +481,7 @@ case "$(basename "$0") $1" in
   "kind get") echo "$CLUSTER" ;;
   "openssl rand") echo 00 ;;
   "mlstack root-app") cat "$STUB_ROOT" ;;
+  "images list") printf '%s\n' $STUB_IMAGES ;;
 esac
 """
 KUBECTL_STUB = """#!/usr/bin/env bash
@@ -497,11 +498,12 @@ exit 0
 
 
 def run_cluster_up(tmp_path: Path, kind_version: str, **env: str) -> tuple[subprocess.CompletedProcess, str, str]:  # fmt: skip
-    """scripts/cluster-up.sh with docker, podman, kind, openssl and the cluster side of kubectl stubbed
-    (kubectl's offline commands, kustomize and client-side dry runs, are real)."""
+    """scripts/cluster-up.sh with docker, podman, kind, openssl, scripts/images.sh (its state is
+    this checkout's .mlstack) and the cluster side of kubectl stubbed (kubectl's offline commands,
+    kustomize and client-side dry runs, are real)."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    for tool in ("docker", "podman", "kind", "openssl", "mlstack", "make"):
+    for tool in ("docker", "podman", "kind", "openssl", "mlstack", "make", "images"):
         (bin_dir / tool).write_text(STUB)
     (bin_dir / "kubectl").write_text(KUBECTL_STUB)
     for tool in bin_dir.iterdir():
@@ -511,7 +513,8 @@ def run_cluster_up(tmp_path: Path, kind_version: str, **env: str) -> tuple[subpr
     done = subprocess.run(
         ["bash", str(CLUSTER_UP)], cwd=ROOT, capture_output=True, text=True, timeout=300,
         env={"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path), "KIND": str(bin_dir / "kind"),
-             "MLSTACK": str(bin_dir / "mlstack"), "REAL_KUBECTL": shutil.which("kubectl"),
+             "MLSTACK": str(bin_dir / "mlstack"), "IMAGES": str(bin_dir / "images"),
+             "STUB_IMAGES": " ".join(kind_loaded_images()), "REAL_KUBECTL": shutil.which("kubectl"),
              "STUB_LOG": str(log), "STUB_APPLIED": str(applied), "STUB_KIND_VERSION": kind_version,
              "STUB_ROOT": str(ROOT / "argocd/root.yaml"), "CLUSTER": "stub", "TIMEOUT": "60",
              "KUBECONFIG": str(tmp_path / "none"), **env},
@@ -535,6 +538,7 @@ def test_cluster_up_gives_argo_cd_the_credentials_of_a_private_repository(tmp_pa
     fork = "https://github.com/someone/private-fork.git"
     done, calls, applied = run_cluster_up(tmp_path, "v0.33.0", REPO_URL=fork, GIT_TOKEN="t0ken")
     assert done.returncode == 0, done.stderr + calls
+    assert all(f"kind load docker-image --name stub {i}\n" in calls for i in kind_loaded_images())
     label, value, keys = repository_secret_rule()
     secrets = [d for d in yaml.safe_load_all(applied) if d and d["kind"] == "Secret"]
     [secret] = [s for s in secrets if s["metadata"].get("labels", {}).get(label) == value]
