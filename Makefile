@@ -66,13 +66,13 @@ images:
 locks:
 	scripts/locks.sh
 
-## lint, then every test (the slow end-to-end ones and the containers included)
 # pytest in parallel workers (pytest-xdist), each given whole files so a module's fixtures are
 # built once: most tests wait on servers, containers and subprocesses, so 3 workers pay on 2 cores.
 # Unbuffered, so a log shows how far a run got.
 PYTEST_WORKERS ?= 3
 PYTEST := PYTHONUNBUFFERED=1 $(BIN)/pytest -q -n $(PYTEST_WORKERS) --dist loadfile
 
+## lint, then every test (the slow end-to-end ones and the containers included)
 test: setup-test tools lint images
 	$(PYTEST) --durations=30
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from mlstack.data import generate
-from mlstack.settings import Settings
+from mlstack.settings import DEFAULTS, Settings
 from mlstack.train.tracking import sqlite_store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,7 +32,7 @@ os.environ.update(
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 
 SMALL_ROWS = 1200
-DATA_PATH = "data/churn.csv"
+DATA_PATH = DEFAULTS.data_path
 
 
 @pytest.fixture(autouse=True)

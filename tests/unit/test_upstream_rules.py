@@ -498,9 +498,9 @@ exit 0
 
 
 def run_cluster_up(tmp_path: Path, kind_version: str, **env: str) -> tuple[subprocess.CompletedProcess, str, str]:  # fmt: skip
-    """scripts/cluster-up.sh with docker, podman, kind, openssl, scripts/images.sh (its state is
-    this checkout's .mlstack) and the cluster side of kubectl stubbed (kubectl's offline commands,
-    kustomize and client-side dry runs, are real)."""
+    """scripts/cluster-up.sh with docker, podman, kind, openssl, scripts/images.sh (the real one
+    would write this checkout's .mlstack) and the cluster side of kubectl stubbed (kubectl's
+    offline commands, kustomize and client-side dry runs, are real)."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     for tool in ("docker", "podman", "kind", "openssl", "mlstack", "make", "images"):
