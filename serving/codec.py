@@ -8,21 +8,23 @@ the field's name and a ``reason`` label for the input-error metric.
 Decoding is column-wise: a batch whose values all have the plain JSON types and pass the checks
 is converted a column at a time by numpy and dict look-ups, with no Python loop per row; anything
 else (or any bad value) takes the row-by-row path, which accepts the same values and raises the
-error naming the first bad field.
+error naming the first bad field. A single row takes the row-by-row path directly: for one row
+its plain Python checks cost less than numpy's per-call set-up.
 """
 
 from __future__ import annotations
 
 import math
 import operator
-from dataclasses import dataclass
-from itertools import repeat
-from typing import Any
+from itertools import chain, repeat
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from mlstack.schema import FEATURES, Feature
+
+if TYPE_CHECKING:  # pandas only for the sklearn fallback and frames made in-process
+    import pandas as pd
 
 NUMERIC = [f for f in FEATURES if f.kind == "numeric"]
 CATEGORICAL = [f for f in FEATURES if f.kind == "categorical"]
@@ -44,13 +46,15 @@ _CODES: list[dict[Any, int]] = [
 ]
 # per categorical feature: code -> value (the last two: UNKNOWN, MISSING)
 _VALUES = [np.array([*f.categories, None, None], dtype=object) for f in CATEGORICAL]
-_NUMERIC_TYPES = [
-    frozenset({int, float, type(None)}) if f.name in NULLABLE else frozenset({int, float})
-    for f in NUMERIC
-]
-_NOT_NULLABLE = np.array([f.name not in NULLABLE for f in NUMERIC])
-_MINS = np.array([-math.inf if f.min is None else f.min for f in NUMERIC], dtype=np.float64)
-_MAXS = np.array([math.inf if f.max is None else f.max for f in NUMERIC], dtype=np.float64)
+_NUMERIC_TYPES = frozenset({int, float, type(None)})  # null: checked per feature below
+_NULLABLE_NUMERIC = np.array([f.name in NULLABLE for f in NUMERIC])
+# the schema's bounds, finite (an unbounded side is float64's largest value): inf and NaN fall
+# outside them
+_LARGEST = float(np.finfo(np.float64).max)
+_MINS = np.array([-_LARGEST if f.min is None else f.min for f in NUMERIC], dtype=np.float64)
+_MAXS = np.array([_LARGEST if f.max is None else f.max for f in NUMERIC], dtype=np.float64)
+# up to this many rows a batch is decoded value by value (fewer numpy calls than column-wise)
+_ROWWISE_MAX = 1
 _ROW_VALUES = operator.itemgetter(*NAMES)
 _NAME_SET = frozenset(NAMES)
 _INT_DATATYPES = {"INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"}
@@ -63,15 +67,38 @@ class InputError(ValueError):
         self.reason = reason
 
 
-@dataclass
 class Batch:
-    numeric: np.ndarray  # (n, len(NUMERIC)) float64
-    categorical: np.ndarray  # (n, len(CATEGORICAL)) object
-    # (n, len(CATEGORICAL)) int8; made from ``categorical`` on first use when not given
-    codes: np.ndarray | None = None
+    """A checked batch: ``numeric`` (n, len(NUMERIC)) float64, NaN for missing; ``categorical``
+    (n, len(CATEGORICAL)) objects, str or None; ``codes`` (n, len(CATEGORICAL)) int8. The
+    decoder gives the codes and the values are made from them on first use (the engine and the
+    drift window read only the codes); a batch made from values gets its codes on first use."""
+
+    __slots__ = ("_categorical", "codes", "numeric")
+
+    def __init__(
+        self,
+        numeric: np.ndarray,
+        categorical: np.ndarray | None = None,
+        codes: np.ndarray | None = None,
+    ):
+        if categorical is None and codes is None:
+            raise ValueError("a batch needs its categorical values or their codes")
+        self.numeric = numeric
+        self._categorical = categorical
+        self.codes = codes
 
     def __len__(self) -> int:
         return self.numeric.shape[0]
+
+    @property
+    def categorical(self) -> np.ndarray:
+        if self._categorical is None:
+            assert self.codes is not None
+            categorical = np.empty(self.codes.shape, dtype=object)
+            for j, values in enumerate(_VALUES):
+                categorical[:, j] = values[self.codes[:, j]]
+            self._categorical = categorical
+        return self._categorical
 
     def category_codes(self) -> np.ndarray:
         """Each category's index in its feature's schema categories; ``MISSING`` for None,
@@ -87,6 +114,8 @@ class Batch:
 
     def to_frame(self) -> pd.DataFrame:
         """The model's input frame, made by the same ``features`` as in training."""
+        import pandas as pd
+
         from mlstack.train.training import features
 
         frame = pd.DataFrame(self.numeric, columns=[f.name for f in NUMERIC])
@@ -166,21 +195,20 @@ def _check_names(given: Any, prefix: str, noun: str) -> None:
 
 def _numeric_columns(columns: list[Any], n: int) -> np.ndarray | None:
     """The numeric features' values as an (n, features) array when every value is an int, a
-    float or (where allowed) null, finite and in range; None otherwise."""
-    out = np.empty((n, len(NUMERIC)), dtype=np.float64)
-    for j, column in enumerate(columns):
-        if not set(map(type, column)) <= _NUMERIC_TYPES[j]:
-            return None
-        try:
-            out[:, j] = np.array(column, dtype=np.float64)  # None -> NaN
-        except (OverflowError, ValueError, TypeError):
-            return None
-    missing = np.isnan(out)
-    if (missing & _NOT_NULLABLE).any() or np.isinf(out).any():
+    float or (where allowed) null, finite and in range; None otherwise. One type pass and one
+    conversion for all the features."""
+    if not set(map(type, chain.from_iterable(columns))) <= _NUMERIC_TYPES:
         return None
-    if ((out < _MINS) | (out > _MAXS)).any():  # NaN compares false
+    try:
+        out = np.array(columns, dtype=np.float64).T  # None -> NaN
+    except (OverflowError, ValueError, TypeError):
         return None
-    return out
+    if out.shape != (n, len(NUMERIC)):
+        return None
+    inside = (out >= _MINS) & (out <= _MAXS)  # NaN and inf compare outside
+    if inside.all() or (inside | (np.isnan(out) & _NULLABLE_NUMERIC)).all():
+        return out
+    return None
 
 
 def _category_codes(columns: list[Any], n: int) -> np.ndarray | None:
@@ -204,10 +232,7 @@ def _from_columns(columns: list[Any], n: int) -> Batch | None:
     codes = _category_codes(columns[len(NUMERIC) :], n)
     if codes is None:
         return None
-    categorical = np.empty((n, len(CATEGORICAL)), dtype=object)
-    for j, values in enumerate(_VALUES):
-        categorical[:, j] = values[codes[:, j]]
-    return Batch(numeric, categorical, codes)
+    return Batch(numeric, codes=codes)
 
 
 def _row_columns(rows: list[Any]) -> list[Any] | None:
@@ -226,6 +251,8 @@ def _row_columns(rows: list[Any]) -> list[Any] | None:
 def from_rows(rows: list[Any], max_batch: int, field: str = "instances") -> Batch:
     """V1 rows: objects keyed by feature name, or lists in schema order."""
     _check_size(len(rows), max_batch)
+    if len(rows) <= _ROWWISE_MAX:
+        return _from_rows_checked(rows, field)
     columns = _row_columns(rows)
     batch = None if columns is None else _from_columns(columns, len(rows))
     return batch if batch is not None else _from_rows_checked(rows, field)
@@ -233,8 +260,8 @@ def from_rows(rows: list[Any], max_batch: int, field: str = "instances") -> Batc
 
 def _from_rows_checked(rows: list[Any], field: str) -> Batch:
     """Row by row, value by value: the first bad value raises the ``InputError`` naming it."""
-    numeric = np.empty((len(rows), len(NUMERIC)), dtype=np.float64)
-    categorical = np.empty((len(rows), len(CATEGORICAL)), dtype=object)
+    numeric: list[list[float]] = []
+    codes: list[list[int]] = []
     for i, row in enumerate(rows):
         where = f"{field}[{i}]"
         if isinstance(row, dict):
@@ -253,11 +280,17 @@ def _from_rows_checked(rows: list[Any], field: str) -> Batch:
                 f"{where}: a row must be an object or a list, got {type(row).__name__}",
             )
         by_name = dict(zip(NAMES, values, strict=True))
-        for j, f in enumerate(NUMERIC):
-            numeric[i, j] = _numeric_value(f, by_name[f.name], where)
-        for j, f in enumerate(CATEGORICAL):
-            categorical[i, j] = _category_value(f, by_name[f.name], where)
-    return Batch(numeric, categorical)
+        numeric.append([_numeric_value(f, by_name[f.name], where) for f in NUMERIC])
+        codes.append(
+            [
+                table[_category_value(f, by_name[f.name], where)]
+                for f, table in zip(CATEGORICAL, _CODES, strict=True)
+            ]
+        )
+    return Batch(
+        np.array(numeric, dtype=np.float64).reshape(len(rows), len(NUMERIC)),
+        codes=np.array(codes, dtype=np.int8).reshape(len(rows), len(CATEGORICAL)),
+    )
 
 
 def from_v1(body: Any, max_batch: int) -> Batch:
@@ -316,7 +349,7 @@ def from_v2(inputs: list[Any], max_batch: int) -> Batch:
         _v2_column(name, by_name[name].datatype, by_name[name].data, n, BY_NAME[name])
         for name in NAMES
     ]
-    batch = _from_columns(columns, n)
+    batch = None if n <= _ROWWISE_MAX else _from_columns(columns, n)
     if batch is not None:
         return batch
     rows = [[column[i] for column in columns] for i in range(n)]

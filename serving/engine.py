@@ -26,6 +26,9 @@ from mlstack.train import onnx_export
 from serving.codec import CATEGORICAL, MISSING, NUMERIC, UNKNOWN, Batch
 
 log = logging.getLogger(__name__)
+# the codes below the categories' own, in a one-hot block's order
+assert (UNKNOWN, MISSING) == (-2, -1)
+_CODE_BASE = 2  # code + _CODE_BASE: the position in a block [UNKNOWN, MISSING, categories...]
 
 
 @dataclass(frozen=True)
@@ -35,8 +38,12 @@ class Preprocessing:
 
     medians: np.ndarray  # (n_numeric,)
     indicator_cols: np.ndarray  # numeric columns that get a missing indicator
-    # per categorical feature: code -> one-hot column, or -1 for none (an unseen category)
-    onehot_cols: list[np.ndarray]
+    # the one-hot column of every category code, all categorical features in one table: feature
+    # j's block starts at ``code_shift[j] - 2`` and holds [UNKNOWN, MISSING, its categories...]
+    # (so ``code + code_shift[j]`` indexes it); a code with no column (an unseen category) gets
+    # column 0, which the imputed first number overwrites
+    onehot_table: np.ndarray
+    code_shift: np.ndarray
     width: int
 
     @classmethod
@@ -66,39 +73,37 @@ class Preprocessing:
         ):
             return None
         offset = len(NUMERIC) + indicator_cols.size
-        onehot_cols = []
+        blocks: list[list[int]] = []
+        shifts = []
         for feature, fitted in zip(CATEGORICAL, categories, strict=True):
             column = {c: offset + k for k, c in enumerate(fitted)}
-            table = np.full(len(feature.categories) + 2, -1, dtype=np.intp)
-            for code, value in enumerate(feature.categories):
-                table[code] = column.get(value, -1)
-            table[UNKNOWN] = -1
-            table[MISSING] = column.get(fill, -1)
-            onehot_cols.append(table)
+            shifts.append(sum(map(len, blocks)) + _CODE_BASE)
+            # UNKNOWN (handle_unknown="ignore": no column), MISSING (the fill value's column),
+            # then the schema's categories
+            blocks.append([0, column.get(fill, 0), *(column.get(c, 0) for c in feature.categories)])
             offset += len(fitted)
         return cls(
             medians=medians,
             indicator_cols=indicator_cols,
-            onehot_cols=onehot_cols,
+            onehot_table=np.asarray([c for b in blocks for c in b], dtype=np.intp),
+            code_shift=np.asarray(shifts, dtype=np.intp),
             width=offset,
         )
 
     def transform(self, batch: Batch) -> np.ndarray:
-        """(n, width) float32: what the classifier's ONNX graph takes."""
+        """(n, width) float32: what the classifier's ONNX graph takes. A few whole-batch numpy
+        calls, whatever the number of rows or features."""
         num = batch.numeric
         n = num.shape[0]
-        missing = np.isnan(num)
         x = np.zeros((n, self.width), dtype=np.float32)
+        # the one-hot ones first: an unseen category's 1 lands in column 0, overwritten below
+        cols = self.onehot_table[batch.category_codes() + self.code_shift]
+        x.ravel()[cols + np.arange(0, n * self.width, self.width)[:, None]] = 1.0
+        missing = np.isnan(num)
         x[:, : len(NUMERIC)] = np.where(missing, self.medians, num)
         x[:, len(NUMERIC) : len(NUMERIC) + self.indicator_cols.size] = missing[
             :, self.indicator_cols
         ]
-        codes = batch.category_codes()
-        rows = np.arange(n)
-        for j, table in enumerate(self.onehot_cols):
-            cols = table[codes[:, j]]
-            hit = cols >= 0  # an unseen category stays all-zero (handle_unknown="ignore")
-            x[rows[hit], cols[hit]] = 1.0
         return x
 
 

@@ -98,6 +98,13 @@ class ChurnModel(Model):
         self.onnx_engine: engine.OnnxEngine | None = None
         self.drift: monitoring.DriftWindow | None = None
         self.lineage: ModelLineage | None = None
+        # this model's series of the prediction mix (class 0, class 1) and of the score
+        # histogram, resolved once: label look-ups are not per request
+        self._predicted = (
+            monitoring.PREDICTIONS.labels(name, model_version, "0"),
+            monitoring.PREDICTIONS.labels(name, model_version, "1"),
+        )
+        self._scores = monitoring.SCORE.series(name, model_version)
 
     def load(self) -> bool:
         """Load through the project's loader (``mlstack.train.artifacts.load_model``: skops only,
@@ -265,14 +272,12 @@ class ChurnModel(Model):
         )
 
     def _observe(self, batch: Batch, proba: np.ndarray, labels: np.ndarray) -> None:
-        positives = int(labels.sum())
+        positives = int(np.count_nonzero(labels))
         if positives:
-            monitoring.PREDICTIONS.labels(self.name, self.model_version, "1").inc(positives)
+            self._predicted[1].inc(positives)
         if len(labels) - positives:
-            monitoring.PREDICTIONS.labels(self.name, self.model_version, "0").inc(
-                len(labels) - positives
-            )
-        monitoring.SCORE.observe(self.name, self.model_version, proba[:, 1])
+            self._predicted[0].inc(len(labels) - positives)
+        self._scores.observe(proba[:, 1])
         if self.drift is not None:
             self.drift.update(batch)
 

@@ -7,7 +7,7 @@
 - ``model_input_errors_total{model_name, reason}``: refused requests by reason
 - ``model_info{model_name, model_version, data_md5, git_sha, mlflow_run_id, kfp_run_id} 1``
 - ``model_feature_drift_psi{model_name, feature}``: PSI of the last N rows against the training
-  profile, computed when scraped (the request path only records bin indices)
+  profile, computed when scraped (the request path only copies the rows' values into a ring)
 - ``model_drift_window_rows{model_name}``: how many rows that window holds
 - ``model_training_metric{model_name, model_version, metric}``: the model's held-out metrics
 - ``model_fast_path{model_name, model_version, engine}``: 1 when the model is served by
@@ -36,6 +36,31 @@ PREDICTIONS = Counter(
 )
 
 
+class ScoreSeries:
+    """One (model_name, model_version) series of a ``ScoreHistogram``."""
+
+    def __init__(self, bounds: np.ndarray):
+        self.bounds = bounds
+        self.counts = np.zeros(bounds.size + 1, dtype=np.int64)  # per bucket, not cumulative
+        self.total = 0.0
+        self._lock = threading.Lock()
+
+    def observe(self, scores: np.ndarray) -> None:
+        # bucket i counts the scores <= bounds[i] and > bounds[i - 1]; the last, the rest (+Inf)
+        counts = np.bincount(
+            np.searchsorted(self.bounds, scores, side="left"), minlength=self.bounds.size + 1
+        )
+        total = float(np.sum(scores))
+        with self._lock:
+            self.counts += counts
+            self.total += total
+
+    def snapshot(self) -> tuple[np.ndarray, float]:
+        """Cumulative bucket counts and the sum."""
+        with self._lock:
+            return self.counts.cumsum(), self.total
+
+
 class ScoreHistogram(Collector):
     """A Prometheus histogram per (model_name, model_version) that counts a whole batch of
     scores with one numpy call (prometheus_client's ``Histogram.observe`` takes one value and a
@@ -45,33 +70,29 @@ class ScoreHistogram(Collector):
         self.name = name
         self.documentation = documentation
         self.bounds = np.asarray(buckets, dtype=np.float64)
-        self._series: dict[tuple[str, str], tuple[np.ndarray, list[float]]] = {}
+        self._series: dict[tuple[str, str], ScoreSeries] = {}
         self._lock = threading.Lock()
 
-    def observe(self, model_name: str, model_version: str, scores: np.ndarray) -> None:
-        # bucket i counts the scores <= bounds[i] and > bounds[i - 1]; the last, the rest (+Inf)
-        counts = np.bincount(
-            np.searchsorted(self.bounds, scores, side="left"), minlength=self.bounds.size + 1
-        )
-        total = float(np.sum(scores))
+    def series(self, model_name: str, model_version: str) -> ScoreSeries:
+        """The series of these labels (made on first use), to observe without a look-up."""
         with self._lock:
             series = self._series.get((model_name, model_version))
             if series is None:
-                series = self._series[(model_name, model_version)] = (
-                    np.zeros(self.bounds.size + 1, dtype=np.int64),
-                    [0.0],
-                )
-            series[0][:] += counts
-            series[1][0] += total
+                series = self._series[(model_name, model_version)] = ScoreSeries(self.bounds)
+            return series
+
+    def observe(self, model_name: str, model_version: str, scores: np.ndarray) -> None:
+        self.series(model_name, model_version).observe(scores)
 
     def collect(self) -> Iterator[Metric]:
         family = HistogramMetricFamily(
             self.name, self.documentation, labels=["model_name", "model_version"]
         )
         with self._lock:
-            snapshot = [(k, c.cumsum(), s[0]) for k, (c, s) in self._series.items()]
+            series = list(self._series.items())
         les = [floatToGoString(b) for b in self.bounds] + ["+Inf"]
-        for labels, cumulative, total in snapshot:
+        for labels, one in series:
+            cumulative, total = one.snapshot()
             family.add_metric(
                 list(labels),
                 [(le, float(c)) for le, c in zip(les, cumulative, strict=True)],
@@ -107,7 +128,9 @@ TRAINING_METRIC = Gauge(
 
 
 class DriftWindow:
-    """The bin index of every feature for the last ``size`` rows, in a ring buffer."""
+    """The last ``size`` rows' numeric values and category codes, in a ring buffer. A request
+    only copies its batch in (two slice assignments); the rows are binned against the reference
+    profile when Prometheus scrapes (``psi``)."""
 
     def __init__(self, reference: dict[str, FeatureProfile], size: int):
         if size < 1:
@@ -124,41 +147,43 @@ class DriftWindow:
             table[UNKNOWN] = p.n_bins - 2
             table[MISSING] = p.n_bins - 1
             self.category_bins.append(table)
-        self.bins = np.zeros((len(self.features), size), dtype=np.int16)
+        self.values = np.zeros((size, len(NUMERIC)), dtype=np.float64)
+        self.codes = np.zeros((size, len(CATEGORICAL)), dtype=np.int8)
         self.filled = 0
         self.pos = 0
         self._lock = threading.Lock()
 
     def update(self, batch: Batch) -> None:
+        values, codes = batch.numeric, batch.category_codes()
         n = len(batch)
-        rows = np.empty((len(self.features), n), dtype=np.int16)
-        for j, p in enumerate(self.numeric):
-            rows[j] = p.bin_numeric(batch.numeric[:, j])
-        offset = len(self.numeric)
-        codes = batch.category_codes()
-        for j, table in enumerate(self.category_bins):
-            rows[offset + j] = table[codes[:, j]]
         if n >= self.size:
-            rows = rows[:, -self.size :]
-            n = self.size
+            values, codes, n = values[-self.size :], codes[-self.size :], self.size
         with self._lock:
             end = self.pos + n
             if end <= self.size:
-                self.bins[:, self.pos : end] = rows
+                self.values[self.pos : end] = values
+                self.codes[self.pos : end] = codes
             else:
                 first = self.size - self.pos
-                self.bins[:, self.pos :] = rows[:, :first]
-                self.bins[:, : n - first] = rows[:, first:]
+                self.values[self.pos :] = values[:first]
+                self.values[: n - first] = values[first:]
+                self.codes[self.pos :] = codes[:first]
+                self.codes[: n - first] = codes[first:]
             self.pos = end % self.size
             self.filled = min(self.size, self.filled + n)
 
     def psi(self) -> dict[str, float]:
         with self._lock:
-            window = self.bins[:, : self.filled].copy()
-        return {
-            p.name: profiles.psi(p.expected, np.bincount(window[i], minlength=p.n_bins))
-            for i, p in enumerate(self.features)
-        }
+            values = self.values[: self.filled].copy()
+            codes = self.codes[: self.filled].copy()
+        out = {}
+        for j, p in enumerate(self.numeric):
+            counts = np.bincount(p.bin_numeric(values[:, j]), minlength=p.n_bins)
+            out[p.name] = profiles.psi(p.expected, counts)
+        for j, (p, table) in enumerate(zip(self.categorical, self.category_bins, strict=True)):
+            counts = np.bincount(table[codes[:, j]], minlength=p.n_bins)
+            out[p.name] = profiles.psi(p.expected, counts)
+        return out
 
 
 class DriftCollector(Collector):
