@@ -166,6 +166,30 @@ def commit_path(repo: Path, rel: str, message: str) -> str:
     return new
 
 
+def repair_index(repo: Path, rel: str) -> bool:
+    """The repository's index entry of ``rel`` put back to HEAD's when a run was killed between
+    moving the branch and updating the index (``commit_path``): the work tree and HEAD agree and
+    the index still holds the blob of HEAD's parent, which ``git status`` shows as a change
+    staged and reverted. Nothing is done otherwise (a change someone staged is theirs). True if
+    repaired."""
+    head = _git(repo, "ls-tree", "HEAD", "--", rel).split()
+    staged = _git(repo, "ls-files", "--stage", "--", rel).split()
+    if len(head) < 3 or len(staged) < 2 or staged[1] == head[2]:
+        return False
+    try:
+        parent = _git(repo, "ls-tree", "HEAD^", "--", rel).split()
+    except StackError:  # HEAD has no parent
+        return False
+    if len(parent) < 3 or staged[1] != parent[2]:
+        return False
+    if _git(repo, "hash-object", "--", rel) != head[2]:
+        return False
+    with contextlib.suppress(StackError):  # a concurrent git command holding the index
+        _git(repo, "update-index", "--cacheinfo", f"{head[0]},{head[2]},{rel}")
+        return True
+    return False
+
+
 def _last_commit(repo: Path, rel: str) -> str:
     return _git(repo, "log", "--first-parent", "-n1", "--format=%H", "--", rel)
 
@@ -256,6 +280,7 @@ def promote_canary(
     ``force``), or a git or MLflow failure."""
     path = promote.overlay_file(manifests, env)
     repo, rel = _repo_of(path)
+    repair_index(repo, rel)  # what a run killed after its commit left
     state = overlay_state(path.read_text(), path)
     version = state.version
     if not version.isdigit() or version == "0":
@@ -345,6 +370,7 @@ def rollback_canary(
     holds no earlier registered version to go back to, or on a git or MLflow failure."""
     path = promote.overlay_file(manifests, env)
     repo, rel = _repo_of(path)
+    repair_index(repo, rel)  # what a run killed after its commit left
     text = path.read_text()
     state = overlay_state(text, path)
     head = _head_text(repo, rel)

@@ -260,6 +260,31 @@ def test_commit_path_commits_that_path_only_and_nothing_when_unchanged(
     assert git(repo, "rev-parse", "HEAD") == sha
 
 
+def test_a_run_killed_between_its_commit_and_the_index_leaves_an_index_the_next_run_repairs(
+    tmp_path: Path,
+):
+    """commit_path moves the branch, then the repository's index; a kill in between leaves HEAD
+    and the work tree at the new text and the index at the old one (`git status`: MM). The next
+    promote or rollback run puts the entry back to HEAD's; a change someone staged is left."""
+    manifests = gitops_repo(tmp_path / "gitops")
+    repo = manifests.parent
+    overlay = promote.overlay_file(manifests, "production")
+    old = git(repo, "ls-files", "--stage", "--", PROD).split()
+    promote.edit(overlay, {promote.MODEL_VERSION: "7"})
+    lifecycle.commit_path(repo, PROD, "rollout: test\n")
+    git(repo, "update-index", "--cacheinfo", f"{old[0]},{old[1]},{PROD}")  # the killed state
+    assert git(repo, "status", "--porcelain") == f"MM {PROD}"
+    assert lifecycle.repair_index(repo, PROD)
+    assert git(repo, "status", "--porcelain") == ""
+    assert not lifecycle.repair_index(repo, PROD)  # nothing left to repair
+    # someone's own staged change of the file (not HEAD's parent's text) is theirs
+    promote.edit(overlay, {promote.MODEL_VERSION: "8"})
+    git(repo, "add", PROD)
+    promote.edit(overlay, {promote.MODEL_VERSION: "7"})
+    assert not lifecycle.repair_index(repo, PROD)
+    assert git(repo, "status", "--porcelain") == f"MM {PROD}"
+
+
 def test_refusals_before_anything_is_written(tmp_path: Path):
     manifests = gitops_repo(tmp_path / "gitops")
     uri = "sqlite:///nowhere/mlflow.db"  # never reached: each refusal comes first
