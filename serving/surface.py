@@ -9,7 +9,9 @@ versioned V2 route, and says the server is ready whatever its models do. Here:
 - ``/v2/models/{name}/versions/{version}[/ready|/infer]`` answer as the unversioned routes for the
   version being served and 404 naming it for any other (so does KServe's ``?model_version=``);
 - ``/v2/health/ready`` is ready only while every served model is registered and answers a probe
-  prediction; ``/v2/models/{name}/ready`` and ``/v1/models/{name}`` run the same probe.
+  prediction; ``/v2/models/{name}/ready`` and ``/v1/models/{name}`` run the same probe;
+- the inference routes (V2 ``infer``, V1 ``:predict``) come first among the app's routes, and the
+  inference lane (``serving.lane``) in front of the app answers them with their own handler.
 """
 
 from collections.abc import Callable, Coroutine
@@ -28,6 +30,7 @@ from kserve.protocol.dataplane import DataPlane
 from kserve.protocol.infer_type import InferInput, InferRequest, RequestedOutput
 from kserve.protocol.model_repository_extension import ModelRepositoryExtension
 from kserve.protocol.rest.server import RESTServer
+from kserve.protocol.rest.v1_endpoints import V1Endpoints
 from kserve.protocol.rest.v2_datamodels import (
     InferenceRequest,
     InferenceResponse,
@@ -37,7 +40,10 @@ from kserve.protocol.rest.v2_datamodels import (
 from kserve.protocol.rest.v2_endpoints import V2Endpoints
 from timing_asgi import TimingMiddleware
 
+from serving import lane
+
 MODEL = "/v2/models/{model_name}"
+V1_PREDICT = "/v1/models/{model_name}:predict"
 VERSIONED = f"{MODEL}/versions/{{model_version}}"
 # mounted by KServe, not by this predictor: model lifecycle is the InferenceService's, and the
 # model routes are replaced by ones that know the served version
@@ -46,6 +52,7 @@ UNMOUNTED = frozenset(
         "/v2/repository/models/{model_name}/load",
         "/v2/repository/models/{model_name}/unload",
         "/v1/models/{model_name}:explain",
+        V1_PREDICT,  # mounted again here, in front (``mount_model_routes``)
         *(
             f"{prefix}{route}"
             for prefix in (MODEL, VERSIONED)
@@ -137,6 +144,7 @@ _INPUT_KEYS = frozenset({"name", "shape", "datatype", "parameters", "data"})
 _OUTPUT_KEYS = frozenset({"name", "parameters"})
 _PARAMETER_TYPES = frozenset({str, int, float, bool})  # KServe's InferParameter
 _TENSOR_KEYS = ("name", "shape", "datatype", "parameters", "data")
+_BINARY_HEADER = INFERENCE_CONTENT_LENGTH_HEADER.lower().encode()  # binary tensors follow
 _ORJSON = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY  # FastAPI's ORJSONResponse
 
 
@@ -234,31 +242,55 @@ def response_body(response: Any) -> bytes:
     return orjson.dumps(body, option=_ORJSON)
 
 
-def _plain_route(dataplane: DataPlane, check: Any) -> type[APIRoute]:
+class RaisingRoute(APIRoute):
+    """A route that raises the exception the inference lane hands over with a request
+    (``serving.lane``), where its handler would have raised it."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def raising(request: Request) -> Response:
+            raised = request.scope.pop(lane.RAISED, None)
+            if raised is not None:
+                raise raised
+            return await handler(request)
+
+        return raising
+
+
+def _plain_route(
+    dataplane: DataPlane, check: Any
+) -> tuple[type[APIRoute], Callable[[Request], Coroutine[Any, Any, Response | None]]]:
     """The route class of V2 inference: a plain JSON request (``plain_infer_request``) is
     decoded with orjson and answered with ``response_body``, through the same data plane call as
     KServe's route (the model's ``__call__``: its latency histograms, including for a request the
-    model refuses); any other request goes to the endpoint as FastAPI validates it."""
+    model refuses); any other request goes to the endpoint as FastAPI validates it. With it, its
+    plain handler (None for a request it leaves to the validated endpoint), which the inference
+    lane calls too."""
 
-    class PlainInferRoute(APIRoute):
+    class PlainInferRoute(RaisingRoute):
         def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
             validated = super().get_route_handler()
 
             async def handler(request: Request) -> Response:
+                if lane.RAISED in request.scope:
+                    return await validated(request)  # which raises it
                 answer = await plain_infer(request)
                 return answer if answer is not None else await validated(request)
 
             return handler
 
     async def plain_infer(request: Request) -> Response | None:
-        headers = request.headers
-        if (
-            request.url.query  # KServe's ?model_version=: its route checks it
-            or headers.get("content-type") != "application/json"
-            or INFERENCE_CONTENT_LENGTH_HEADER in headers  # binary tensors
-            or any(key.startswith("ce-") for key in headers)  # a CloudEvent
-        ):
+        scope = request.scope
+        if scope["query_string"]:  # KServe's ?model_version=: its route checks it
             return None
+        # the raw header list (lower-case names), not Starlette's Headers, for the checks
+        raw = scope["headers"]
+        if [value for key, value in raw if key == b"content-type"] != [b"application/json"]:
+            return None
+        if any(key == _BINARY_HEADER or key.startswith(b"ce-") for key, _ in raw):
+            return None  # binary tensors, a CloudEvent
+        headers = request.headers
         model_name = request.path_params["model_name"]
         infer_request = plain_infer_request(await request.body(), model_name)
         if infer_request is None:
@@ -282,13 +314,16 @@ def _plain_route(dataplane: DataPlane, check: Any) -> type[APIRoute]:
             response_body(response), media_type="application/json", headers=response_headers
         )
 
-    return PlainInferRoute
+    return PlainInferRoute, plain_infer
 
 
-def mount_model_routes(app: FastAPI, dataplane: DataPlane) -> None:
+def mount_model_routes(app: FastAPI, dataplane: DataPlane) -> lane.Answer:
     """V2 model metadata, readiness and inference, unversioned and versioned: a version, in the
-    path or as KServe's ``model_version`` query parameter, must be the served one."""
+    path or as KServe's ``model_version`` query parameter, must be the served one; and KServe's
+    V1 inference endpoint. The inference routes take what the inference lane hands over
+    (``RaisingRoute``); returned: their handler, for the lane."""
     v2 = V2Endpoints(dataplane)
+    v1 = V1Endpoints(dataplane)
 
     def check(model_name: str, model_version: str | None) -> None:
         if model_version is None:
@@ -315,7 +350,7 @@ def mount_model_routes(app: FastAPI, dataplane: DataPlane) -> None:
         check(model_name, model_version)
         return await v2.infer(raw_request, raw_response, model_name, request_body)
 
-    plain = _plain_route(dataplane, check)
+    plain, plain_infer = _plain_route(dataplane, check)
     for prefix in (MODEL, VERSIONED):
         for path, endpoint, response_model, method in (
             (prefix, metadata, ModelMetadataResponse, "GET"),
@@ -332,6 +367,23 @@ def mount_model_routes(app: FastAPI, dataplane: DataPlane) -> None:
             tags=["V2"],
             route_class_override=plain,
         )
+    app.router.add_api_route(
+        V1_PREDICT,
+        v1.predict,
+        response_model=None,
+        methods=["POST"],
+        tags=["V1"],
+        route_class_override=RaisingRoute,
+    )
+
+    async def answer(protocol: str, request: Request) -> Response | None:
+        """What the inference route of ``protocol`` answers (None: left to KServe's app)."""
+        if protocol == "v1":
+            response = await v1.predict(request.path_params["model_name"], request)
+            return response if isinstance(response, Response) else None
+        return await plain_infer(request)
+
+    return answer
 
 
 class CachedRouteNames:
@@ -363,6 +415,8 @@ class SurfaceRESTServer(RESTServer):
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.config.host = self.host  # KServe's own always binds 0.0.0.0
+        self.answer: lane.Answer | None = None  # the inference routes' handler, once mounted
+        self.lane: lane.InferenceLane | None = None
 
     def _add_middlewares(self, app: FastAPI) -> None:
         super()._add_middlewares(app)
@@ -389,7 +443,17 @@ class SurfaceRESTServer(RESTServer):
             super()._register_endpoints(app)
         finally:
             del app.include_router
-        mount_model_routes(app, self.dataplane)
+        self.answer = mount_model_routes(app, self.dataplane)
+        # inference first: Starlette tries the routes in order (no other route matches these)
+        infer = [r for r in app.router.routes if isinstance(r, RaisingRoute)]
+        app.router.routes[:] = [*infer, *(r for r in app.router.routes if r not in infer)]
+
+    def create_application(self) -> None:
+        """KServe's app, behind the inference lane (``serving.lane``): what uvicorn serves."""
+        super().create_application()
+        assert self.answer is not None
+        app = model_server.app  # what KServe's create_application built on
+        self.config.app = self.lane = lane.InferenceLane(app, self.answer)
 
 
 def serve(models: list[Any], host: str) -> None:

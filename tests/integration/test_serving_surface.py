@@ -394,3 +394,92 @@ def test_timing_line_names_as_kserves_route_matching(in_process):
             assert cached(scope) == kserves(scope), path
     assert all((method, "", path) in cached.names for method, path in paths)
     assert "infer" in cached({"type": "http", "method": "POST", "path": paths[0][1]})
+
+
+@pytest.mark.reliability("inference-lane-as-kserve")
+def test_the_inference_lane_answers_as_kserves_app(in_process):
+    """Inference requests are answered by the inference lane in front of KServe's app
+    (serving.lane), and what they get is what KServe's app answers when the lane is closed (here:
+    KServe's kserve.trace logger logging INFO, which the lane would skip): status, body bytes,
+    content-type and the version header, for good requests, ones the model or a route refuses,
+    ones the lane leaves to KServe (a charset, a query, a CloudEvent), V1 and V2. A refused
+    request is counted once and a good one predicts once."""
+    import logging
+
+    from kserve.logging import trace_logger
+
+    base, model, served = in_process
+    inputs = _named_inputs(3)
+    good_v1 = {"instances": [[None if v == "" else v for v in row] for row in _v1_rows(3)]}
+    requests = [
+        (f"/v2/models/{MODEL}/infer", {"inputs": inputs}, "application/json"),
+        (f"/v2/models/{MODEL}/versions/{SERVED}/infer", one_row_v2(), "application/json"),
+        (
+            f"/v2/models/{MODEL}/infer",
+            {"id": "x", "inputs": inputs, "outputs": [{"name": "predict"}]},
+            "application/json",
+        ),  # noqa: E501
+        (f"/v1/models/{MODEL}:predict", good_v1, "application/json"),
+        (
+            f"/v1/models/{MODEL}:predict",
+            {**good_v1, "parameters": {"probabilities": True}},
+            "application/json",
+        ),  # noqa: E501
+        (f"/v2/models/{MODEL}/infer", {"inputs": inputs[1:]}, "application/json"),  # 400
+        (f"/v1/models/{MODEL}:predict", {"instances": [[1, 2]]}, "application/json"),  # 400
+        (f"/v1/models/{MODEL}:predict", b"{not json", "application/json"),  # 400 (KServe's)
+        (f"/v2/models/{MODEL}/versions/9/infer", {"inputs": inputs}, "application/json"),  # 404
+        ("/v2/models/nope/infer", {"inputs": inputs}, "application/json"),  # 404
+        ("/v1/models/nope:predict", good_v1, "application/json"),  # 404
+        (f"/v2/models/{MODEL}/infer", {"inputs": inputs, "id": 3}, "application/json"),  # 422
+        (f"/v2/models/{MODEL}/infer", {"inputs": inputs}, "application/json; charset=utf-8"),
+        (
+            f"/v2/models/{MODEL}/infer?model_version={SERVED}",
+            {"inputs": inputs},
+            "application/json",
+        ),  # noqa: E501
+    ]
+
+    def answers() -> list[tuple]:
+        out = []
+        for path, body, content_type in requests:
+            status, headers, text = call(f"{base}{path}", body, content_type)
+            out.append((status, text, headers.get("content-type"), headers.get("x-model-version")))
+        return out
+
+    refused = f'model_input_errors_total{{model_name="{MODEL}",reason="wrong_shape"}}'
+    before = _metric(base, refused)
+    answered = served.rest.lane.answered
+    model.sizes.clear()
+    through_lane = answers()
+    assert served.rest.lane.answered - answered == 5  # the good plain requests
+    assert model.sizes == [3] * 7  # one prediction each good request, none for the refused
+    assert _metric(base, refused) - before == 1  # the 1-value V1 row, counted once
+    level = trace_logger.level
+    trace_logger.setLevel(logging.INFO)
+    try:
+        answered = served.rest.lane.answered
+        through_kserve = answers()
+        assert served.rest.lane.answered == answered  # closed: every request went to KServe
+    finally:
+        trace_logger.setLevel(level)
+    assert [a[0] for a in through_lane] == [200] * 5 + [400] * 3 + [404] * 3 + [422, 200, 200]
+    for request, lane_answer, kserve_answer in zip(
+        requests, through_lane, through_kserve, strict=True
+    ):
+        assert lane_answer == kserve_answer, request
+
+
+def _v1_rows(rows: int) -> list[list]:
+    batch = Batch.from_frame(generate.generate(rows, 43))
+    return [
+        [*batch.numeric[i].tolist(), *(v or "" for v in batch.categorical[i])] for i in range(rows)
+    ]
+
+
+def _metric(base: str, name: str) -> float:
+    _, _, text = call(f"{base}/metrics")
+    for line in text.decode().splitlines():
+        if line.startswith(name + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
