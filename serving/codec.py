@@ -240,10 +240,10 @@ def _row_columns(rows: list[Any]) -> list[Any] | None:
     schema's keys or a list of as many values; None otherwise."""
     kinds = set(map(type, rows))
     if kinds == {dict}:
-        if not all(row.keys() == _NAME_SET for row in rows):
+        if not all(map(operator.eq, map(dict.keys, rows), repeat(_NAME_SET))):
             return None
         return list(zip(*map(_ROW_VALUES, rows), strict=True))
-    if kinds == {list} and all(len(row) == len(NAMES) for row in rows):
+    if kinds == {list} and set(map(len, rows)) == {len(NAMES)}:
         return list(zip(*rows, strict=True))
     return None
 
