@@ -24,6 +24,8 @@ a one-row prediction here those layers cost about as much as the model (docs/ser
 from __future__ import annotations
 
 import logging
+import math
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -62,19 +64,30 @@ class InferenceLane:
     ``answer(protocol, request)`` is the inference routes' handler; ``answered`` counts the
     requests answered here."""
 
-    def __init__(self, app: Any, answer: Answer):
+    def __init__(self, app: Any, answer: Answer, recheck_seconds: float = 1.0):
         self.app = app
         self.answer = answer
         self.answered = 0
+        # how long the answer of ``_open`` is kept: a logging or telemetry set-up changed while
+        # serving is seen within this time (FastAPI's telemetry check alone costs ~5 % of a
+        # one-row request)
+        self.recheck_seconds = recheck_seconds
+        self._checked = (-math.inf, False)  # (when, open)
 
     def _open(self) -> bool:
         """No layer the lane skips would do anything with a successful request."""
+        now = time.monotonic()
+        when, is_open = self._checked
+        if now - when < self.recheck_seconds:
+            return is_open
         telemetry = getattr(self.app, "_native_telemetry", None)  # FastAPI's, since 0.13x
-        return (
+        is_open = (
             not trace_logger.isEnabledFor(logging.INFO)
             and getattr(self.app, "max_body_size", None) is None
             and (telemetry is None or not telemetry.enabled())
         )
+        self._checked = (now, is_open)
+        return is_open
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         route = None

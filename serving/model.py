@@ -12,6 +12,8 @@ import numpy as np
 import orjson
 from kserve import Model
 from kserve.errors import InvalidInput
+from kserve.metrics import POST_HIST_TIME, PRE_HIST_TIME, PREDICT_HIST_TIME, get_labels
+from kserve.model import InferenceVerb
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
 from mlstack.data import generate
@@ -105,6 +107,10 @@ class ChurnModel(Model):
             monitoring.PREDICTIONS.labels(name, model_version, "1"),
         )
         self._scores = monitoring.SCORE.series(name, model_version)
+        # KServe's latency histograms of this model, resolved once (``__call__``)
+        self._latency = tuple(
+            h.labels(**get_labels(name)) for h in (PRE_HIST_TIME, PREDICT_HIST_TIME, POST_HIST_TIME)
+        )
 
     def load(self) -> bool:
         """Load through the project's loader (``mlstack.train.artifacts.load_model``: skops only,
@@ -270,6 +276,33 @@ class ChurnModel(Model):
             model_version=self.model_version,
             infer_outputs=outputs,
         )
+
+    async def __call__(
+        self,
+        body: Any,
+        headers: dict[str, str] | None = None,
+        verb: InferenceVerb = InferenceVerb.PREDICT,
+    ) -> tuple[Any, dict[str, str]]:
+        """KServe's ``Model.__call__`` for a prediction: ``preprocess``, ``validate``, ``predict``
+        (with the response headers), ``postprocess``, each step timed in KServe's
+        ``request_preprocess_seconds``, ``request_predict_seconds`` and
+        ``request_postprocess_seconds`` as KServe times them (its histograms, observed also when
+        the step raises). The same steps and series, without KServe's per-request label look-ups
+        and coroutine checks (this class's ``predict`` is plain, its ``preprocess`` and
+        ``postprocess`` KServe's coroutines). Anything else (another verb, KServe's latency log
+        line) is KServe's own ``__call__``."""
+        if verb is not InferenceVerb.PREDICT or self.enable_latency_logging:
+            return await super().__call__(body, headers, verb)
+        pre, predict, post = self._latency
+        response_headers: dict[str, str] = {}
+        with pre.time():
+            payload = await self.preprocess(body, headers)
+        payload = self.validate(payload)
+        with predict.time():
+            response = self.predict(payload, headers, response_headers)
+        with post.time():
+            response = await self.postprocess(response, headers, response_headers)
+        return response, response_headers
 
     def _observe(self, batch: Batch, proba: np.ndarray, labels: np.ndarray) -> None:
         positives = int(np.count_nonzero(labels))

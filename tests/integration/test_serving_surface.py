@@ -447,6 +447,7 @@ def test_the_inference_lane_answers_as_kserves_app(in_process):
             out.append((status, text, headers.get("content-type"), headers.get("x-model-version")))
         return out
 
+    served.rest.lane.recheck_seconds = 0  # the logger's level is seen at once
     refused = f'model_input_errors_total{{model_name="{MODEL}",reason="wrong_shape"}}'
     before = _metric(base, refused)
     answered = served.rest.lane.answered
@@ -483,3 +484,24 @@ def _metric(base: str, name: str) -> float:
         if line.startswith(name + " "):
             return float(line.rsplit(" ", 1)[1])
     return 0.0
+
+
+def test_kserves_latency_histograms_time_each_step_once(in_process):
+    """ChurnModel.__call__ times preprocess, predict and postprocess in KServe's histograms as
+    KServe's own __call__ does: each step once per request, the predict step also when the model
+    refuses the request (and then no postprocess)."""
+    base, *_ = in_process
+    steps = ("preprocess", "predict", "postprocess")
+
+    def counts() -> list[float]:
+        return [
+            _metric(base, f'request_{step}_seconds_count{{model_name="{MODEL}"}}') for step in steps
+        ]
+
+    inputs = _named_inputs(2)
+    before = counts()
+    assert call(f"{base}/v2/models/{MODEL}/infer", {"inputs": inputs})[0] == 200
+    assert [b - a for a, b in zip(before, counts(), strict=True)] == [1, 1, 1]
+    before = counts()
+    assert call(f"{base}/v2/models/{MODEL}/infer", {"inputs": inputs[1:]})[0] == 400
+    assert [b - a for a, b in zip(before, counts(), strict=True)] == [1, 1, 0]
