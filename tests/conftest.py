@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -30,6 +31,11 @@ os.environ.update(
     }
 )
 os.environ.pop("MLFLOW_TRACKING_URI", None)
+# A run started in the background by a non-interactive shell (`nohup make test &`, a CI step's
+# `cmd &`) inherits SIGINT ignored, and so do the processes it starts: the Ctrl-C tests need
+# Python's own handler here and in the CLI processes they interrupt.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 SMALL_ROWS = 1200
 DATA_PATH = DEFAULTS.data_path
