@@ -103,8 +103,7 @@ class _KillingProxy(ThreadingHTTPServer):
 
     def kill_backend(self) -> None:
         if self.killed_at is None and self.server_process is not None:
-            self.server_process.kill()
-            self.server_process.wait()
+            servers.kill(self.server_process)  # mlflow server and its uvicorn child
             self.killed_at = time.monotonic()
             threading.Thread(target=self._close, daemon=True).start()
 

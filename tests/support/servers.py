@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -121,9 +122,13 @@ def registered_model(tmp: Path, model: str, lineage: TrainingLineage, max_iter: 
 
 def start(cmd: list[str], log: Path, ready_url: str, env: dict | None = None, timeout: float = 120):
     """Start ``cmd`` and wait until ``ready_url`` answers 200; fail the test with its log if not
-    (the process is killed then)."""
+    (the process is killed then). The process leads a process group of its own, so ``stop`` and
+    ``kill`` also end what it started (``mlflow server`` serves from a uvicorn child, which its
+    parent's SIGKILL would leave running)."""
     handle = log.open("w")
-    proc = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, env=env)
+    proc = subprocess.Popen(
+        cmd, stdout=handle, stderr=subprocess.STDOUT, env=env, start_new_session=True
+    )
     deadline = time.monotonic() + timeout
     while call(ready_url)[0] != 200:
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -133,9 +138,21 @@ def start(cmd: list[str], log: Path, ready_url: str, env: dict | None = None, ti
     return proc
 
 
+def _signal_group(proc: subprocess.Popen, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError):  # the group has already ended
+        os.killpg(proc.pid, signum)
+
+
+def kill(proc: subprocess.Popen) -> None:
+    """SIGKILL ``proc`` and every process of its group (a crash of the whole server), reaped."""
+    _signal_group(proc, signal.SIGKILL)
+    proc.wait()
+
+
 def stop(proc: subprocess.Popen, grace: float = 30) -> None:
     """Stop ``proc``: SIGTERM, then SIGKILL if it has not exited within ``grace`` seconds; never
-    raises on a slow exit (a loaded machine), and always reaps the process."""
+    raises on a slow exit (a loaded machine), and always reaps the process. What is left of its
+    process group afterwards (a child it did not stop) is killed too."""
     if proc.poll() is None:
         proc.terminate()
         try:
@@ -143,6 +160,8 @@ def stop(proc: subprocess.Popen, grace: float = 30) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
     proc.wait()
+    # a group with a member left keeps its id (no other process can take it); an ended one: ESRCH
+    _signal_group(proc, signal.SIGKILL)
 
 
 @contextlib.contextmanager
