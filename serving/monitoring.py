@@ -81,9 +81,6 @@ class ScoreHistogram(Collector):
                 series = self._series[(model_name, model_version)] = ScoreSeries(self.bounds)
             return series
 
-    def observe(self, model_name: str, model_version: str, scores: np.ndarray) -> None:
-        self.series(model_name, model_version).observe(scores)
-
     def collect(self) -> Iterator[Metric]:
         family = HistogramMetricFamily(
             self.name, self.documentation, labels=["model_name", "model_version"]
@@ -137,7 +134,6 @@ class DriftWindow:
             raise ValueError("drift window size must be at least 1")
         self.numeric = [reference[f.name] for f in NUMERIC]
         self.categorical = [reference[f.name] for f in CATEGORICAL]
-        self.features = self.numeric + self.categorical
         self.size = size
         # per categorical feature: code -> bin (the last two: UNKNOWN, MISSING)
         self.category_bins = []

@@ -136,8 +136,8 @@ def test_the_score_histogram_counts_a_batch_as_prometheus_buckets_do():
     registry = CollectorRegistry()
     hist = ScoreHistogram("score_test", "test", buckets=(0.1, 0.5, 1.0))
     registry.register(hist)
-    hist.observe("m", "1", np.array([0.05, 0.1, 0.3, 0.5, 0.9, 1.0]))
-    hist.observe("m", "1", np.array([0.2]))
+    hist.series("m", "1").observe(np.array([0.05, 0.1, 0.3, 0.5, 0.9, 1.0]))
+    hist.series("m", "1").observe(np.array([0.2]))  # the same series again
     labels = {"model_name": "m", "model_version": "1"}
     got = {
         le: registry.get_sample_value("score_test_bucket", {**labels, "le": le})
